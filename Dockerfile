@@ -1,0 +1,30 @@
+# mynah in a container: a build stage compiles the release binary, a slim stage runs it as a
+# non-root user with data/ and models/ as volumes.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
+COPY src src
+COPY migrations migrations
+COPY data/sample data/sample
+RUN cargo build --release --locked
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin mynah \
+    && mkdir -p /app/data /app/models \
+    && chown -R mynah /app
+COPY --from=build /src/target/release/mynah /usr/local/bin/mynah
+WORKDIR /app
+USER mynah
+# The API listens on all interfaces inside the container, so it refuses to start without
+# MYNAH_API_TOKEN (pass it with -e or an env file).
+ENV DATABASE_URL=sqlite:///app/data/mynah.db \
+    MYNAH_MODELS_DIR=/app/models \
+    MYNAH_API_ADDR=0.0.0.0:3000
+VOLUME ["/app/data", "/app/models"]
+EXPOSE 3000
+ENTRYPOINT ["mynah"]
+CMD ["run"]

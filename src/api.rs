@@ -1,0 +1,206 @@
+//! The HTTP API (axum), compatible with the old bot's clients. Every handler is a thin adapter
+//! over [`crate::service::Core`]; errors are JSON `{"error": "..."}` with a fitting status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::service::{Core, ServiceError, TrainRequest, Trigger};
+
+/// An error response: a status and a message for the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, body: json!({ "error": message.into() }) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match &e {
+            ServiceError::EngineUnavailable { guild_id, decision } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: json!({
+                    "error": e.to_string(),
+                    "started": false,
+                    "guild_id": guild_id,
+                    "should_train": decision,
+                }),
+            },
+            ServiceError::NothingToTrain => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            ServiceError::GuildAmbiguous(_) | ServiceError::BadRequest(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            ServiceError::Store(inner) => {
+                tracing::error!(error = %inner, "store error in API handler");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the bot's log")
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The router, built by a function so tests can drive it without a socket.
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/api/ml/status", get(status))
+        .route("/api/ml/train", post(train))
+        .route("/api/ml/should-train", get(should_train))
+        .route("/api/ml/initialize", post(initialize))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(core.clone(), require_token))
+        .with_state(core)
+}
+
+/// Serves the API on `addr` until `shutdown` resolves.
+pub async fn serve(
+    core: Arc<Core>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (MYNAH_API_ADDR): {e}"))?;
+    tracing::info!("HTTP API listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router(core)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// When `MYNAH_API_TOKEN` is set, every state-changing request needs it as a bearer token.
+async fn require_token(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
+    if let (Some(token), true) = (&core.config.api_token, req.method() != Method::GET) {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.expose()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <MYNAH_API_TOKEN>",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn status(State(core): State<Arc<Core>>) -> ApiResult {
+    Ok(Json(json!(core.status().await?)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainBody {
+    epochs: Option<u32>,
+    #[serde(default)]
+    force: bool,
+    guild_id: Option<String>,
+}
+
+async fn train(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
+    // The body is parsed by hand so that an empty body means defaults and every parse
+    // problem (syntax, types, unknown fields) gets the same 400 JSON answer.
+    let body: TrainBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TrainBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
+    };
+    let accepted = core
+        .request_training(TrainRequest {
+            guild_id: body.guild_id,
+            epochs: body.epochs,
+            force: body.force,
+            trigger: Trigger::Api,
+            requested_by: Some("api".into()),
+        })
+        .await?;
+    Ok(Json(json!({ "started": true, "guild_id": accepted.guild_id, "should_train": accepted.decision })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuildQuery {
+    guild_id: Option<String>,
+}
+
+async fn should_train(
+    State(core): State<Arc<Core>>,
+    query: Result<Query<GuildQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid query: {e}")))?;
+    if let Some(guild) = query.guild_id {
+        let d = core.should_train(&guild).await?;
+        return Ok(Json(json!({ "guild_id": guild }).merged(&d)));
+    }
+    // Without a guild: every guild's decision, with the first guild that should train (or the
+    // first guild at all) at the top level for clients that expect a single answer.
+    let all = core.should_train_all().await?;
+    let guilds: Vec<Value> = all.iter().map(|(g, d)| json!({ "guild_id": g }).merged(d)).collect();
+    let top = all.iter().find(|(_, d)| d.should_train).or(all.first());
+    let body = match top {
+        Some((g, d)) => json!({ "guild_id": g, "guilds": guilds }).merged(d),
+        None => json!({
+            "should_train": false,
+            "reason": "no messages have been collected yet",
+            "new_messages": 0,
+            "total_messages": 0,
+            "guild_id": null,
+            "guilds": guilds,
+        }),
+    };
+    Ok(Json(body))
+}
+
+async fn initialize(State(core): State<Arc<Core>>) -> ApiResult {
+    Ok(Json(json!(core.initialize().await?)))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// Adds the fields of a serializable value to a JSON object.
+trait Merged {
+    fn merged(self, other: &impl serde::Serialize) -> Value;
+}
+
+impl Merged for Value {
+    fn merged(mut self, other: &impl serde::Serialize) -> Value {
+        if let (Some(obj), Value::Object(extra)) = (self.as_object_mut(), json!(other)) {
+            for (k, v) in extra {
+                obj.entry(k).or_insert(v);
+            }
+        }
+        self
+    }
+}

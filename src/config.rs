@@ -1,0 +1,289 @@
+//! Typed configuration, parsed once at start-up from environment variables.
+//!
+//! Every variable is documented in `.env.example`. A malformed value stops start-up with one line
+//! that names the variable and the form it expects.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::policy::Thresholds;
+
+/// A configuration value that was present but malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {var}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// A secret string whose `Debug` output never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Which channels the bot stores messages from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Collect {
+    /// Collect nothing (the default: an operator must opt channels in).
+    #[default]
+    Nothing,
+    /// Every channel the bot can read.
+    All,
+    /// Only these channel IDs.
+    Channels(BTreeSet<String>),
+}
+
+impl Collect {
+    pub fn includes(&self, channel_id: &str) -> bool {
+        match self {
+            Collect::Nothing => false,
+            Collect::All => true,
+            Collect::Channels(set) => set.contains(channel_id),
+        }
+    }
+
+    /// A short human description for stats.
+    pub fn describe(&self) -> String {
+        match self {
+            Collect::Nothing => "nothing (set MYNAH_COLLECT_CHANNELS to opt channels in)".into(),
+            Collect::All => "all readable channels".into(),
+            Collect::Channels(set) => format!("{} opted-in channel(s)", set.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub discord_token: Option<Secret>,
+    pub database_url: String,
+    pub models_dir: PathBuf,
+    /// `None` when the API is switched off (`MYNAH_API_ADDR=off`).
+    pub api_addr: Option<SocketAddr>,
+    pub api_token: Option<Secret>,
+    pub prefix: String,
+    pub admin_ids: BTreeSet<u64>,
+    pub collect: Collect,
+    pub discord_api_base: Option<String>,
+    pub thresholds: Thresholds,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            discord_token: None,
+            database_url: "sqlite://data/mynah.db".into(),
+            models_dir: PathBuf::from("models"),
+            api_addr: Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
+            api_token: None,
+            prefix: "!".into(),
+            admin_ids: BTreeSet::new(),
+            collect: Collect::Nothing,
+            discord_api_base: None,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process environment.
+    /// Unset and empty variables take their defaults.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let mut cfg = Config { discord_token: get("DISCORD_TOKEN").map(Secret::new), ..Config::default() };
+        if let Some(url) = get("DATABASE_URL") {
+            if !url.starts_with("sqlite:") {
+                return Err(err("DATABASE_URL", &url, "a SQLite URL like sqlite://data/mynah.db"));
+            }
+            cfg.database_url = url;
+        }
+        if let Some(dir) = get("MYNAH_MODELS_DIR") {
+            cfg.models_dir = PathBuf::from(dir);
+        }
+        if let Some(addr) = get("MYNAH_API_ADDR") {
+            cfg.api_addr = if addr.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(addr.parse().map_err(|_| {
+                    err("MYNAH_API_ADDR", &addr, "a socket address like 127.0.0.1:3000, or off")
+                })?)
+            };
+        }
+        cfg.api_token = get("MYNAH_API_TOKEN").map(Secret::new);
+        if let Some(prefix) = get("MYNAH_PREFIX") {
+            if prefix.chars().any(char::is_whitespace) || prefix.chars().count() > 8 {
+                return Err(err("MYNAH_PREFIX", &prefix, "1 to 8 characters without spaces, like !"));
+            }
+            cfg.prefix = prefix;
+        }
+        if let Some(ids) = get("MYNAH_ADMIN_IDS") {
+            cfg.admin_ids = parse_ids(&ids)
+                .ok_or_else(|| err("MYNAH_ADMIN_IDS", &ids, "comma-separated Discord user IDs"))?
+                .into_iter()
+                .collect();
+        }
+        if let Some(channels) = get("MYNAH_COLLECT_CHANNELS") {
+            cfg.collect = if channels.eq_ignore_ascii_case("all") {
+                Collect::All
+            } else {
+                let ids = parse_ids(&channels).ok_or_else(|| {
+                    err("MYNAH_COLLECT_CHANNELS", &channels, "all, or comma-separated channel IDs")
+                })?;
+                Collect::Channels(ids.into_iter().map(|id| id.to_string()).collect())
+            };
+        }
+        if let Some(base) = get("DISCORD_API_BASE") {
+            let ok = (base.starts_with("http://") || base.starts_with("https://"))
+                && !base.trim_end_matches('/').ends_with("/api/v10");
+            if !ok {
+                return Err(err(
+                    "DISCORD_API_BASE",
+                    &base,
+                    "a base URL without /api/v10, like http://127.0.0.1:8080",
+                ));
+            }
+            cfg.discord_api_base = Some(base.trim_end_matches('/').to_string());
+        }
+
+        let t = &mut cfg.thresholds;
+        t.min_corpus = number(&get, "MYNAH_TRAIN_MIN_MESSAGES", t.min_corpus)?;
+        t.min_new_messages = number(&get, "MYNAH_TRAIN_MIN_NEW_MESSAGES", t.min_new_messages)?;
+        t.min_interval_hours = number(&get, "MYNAH_TRAIN_MIN_HOURS", t.min_interval_hours)?;
+        t.max_interval_hours = number(&get, "MYNAH_TRAIN_MAX_HOURS", t.max_interval_hours)?;
+        Ok(cfg)
+    }
+
+    /// Refuses configurations that would be unsafe to run, such as an open, unauthenticated API.
+    pub fn check_api_exposure(&self) -> Result<(), String> {
+        match self.api_addr {
+            Some(addr) if !addr.ip().is_loopback() && self.api_token.is_none() => Err(format!(
+                "refusing to serve the HTTP API on {addr} without MYNAH_API_TOKEN: \
+                 set a token or bind to 127.0.0.1"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_admin(&self, user_id: u64) -> bool {
+        self.admin_ids.contains(&user_id)
+    }
+}
+
+fn err(var: &'static str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError { var, value: value.to_string(), expected }
+}
+
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| err(var, &v, "a whole number")),
+    }
+}
+
+/// Parses `1, 2,3` into IDs; `None` if any part is not a positive integer.
+fn parse_ids(list: &str) -> Option<Vec<u64>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().ok().filter(|&id| id > 0))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let cfg = config(&[]).unwrap();
+        assert_eq!(cfg.database_url, "sqlite://data/mynah.db");
+        assert_eq!(cfg.api_addr, Some("127.0.0.1:3000".parse().unwrap()));
+        assert_eq!(cfg.prefix, "!");
+        assert_eq!(cfg.collect, Collect::Nothing);
+        assert!(cfg.discord_token.is_none());
+    }
+
+    #[test]
+    fn a_malformed_value_names_the_variable_and_the_expected_form() {
+        let e = config(&[("MYNAH_API_ADDR", "localhost")]).unwrap_err();
+        let line = e.to_string();
+        assert_eq!(e.var, "MYNAH_API_ADDR");
+        assert!(line.contains("MYNAH_API_ADDR=\"localhost\""), "{line}");
+        assert!(line.contains("expected a socket address"), "{line}");
+        assert!(!line.contains('\n'));
+
+        assert_eq!(config(&[("MYNAH_ADMIN_IDS", "12,abc")]).unwrap_err().var, "MYNAH_ADMIN_IDS");
+        assert_eq!(
+            config(&[("MYNAH_COLLECT_CHANNELS", "general")]).unwrap_err().var,
+            "MYNAH_COLLECT_CHANNELS"
+        );
+        assert_eq!(config(&[("DATABASE_URL", "postgres://x")]).unwrap_err().var, "DATABASE_URL");
+        assert_eq!(
+            config(&[("MYNAH_TRAIN_MIN_MESSAGES", "-3")]).unwrap_err().var,
+            "MYNAH_TRAIN_MIN_MESSAGES"
+        );
+        assert_eq!(config(&[("DISCORD_API_BASE", "http://x/api/v10")]).unwrap_err().var, "DISCORD_API_BASE");
+    }
+
+    #[test]
+    fn lists_and_switches_parse() {
+        let cfg = config(&[
+            ("MYNAH_ADMIN_IDS", " 1, 22 ,333"),
+            ("MYNAH_COLLECT_CHANNELS", "10,20"),
+            ("MYNAH_API_ADDR", "off"),
+            ("DISCORD_API_BASE", "http://127.0.0.1:9/"),
+        ])
+        .unwrap();
+        assert!(cfg.is_admin(22) && !cfg.is_admin(2));
+        assert!(cfg.collect.includes("20") && !cfg.collect.includes("30"));
+        assert_eq!(cfg.api_addr, None);
+        assert_eq!(cfg.discord_api_base.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(config(&[("MYNAH_COLLECT_CHANNELS", "ALL")]).unwrap().collect, Collect::All);
+    }
+
+    #[test]
+    fn an_open_api_without_a_token_is_refused() {
+        let open = config(&[("MYNAH_API_ADDR", "0.0.0.0:3000")]).unwrap();
+        assert!(open.check_api_exposure().unwrap_err().contains("MYNAH_API_TOKEN"));
+        let guarded = config(&[("MYNAH_API_ADDR", "0.0.0.0:3000"), ("MYNAH_API_TOKEN", "t")]).unwrap();
+        assert!(guarded.check_api_exposure().is_ok());
+        assert!(config(&[]).unwrap().check_api_exposure().is_ok());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let cfg = config(&[("DISCORD_TOKEN", "very-secret")]).unwrap();
+        assert!(!format!("{cfg:?}").contains("very-secret"));
+    }
+}

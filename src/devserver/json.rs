@@ -1,0 +1,269 @@
+//! Discord's JSON shapes for the objects the devserver serves. Each builder is tested against
+//! serenity's own models, so a field serenity needs cannot silently go missing.
+
+use serde_json::{json, Value};
+
+use super::world::{Channel, Guild, Member, Msg, User, World};
+
+/// `MANAGE_GUILD`, the permission that makes a member an admin for mynah.
+pub const MANAGE_GUILD: u64 = 1 << 5;
+/// What `@everyone` may do in devserver guilds: view, send, read history, add reactions.
+pub const EVERYONE: u64 = (1 << 10) | (1 << 11) | (1 << 16) | (1 << 6);
+
+pub fn user(u: &User) -> Value {
+    json!({
+        "id": u.id.to_string(),
+        "username": u.name,
+        "discriminator": "0",
+        "global_name": u.name,
+        "avatar": null,
+        "bot": u.bot,
+    })
+}
+
+pub fn current_user(u: &User) -> Value {
+    let mut v = user(u);
+    v["verified"] = json!(true);
+    v["mfa_enabled"] = json!(false);
+    v["flags"] = json!(0);
+    v
+}
+
+pub fn role(id: u64, name: &str, permissions: u64, position: u16) -> Value {
+    json!({
+        "id": id.to_string(),
+        "name": name,
+        "color": 0,
+        "colors": { "primary_color": 0, "secondary_color": null, "tertiary_color": null },
+        "hoist": false,
+        "icon": null,
+        "unicode_emoji": null,
+        "position": position,
+        "permissions": permissions.to_string(),
+        "managed": false,
+        "mentionable": false,
+        "flags": 0,
+    })
+}
+
+pub fn roles(g: &Guild) -> Vec<Value> {
+    std::iter::once(role(g.id, "@everyone", EVERYONE, 0))
+        .chain(g.roles.iter().enumerate().map(|(i, r)| role(r.id, &r.name, r.permissions, i as u16 + 1)))
+        .collect()
+}
+
+pub fn channel(c: &Channel, position: usize) -> Value {
+    json!({
+        "id": c.id.to_string(),
+        "type": 0,
+        "guild_id": c.guild_id.to_string(),
+        "name": c.name,
+        "position": position,
+        "permission_overwrites": [],
+        "topic": null,
+        "nsfw": false,
+        "last_message_id": null,
+        "rate_limit_per_user": 0,
+        "parent_id": null,
+        "flags": 0,
+    })
+}
+
+pub fn member(w: &World, m: &Member) -> Value {
+    let user = w.users.get(&m.user_id).map(user).unwrap_or(Value::Null);
+    json!({
+        "user": user,
+        "nick": null,
+        "avatar": null,
+        "roles": m.roles.iter().map(u64::to_string).collect::<Vec<_>>(),
+        "joined_at": "2024-01-01T00:00:00.000000+00:00",
+        "premium_since": null,
+        "deaf": false,
+        "mute": false,
+        "flags": 0,
+        "pending": false,
+        "communication_disabled_until": null,
+    })
+}
+
+/// The guild fields common to `GET /guilds/{id}` and `GUILD_CREATE`.
+pub fn partial_guild(g: &Guild) -> Value {
+    json!({
+        "id": g.id.to_string(),
+        "name": g.name,
+        "icon": null,
+        "icon_hash": null,
+        "splash": null,
+        "discovery_splash": null,
+        "owner_id": g.owner_id.to_string(),
+        "afk_channel_id": null,
+        "afk_timeout": 300,
+        "widget_enabled": false,
+        "widget_channel_id": null,
+        "verification_level": 0,
+        "default_message_notifications": 1,
+        "explicit_content_filter": 0,
+        "roles": roles(g),
+        "emojis": [],
+        "features": [],
+        "mfa_level": 0,
+        "application_id": null,
+        "system_channel_id": null,
+        "system_channel_flags": 0,
+        "rules_channel_id": null,
+        "max_presences": null,
+        "max_members": 500000,
+        "vanity_url_code": null,
+        "description": null,
+        "banner": null,
+        "premium_tier": 0,
+        "premium_subscription_count": 0,
+        "preferred_locale": "en-US",
+        "public_updates_channel_id": null,
+        "max_video_channel_users": 25,
+        "max_stage_video_channel_users": 50,
+        "nsfw_level": 0,
+        "stickers": [],
+        "premium_progress_bar_enabled": false,
+        "safety_alerts_channel_id": null,
+    })
+}
+
+/// The `d` of a `GUILD_CREATE` dispatch: the full guild with channels and members.
+pub fn guild_create(w: &World, g: &Guild) -> Value {
+    let mut v = partial_guild(g);
+    let channels: Vec<Value> = w.channels_of(g.id).enumerate().map(|(i, c)| channel(c, i)).collect();
+    v["joined_at"] = json!("2024-01-01T00:00:00.000000+00:00");
+    v["large"] = json!(false);
+    v["unavailable"] = json!(false);
+    v["member_count"] = json!(g.members.len());
+    v["voice_states"] = json!([]);
+    v["members"] = json!(g.members.iter().map(|m| member(w, m)).collect::<Vec<_>>());
+    v["channels"] = json!(channels);
+    v["threads"] = json!([]);
+    v["presences"] = json!([]);
+    v["stage_instances"] = json!([]);
+    v["guild_scheduled_events"] = json!([]);
+    v
+}
+
+pub fn message(w: &World, m: &Msg) -> Value {
+    let author = w.users.get(&m.author_id).map(user).unwrap_or(Value::Null);
+    let mentions: Vec<Value> = m.mentions.iter().filter_map(|id| w.users.get(id)).map(user).collect();
+    let mut v = json!({
+        "id": m.id.to_string(),
+        "channel_id": m.channel_id.to_string(),
+        "author": author,
+        "content": m.content,
+        "timestamp": m.timestamp,
+        "edited_timestamp": m.edited_timestamp,
+        "tts": false,
+        "mention_everyone": false,
+        "mentions": mentions,
+        "mention_roles": [],
+        "attachments": m.attachments,
+        "embeds": [],
+        "pinned": false,
+        "type": if m.reference.is_some() { 19 } else { 0 },
+        "flags": 0,
+    });
+    if let Some(g) = m.guild_id {
+        v["guild_id"] = json!(g.to_string());
+        if let Some(member) = w.member(g, m.author_id) {
+            let mut partial = self::member(w, member);
+            if let Some(obj) = partial.as_object_mut() {
+                obj.remove("user");
+            }
+            v["member"] = partial;
+        }
+    }
+    if let Some(r) = m.reference {
+        v["message_reference"] = json!({
+            "message_id": r.to_string(),
+            "channel_id": m.channel_id.to_string(),
+            "guild_id": m.guild_id.map(|g| g.to_string()),
+        });
+    }
+    v
+}
+
+pub fn application(w: &World) -> Value {
+    json!({
+        "id": w.application_id.to_string(),
+        "name": w.bot.name,
+        "icon": null,
+        "description": "mynah on the local devserver",
+        "rpc_origins": [],
+        "bot_public": false,
+        "bot_require_code_grant": false,
+        "owner": user(&w.bot),
+        "verify_key": "0".repeat(64),
+        "team": null,
+        "flags": 0,
+        "role_connections_verification_url": null,
+        "approximate_guild_count": w.guilds.len(),
+        "approximate_user_install_count": 0,
+        "redirect_uris": [],
+        "interactions_endpoint_url": null,
+    })
+}
+
+pub fn ready(w: &World, gateway_url: &str) -> Value {
+    json!({
+        "v": 10,
+        "user": current_user(&w.bot),
+        "guilds": w.guilds.iter().map(|g| json!({"id": g.id.to_string(), "unavailable": true})).collect::<Vec<_>>(),
+        "session_id": "devserver-session",
+        "resume_gateway_url": gateway_url,
+        "shard": [0, 1],
+        "application": { "id": w.application_id.to_string(), "flags": 0 },
+    })
+}
+
+/// Discord's error body, e.g. `{"message": "404: Not Found", "code": 0}`.
+pub fn error(message: &str, code: u32) -> Value {
+    json!({ "message": message, "code": code })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serenity::all as s;
+
+    fn world() -> World {
+        let mut w = World::new("token");
+        let g = w.create_guild("Guild", 0);
+        let c = w.create_channel(g, "general", 0);
+        let u = w.create_user("alice", false);
+        w.add_member(g, u, MANAGE_GUILD);
+        let bot = w.bot.id;
+        w.post(c, u, format!("<@{bot}> hi"), None);
+        w
+    }
+
+    fn parses<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        match serde_json::from_value::<T>(v.clone()) {
+            Ok(t) => t,
+            Err(e) => panic!("{} does not parse: {e}\n{v:#}", std::any::type_name::<T>()),
+        }
+    }
+
+    #[test]
+    fn every_object_parses_as_serenity_expects() {
+        let w = world();
+        let g = &w.guilds[0];
+        let guild: s::Guild = parses(guild_create(&w, g));
+        assert_eq!(guild.channels.len(), 1);
+        assert_eq!(guild.roles.len(), 2);
+        let _: s::PartialGuild = parses(partial_guild(g));
+        let member: s::Member = parses(member(&w, &g.members[0]));
+        assert!(guild.member_permissions(&member).manage_guild());
+        let msg: s::Message = parses(message(&w, &w.messages[0]));
+        assert_eq!(msg.mentions.len(), 1);
+        assert!(msg.member.is_some());
+        let _: s::CurrentUser = parses(current_user(&w.bot));
+        let _: s::CurrentApplicationInfo = parses(application(&w));
+        let _: s::Ready = parses(ready(&w, "ws://x/gateway"));
+        let _: s::GuildChannel = parses(channel(w.channels_of(g.id).next().unwrap(), 0));
+    }
+}

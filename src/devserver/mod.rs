@@ -1,0 +1,318 @@
+//! A small Discord-compatible server (REST under `/api/v10` and a gateway websocket) that the
+//! real, unmodified serenity client connects to. Tests and the playground use it to drive the
+//! bot without Discord: they create guilds, channels and members, inject what users say, edit
+//! or delete, and read what the bot posted. Routes it does not know answer with a logged,
+//! Discord-style 404, so gaps show up.
+
+mod gateway;
+pub mod json;
+mod rest;
+pub mod world;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot, Notify};
+
+pub use json::MANAGE_GUILD;
+use world::World;
+
+/// A gateway dispatch: event name and payload.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: &'static str,
+    pub data: Value,
+}
+
+/// A message the bot posted through the REST API.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub id: u64,
+    pub channel_id: u64,
+    pub content: String,
+    /// The message the bot replied to, if any.
+    pub reference: Option<u64>,
+    /// The raw JSON body the bot sent, for checks on `allowed_mentions` and the like.
+    pub request: Value,
+}
+
+pub(crate) struct Shared {
+    world: Mutex<World>,
+    events: broadcast::Sender<Arc<Event>>,
+    /// Fires `()` to make every gateway session drop its connection.
+    kill: broadcast::Sender<()>,
+    /// Woken whenever the bot posts, types or a session becomes ready.
+    changed: Notify,
+    ready_sessions: AtomicUsize,
+    base_url: String,
+}
+
+impl Shared {
+    /// The world, locked briefly; never held across an `.await`.
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dispatch(&self, name: &'static str, data: Value) {
+        // No receiver simply means no bot is connected yet.
+        let _ = self.events.send(Arc::new(Event { name, data }));
+    }
+}
+
+/// A running devserver. Dropping it stops the server.
+pub struct DevServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl DevServer {
+    /// Starts on a random loopback port.
+    pub async fn start() -> std::io::Result<DevServer> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<DevServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (events, _) = broadcast::channel(65_536);
+        let (kill, _) = broadcast::channel(4);
+        let shared = Arc::new(Shared {
+            world: Mutex::new(World::new("devserver-token")),
+            events,
+            kill,
+            changed: Notify::new(),
+            ready_sessions: AtomicUsize::new(0),
+            base_url: format!("http://{addr}"),
+        });
+        let app = rest::router(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(target: "devserver", error = %e, "devserver stopped");
+            }
+        });
+        tracing::debug!(target: "devserver", "listening on {addr}");
+        Ok(DevServer { shared, addr, stop: Some(stop) })
+    }
+
+    /// The base URL to give the bot as `DISCORD_API_BASE` (no `/api/v10`).
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bot token the devserver accepts.
+    pub fn token(&self) -> String {
+        self.shared.world().token.clone()
+    }
+
+    pub fn bot_id(&self) -> u64 {
+        self.shared.world().bot.id
+    }
+
+    pub fn create_guild(&self, name: &str) -> u64 {
+        self.create_guild_with_id(name, 0)
+    }
+
+    /// A guild with a fixed ID (0 for a fresh one).
+    pub fn create_guild_with_id(&self, name: &str, id: u64) -> u64 {
+        let mut w = self.shared.world();
+        let id = w.create_guild(name, id);
+        self.announce_guild(&w, id);
+        id
+    }
+
+    pub fn create_channel(&self, guild_id: u64, name: &str) -> u64 {
+        self.create_channel_with_id(guild_id, name, 0)
+    }
+
+    /// A channel with a fixed ID (0 for a fresh one).
+    pub fn create_channel_with_id(&self, guild_id: u64, name: &str, id: u64) -> u64 {
+        let mut w = self.shared.world();
+        let id = w.create_channel(guild_id, name, id);
+        self.announce_guild(&w, guild_id);
+        id
+    }
+
+    /// A human user (not yet in any guild).
+    pub fn create_user(&self, name: &str) -> u64 {
+        self.shared.world().create_user(name, false)
+    }
+
+    /// Another bot account, to check that mynah ignores bots.
+    pub fn create_bot_user(&self, name: &str) -> u64 {
+        self.shared.world().create_user(name, true)
+    }
+
+    /// Makes `user_id` a member; `permissions` (e.g. [`MANAGE_GUILD`]) are granted by a role.
+    pub fn add_member(&self, guild_id: u64, user_id: u64, permissions: u64) {
+        let mut w = self.shared.world();
+        w.add_member(guild_id, user_id, permissions);
+        self.announce_guild(&w, guild_id);
+    }
+
+    /// Connected bots learn about guild changes through a fresh `GUILD_CREATE`, which serenity
+    /// applies to its cache as a whole.
+    fn announce_guild(&self, w: &World, guild_id: u64) {
+        if let Some(g) = w.guild(guild_id) {
+            if self.shared.ready_sessions.load(Ordering::SeqCst) > 0 {
+                self.shared.dispatch("GUILD_CREATE", json::guild_create(w, g));
+            }
+        }
+    }
+
+    /// `user_id` says `content` in `channel_id`; returns the new message's ID.
+    pub fn say(&self, channel_id: u64, user_id: u64, content: &str) -> u64 {
+        let mut w = self.shared.world();
+        let msg = w.post(channel_id, user_id, content.to_string(), None).clone();
+        self.shared.dispatch("MESSAGE_CREATE", json::message(&w, &msg));
+        msg.id
+    }
+
+    /// Sends a message's `MESSAGE_CREATE` again, as a gateway replay would.
+    pub fn replay(&self, message_id: u64) {
+        let w = self.shared.world();
+        if let Some(m) = w.message(message_id) {
+            self.shared.dispatch("MESSAGE_CREATE", json::message(&w, m));
+        }
+    }
+
+    /// A user edits their message.
+    pub fn edit(&self, message_id: u64, content: &str) {
+        let mut w = self.shared.world();
+        if let Some(m) = w.message_mut(message_id) {
+            m.content = content.to_string();
+            m.edited_timestamp = Some(world::now_rfc3339());
+            m.mentions = world::mentioned_ids(content);
+            let m = m.clone();
+            self.shared.dispatch("MESSAGE_UPDATE", json::message(&w, &m));
+        }
+    }
+
+    /// A message is deleted (by its author or a moderator).
+    pub fn delete(&self, message_id: u64) {
+        let mut w = self.shared.world();
+        if let Some(m) = w.message_mut(message_id) {
+            m.deleted = true;
+            let data = serde_json::json!({
+                "id": m.id.to_string(),
+                "channel_id": m.channel_id.to_string(),
+                "guild_id": m.guild_id.map(|g| g.to_string()),
+            });
+            self.shared.dispatch("MESSAGE_DELETE", data);
+        }
+    }
+
+    /// Everything the bot posted in `channel_id`, oldest first.
+    pub fn bot_messages(&self, channel_id: u64) -> Vec<Posted> {
+        let w = self.shared.world();
+        w.messages
+            .iter()
+            .filter(|m| m.channel_id == channel_id && m.request.is_some() && !m.deleted)
+            .map(posted)
+            .collect()
+    }
+
+    /// Waits for the first message the bot posts in `channel_id` after message `after`.
+    pub async fn wait_for_bot_message(
+        &self,
+        channel_id: u64,
+        after: u64,
+        timeout: Duration,
+    ) -> Option<Posted> {
+        self.wait_for(timeout, || self.bot_messages(channel_id).into_iter().find(|p| p.id > after)).await
+    }
+
+    /// Waits until a bot session has identified and received READY and its guilds.
+    pub async fn wait_until_ready(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, || (self.shared.ready_sessions.load(Ordering::SeqCst) > 0).then_some(()))
+            .await
+            .is_some()
+    }
+
+    /// Waits until `check` returns `Some`, re-checking whenever the bot does something.
+    pub async fn wait_for<T>(&self, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(found) = check() {
+                return Some(found);
+            }
+            // Also poll now and then: some state (the bot's database) changes without telling us.
+            let wake = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return check();
+            }
+        }
+    }
+
+    /// How many typing indicators the bot sent in `channel_id`.
+    pub fn typing_in(&self, channel_id: u64) -> usize {
+        self.shared.world().typing.iter().filter(|&&c| c == channel_id).count()
+    }
+
+    /// REST routes the bot called that the devserver does not serve.
+    pub fn unknown_routes(&self) -> Vec<String> {
+        self.shared.world().unknown_routes.clone()
+    }
+
+    /// Slash commands the bot registered.
+    pub fn registered_commands(&self) -> Vec<Value> {
+        self.shared.world().commands.clone()
+    }
+
+    /// Drops every gateway connection without a close handshake, like a network failure.
+    pub fn disconnect_all(&self) {
+        self.shared.ready_sessions.store(0, Ordering::SeqCst);
+        let _ = self.shared.kill.send(());
+    }
+
+    /// Every dispatch the devserver sends from now on (the playground prints the bot's posts).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.events.subscribe()
+    }
+
+    /// Names for display: a user's and a channel's.
+    pub fn user_name(&self, user_id: u64) -> Option<String> {
+        self.shared.world().users.get(&user_id).map(|u| u.name.clone())
+    }
+
+    pub fn channel_name(&self, channel_id: u64) -> Option<String> {
+        self.shared.world().channel(channel_id).map(|c| c.name.clone())
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.shared.kill.send(());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn posted(m: &world::Msg) -> Posted {
+    Posted {
+        id: m.id,
+        channel_id: m.channel_id,
+        content: m.content.clone(),
+        reference: m.reference,
+        request: m.request.clone().unwrap_or(Value::Null),
+    }
+}

@@ -1,0 +1,314 @@
+//! The devserver's REST routes under `/api/v10`: the subset of Discord's API the bot uses.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{json as dj, Shared};
+
+type Reply = Result<Json<Value>, (StatusCode, Json<Value>)>;
+
+fn fail(status: StatusCode, message: &str, code: u32) -> (StatusCode, Json<Value>) {
+    (status, Json(dj::error(message, code)))
+}
+
+fn unknown(what: &str, code: u32) -> (StatusCode, Json<Value>) {
+    fail(StatusCode::NOT_FOUND, &format!("Unknown {what}"), code)
+}
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/gateway/bot", get(gateway_bot))
+        .route("/oauth2/applications/@me", get(application))
+        .route("/applications/@me", get(application))
+        .route("/users/@me", get(current_user))
+        .route("/channels/{channel}", get(get_channel))
+        .route("/channels/{channel}/messages", get(list_messages).post(create_message))
+        .route(
+            "/channels/{channel}/messages/{message}",
+            get(get_message).patch(edit_message).delete(delete_message),
+        )
+        .route("/channels/{channel}/typing", post(typing))
+        .route("/guilds/{guild}", get(get_guild))
+        .route("/guilds/{guild}/members/{user}", get(get_member))
+        .route("/guilds/{guild}/roles", get(get_roles))
+        .route("/guilds/{guild}/channels", get(get_channels))
+        .route("/applications/{app}/commands", put(set_commands).get(get_commands))
+        .route("/applications/{app}/guilds/{guild}/commands", put(set_commands).get(get_commands))
+        .layer(middleware::from_fn_with_state(shared.clone(), require_bot_token))
+        // Discord serves the gateway URL without authentication.
+        .route("/gateway", get(gateway_url));
+    Router::new()
+        .nest("/api/v10", api)
+        .route("/gateway", get(super::gateway::upgrade))
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+async fn require_bot_token(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let expected = format!("Bot {}", shared.world().token);
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if given != Some(expected.as_str()) {
+        tracing::warn!(target: "devserver", path = %req.uri().path(), "request with a wrong or missing bot token");
+        return fail(StatusCode::UNAUTHORIZED, "401: Unauthorized", 0).into_response();
+    }
+    next.run(req).await
+}
+
+async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: axum::http::Uri) -> Response {
+    let route = format!("{method} {}", uri.path());
+    tracing::warn!(target: "devserver", %route, "route not served by the devserver");
+    shared.world().unknown_routes.push(route);
+    fail(StatusCode::NOT_FOUND, "404: Not Found", 0).into_response()
+}
+
+fn gateway_ws_url(shared: &Shared) -> String {
+    format!("{}/gateway", shared.base_url.replacen("http", "ws", 1))
+}
+
+async fn gateway_url(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({ "url": gateway_ws_url(&shared) }))
+}
+
+async fn gateway_bot(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({
+        "url": gateway_ws_url(&shared),
+        "shards": 1,
+        "session_start_limit": { "total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1 },
+    }))
+}
+
+async fn application(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(dj::application(&shared.world()))
+}
+
+async fn current_user(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(dj::current_user(&shared.world().bot))
+}
+
+async fn get_channel(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>) -> Reply {
+    let w = shared.world();
+    let c = w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    let position = w.channels_of(c.guild_id).position(|x| x.id == channel).unwrap_or(0);
+    Ok(Json(dj::channel(c, position)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+    after: Option<u64>,
+}
+
+async fn list_messages(
+    State(shared): State<Arc<Shared>>,
+    Path(channel): Path<u64>,
+    Query(q): Query<ListQuery>,
+) -> Reply {
+    let w = shared.world();
+    w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    // Discord returns the newest messages first.
+    let list: Vec<Value> = w
+        .messages
+        .iter()
+        .rev()
+        .filter(|m| m.channel_id == channel && !m.deleted)
+        .filter(|m| q.before.is_none_or(|b| m.id < b) && q.after.is_none_or(|a| m.id > a))
+        .take(limit)
+        .map(|m| dj::message(&w, m))
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+async fn get_message(State(shared): State<Arc<Shared>>, Path((channel, message)): Path<(u64, u64)>) -> Reply {
+    let w = shared.world();
+    let m = w
+        .message(message)
+        .filter(|m| m.channel_id == channel && !m.deleted)
+        .ok_or_else(|| unknown("Message", 10008))?;
+    Ok(Json(dj::message(&w, m)))
+}
+
+/// The JSON part of a message body, whether sent as JSON or as multipart with files.
+async fn message_body(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(Value, Vec<Value>), (StatusCode, Json<Value>)> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let bad = |e: String| fail(StatusCode::BAD_REQUEST, &format!("400: Bad Request ({e})"), 50109);
+    if !content_type.starts_with("multipart/form-data") {
+        let payload = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+        return Ok((payload, Vec::new()));
+    }
+    let boundary = multer::parse_boundary(content_type).map_err(|e| bad(e.to_string()))?;
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut payload = json!({});
+    let mut files = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(|e| bad(e.to_string()))? {
+        let name = field.name().unwrap_or("").to_string();
+        let filename = field.file_name().map(str::to_string);
+        let data = field.bytes().await.map_err(|e| bad(e.to_string()))?;
+        if name == "payload_json" {
+            payload = serde_json::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+        } else if let Some(filename) = filename {
+            files.push(json!({
+                "id": files.len().to_string(),
+                "filename": filename,
+                "size": data.len(),
+                "url": format!("attachment://{filename}"),
+                "proxy_url": format!("attachment://{filename}"),
+                "content": String::from_utf8_lossy(&data),
+            }));
+        }
+    }
+    Ok((payload, files))
+}
+
+async fn create_message(
+    State(shared): State<Arc<Shared>>,
+    Path(channel): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let (payload, files) = message_body(&headers, body).await?;
+    let content = payload.get("content").and_then(Value::as_str).unwrap_or("").to_string();
+    if content.chars().count() > 2000 {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "Invalid Form Body (content: Must be 2000 or fewer in length.)",
+            50035,
+        ));
+    }
+    let has_embeds = payload.get("embeds").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
+    if content.is_empty() && files.is_empty() && !has_embeds {
+        return Err(fail(StatusCode::BAD_REQUEST, "Cannot send an empty message", 50006));
+    }
+    let reference = payload
+        .pointer("/message_reference/message_id")
+        .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string())))
+        .and_then(|s| s.parse::<u64>().ok());
+    let mut w = shared.world();
+    w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    let bot = w.bot.id;
+    let id = w.post(channel, bot, content, reference).id;
+    let m = w.message_mut(id).expect("just posted");
+    m.request = Some(payload);
+    m.attachments = files;
+    let m = m.clone();
+    let v = dj::message(&w, &m);
+    drop(w);
+    // Discord echoes the bot's own messages over the gateway too.
+    shared.dispatch("MESSAGE_CREATE", v.clone());
+    shared.changed.notify_waiters();
+    Ok(Json(v))
+}
+
+async fn edit_message(
+    State(shared): State<Arc<Shared>>,
+    Path((channel, message)): Path<(u64, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let (payload, _) = message_body(&headers, body).await?;
+    let mut w = shared.world();
+    let bot = w.bot.id;
+    let m = w
+        .message_mut(message)
+        .filter(|m| m.channel_id == channel && !m.deleted)
+        .ok_or_else(|| unknown("Message", 10008))?;
+    if m.author_id != bot {
+        return Err(fail(StatusCode::FORBIDDEN, "Cannot edit a message authored by another user", 50005));
+    }
+    if let Some(content) = payload.get("content").and_then(Value::as_str) {
+        m.content = content.to_string();
+    }
+    m.edited_timestamp = Some(super::world::now_rfc3339());
+    m.request = Some(payload);
+    let m = m.clone();
+    let v = dj::message(&w, &m);
+    drop(w);
+    shared.changed.notify_waiters();
+    Ok(Json(v))
+}
+
+async fn delete_message(
+    State(shared): State<Arc<Shared>>,
+    Path((channel, message)): Path<(u64, u64)>,
+) -> Response {
+    let mut w = shared.world();
+    match w.message_mut(message).filter(|m| m.channel_id == channel && !m.deleted) {
+        Some(m) => {
+            m.deleted = true;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => unknown("Message", 10008).into_response(),
+    }
+}
+
+async fn typing(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>) -> Response {
+    shared.world().typing.push(channel);
+    shared.changed.notify_waiters();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn get_guild(State(shared): State<Arc<Shared>>, Path(guild): Path<u64>) -> Reply {
+    let w = shared.world();
+    let g = w.guild(guild).ok_or_else(|| unknown("Guild", 10004))?;
+    Ok(Json(dj::partial_guild(g)))
+}
+
+async fn get_member(State(shared): State<Arc<Shared>>, Path((guild, user)): Path<(u64, u64)>) -> Reply {
+    let w = shared.world();
+    let m = w.member(guild, user).ok_or_else(|| unknown("Member", 10007))?;
+    Ok(Json(dj::member(&w, m)))
+}
+
+async fn get_roles(State(shared): State<Arc<Shared>>, Path(guild): Path<u64>) -> Reply {
+    let w = shared.world();
+    let g = w.guild(guild).ok_or_else(|| unknown("Guild", 10004))?;
+    Ok(Json(Value::Array(dj::roles(g))))
+}
+
+async fn get_channels(State(shared): State<Arc<Shared>>, Path(guild): Path<u64>) -> Reply {
+    let w = shared.world();
+    w.guild(guild).ok_or_else(|| unknown("Guild", 10004))?;
+    Ok(Json(Value::Array(w.channels_of(guild).enumerate().map(|(i, c)| dj::channel(c, i)).collect())))
+}
+
+/// Stores the bot's slash commands and answers them as Discord would, with IDs filled in.
+async fn set_commands(State(shared): State<Arc<Shared>>, body: Bytes) -> Reply {
+    let list: Vec<Value> = serde_json::from_slice(&body)
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, &format!("Invalid Form Body ({e})"), 50035))?;
+    let mut w = shared.world();
+    let app = w.application_id.to_string();
+    let mut out = Vec::new();
+    for mut cmd in list {
+        let id = w.snowflake().to_string();
+        if let Some(obj) = cmd.as_object_mut() {
+            obj.insert("id".into(), json!(id));
+            obj.insert("application_id".into(), json!(app));
+            obj.insert("version".into(), json!(id));
+            obj.entry("type").or_insert(json!(1));
+            obj.entry("description").or_insert(json!(""));
+            obj.entry("options").or_insert(json!([]));
+            obj.entry("default_member_permissions").or_insert(Value::Null);
+        }
+        out.push(cmd);
+    }
+    w.commands = out.clone();
+    Ok(Json(Value::Array(out)))
+}
+
+async fn get_commands(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(Value::Array(shared.world().commands.clone()))
+}

@@ -1,0 +1,233 @@
+//! The devserver's state: users, guilds with roles and members, channels and the message log.
+//! Plain data with small helpers; the server and the test API lock it briefly.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// Discord's epoch (2015-01-01) in Unix ms, for snowflakes that carry a real timestamp.
+const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: u64,
+    pub name: String,
+    pub bot: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub id: u64,
+    pub name: String,
+    pub permissions: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub user_id: u64,
+    pub roles: Vec<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Guild {
+    pub id: u64,
+    pub name: String,
+    pub owner_id: u64,
+    pub roles: Vec<Role>,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: u64,
+    pub guild_id: u64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub id: u64,
+    pub channel_id: u64,
+    pub guild_id: Option<u64>,
+    pub author_id: u64,
+    pub content: String,
+    pub timestamp: String,
+    pub edited_timestamp: Option<String>,
+    pub mentions: Vec<u64>,
+    pub reference: Option<u64>,
+    pub attachments: Vec<Value>,
+    pub deleted: bool,
+    /// For messages the bot posted: the JSON body it sent (allowed_mentions and all).
+    pub request: Option<Value>,
+}
+
+#[derive(Debug)]
+pub struct World {
+    pub token: String,
+    pub bot: User,
+    pub application_id: u64,
+    pub users: BTreeMap<u64, User>,
+    pub guilds: Vec<Guild>,
+    pub channels: Vec<Channel>,
+    pub messages: Vec<Msg>,
+    /// The channel of every typing indicator the bot sent.
+    pub typing: Vec<u64>,
+    pub unknown_routes: Vec<String>,
+    pub commands: Vec<Value>,
+    last_id: u64,
+}
+
+impl World {
+    pub fn new(token: &str) -> World {
+        let mut w = World {
+            token: token.to_string(),
+            bot: User { id: 0, name: "mynah".into(), bot: true },
+            application_id: 0,
+            users: BTreeMap::new(),
+            guilds: Vec::new(),
+            channels: Vec::new(),
+            messages: Vec::new(),
+            typing: Vec::new(),
+            unknown_routes: Vec::new(),
+            commands: Vec::new(),
+            last_id: 0,
+        };
+        w.application_id = w.snowflake();
+        let bot = w.create_user("mynah", true);
+        w.bot = w.users[&bot].clone();
+        w
+    }
+
+    /// A fresh, strictly increasing snowflake whose timestamp part is now.
+    pub fn snowflake(&mut self) -> u64 {
+        let now = chrono::Utc::now().timestamp_millis() as u64;
+        let id = (now.saturating_sub(DISCORD_EPOCH_MS) << 22).max(self.last_id + 1);
+        self.last_id = id;
+        id
+    }
+
+    pub fn create_user(&mut self, name: &str, bot: bool) -> u64 {
+        let id = self.snowflake();
+        self.users.insert(id, User { id, name: name.to_string(), bot });
+        id
+    }
+
+    /// A guild the bot is in (as its owner, so the bot never lacks a permission). `id` 0 picks
+    /// a fresh snowflake; a fixed one lets the playground keep its guild across runs.
+    pub fn create_guild(&mut self, name: &str, id: u64) -> u64 {
+        let id = if id == 0 { self.snowflake() } else { id };
+        let bot = self.bot.id;
+        self.guilds.push(Guild {
+            id,
+            name: name.to_string(),
+            owner_id: bot,
+            roles: Vec::new(),
+            members: vec![Member { user_id: bot, roles: Vec::new() }],
+        });
+        id
+    }
+
+    pub fn create_channel(&mut self, guild_id: u64, name: &str, id: u64) -> u64 {
+        let id = if id == 0 { self.snowflake() } else { id };
+        self.channels.push(Channel { id, guild_id, name: name.to_string() });
+        id
+    }
+
+    /// Adds `user_id` to the guild; non-zero `permissions` come through a role of their own.
+    pub fn add_member(&mut self, guild_id: u64, user_id: u64, permissions: u64) {
+        let role_id = (permissions != 0).then(|| self.snowflake());
+        let name = self.users.get(&user_id).map(|u| u.name.clone()).unwrap_or_default();
+        if let Some(g) = self.guilds.iter_mut().find(|g| g.id == guild_id) {
+            if let Some(role) = role_id {
+                g.roles.push(Role { id: role, name: format!("{name}'s role"), permissions });
+            }
+            g.members.retain(|m| m.user_id != user_id);
+            g.members.push(Member { user_id, roles: role_id.into_iter().collect() });
+        }
+    }
+
+    pub fn guild(&self, id: u64) -> Option<&Guild> {
+        self.guilds.iter().find(|g| g.id == id)
+    }
+
+    pub fn channel(&self, id: u64) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+
+    pub fn channels_of(&self, guild_id: u64) -> impl Iterator<Item = &Channel> {
+        self.channels.iter().filter(move |c| c.guild_id == guild_id)
+    }
+
+    pub fn member(&self, guild_id: u64, user_id: u64) -> Option<&Member> {
+        self.guild(guild_id)?.members.iter().find(|m| m.user_id == user_id)
+    }
+
+    pub fn message(&self, id: u64) -> Option<&Msg> {
+        self.messages.iter().find(|m| m.id == id)
+    }
+
+    pub fn message_mut(&mut self, id: u64) -> Option<&mut Msg> {
+        self.messages.iter_mut().find(|m| m.id == id)
+    }
+
+    /// Appends a message by `author_id`; `<@id>` tokens naming known users become mentions.
+    pub fn post(&mut self, channel_id: u64, author_id: u64, content: String, reference: Option<u64>) -> &Msg {
+        let id = self.snowflake();
+        let guild_id = self.channel(channel_id).map(|c| c.guild_id);
+        let mentions = mentioned_ids(&content).into_iter().filter(|u| self.users.contains_key(u)).collect();
+        self.messages.push(Msg {
+            id,
+            channel_id,
+            guild_id,
+            author_id,
+            content,
+            timestamp: now_rfc3339(),
+            edited_timestamp: None,
+            mentions,
+            reference,
+            attachments: Vec::new(),
+            deleted: false,
+            request: None,
+        });
+        &self.messages[self.messages.len() - 1]
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The user IDs in `<@123>` and `<@!123>` tokens, in order, without duplicates.
+pub fn mentioned_ids(content: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for part in content.split("<@").skip(1) {
+        let part = part.strip_prefix('!').unwrap_or(part);
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        if part[digits.len()..].starts_with('>') {
+            if let Ok(id) = digits.parse::<u64>() {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snowflakes_increase_strictly() {
+        let mut w = World::new("t");
+        let a = w.snowflake();
+        let b = w.snowflake();
+        assert!(b > a);
+    }
+
+    #[test]
+    fn mentions_are_found_in_content() {
+        assert_eq!(mentioned_ids("<@1> hi <@!22> <@&3> <@1> <@x>"), vec![1, 22]);
+    }
+}

@@ -1,0 +1,145 @@
+//! The Discord layer (poise on serenity). It only adapts: events and commands become calls
+//! into [`crate::service::Core`], results become messages. Every message it sends parses no
+//! mentions, so nothing the bot says can ping anyone.
+
+mod commands;
+mod events;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use poise::serenity_prelude as serenity;
+
+use crate::service::Core;
+
+/// Shared state handed to every command and event.
+pub struct Data {
+    pub core: Arc<Core>,
+}
+
+pub type Error = anyhow::Error;
+pub type Context<'a> = poise::Context<'a, Data, Error>;
+
+/// A running bot; [`BotHandle::shutdown`] disconnects it.
+pub struct BotHandle {
+    shard_manager: Arc<serenity::ShardManager>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BotHandle {
+    pub async fn shutdown(self) {
+        self.shard_manager.shutdown_all().await;
+        if tokio::time::timeout(Duration::from_secs(5), self.task).await.is_err() {
+            tracing::warn!("the Discord client did not stop within 5 s");
+        }
+    }
+
+    /// True once the client task has ended (it failed or was shut down).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Allowed mentions that parse nothing: no @everyone, no roles, no users, no reply ping.
+pub fn no_pings() -> serenity::CreateAllowedMentions {
+    serenity::CreateAllowedMentions::new().empty_users().empty_roles().everyone(false).replied_user(false)
+}
+
+/// The intents the bot needs: guild messages with their content.
+pub fn intents() -> serenity::GatewayIntents {
+    serenity::GatewayIntents::GUILDS
+        | serenity::GatewayIntents::GUILD_MESSAGES
+        | serenity::GatewayIntents::MESSAGE_CONTENT
+}
+
+/// Connects the bot to Discord (or to `DISCORD_API_BASE`) and runs it in the background.
+pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
+    let token = core.config.discord_token.clone().context("DISCORD_TOKEN is not set")?;
+    let mut http = serenity::HttpBuilder::new(token.expose());
+    if let Some(base) = &core.config.discord_api_base {
+        // serenity ignores the proxy while its ratelimiter is on (serenity#1739).
+        http = http.proxy(base.as_str()).ratelimiter_disabled(true);
+    }
+    let prefix = core.config.prefix.clone();
+    let framework = poise::Framework::builder()
+        .options(poise::FrameworkOptions {
+            commands: commands::all(),
+            prefix_options: poise::PrefixFrameworkOptions {
+                prefix: Some(prefix.into()),
+                // A mention is a conversation with the bot, not a command invocation.
+                mention_as_prefix: false,
+                ..Default::default()
+            },
+            allowed_mentions: Some(no_pings()),
+            on_error: |error| Box::pin(on_error(error)),
+            event_handler: |framework, event| Box::pin(events::handle(framework, event)),
+            ..Default::default()
+        })
+        .setup(move |ctx, ready, framework| {
+            Box::pin(async move {
+                tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
+                if let Err(e) = poise::builtins::register_globally(ctx, &framework.options().commands).await {
+                    tracing::warn!(error = %e, "could not register slash commands; prefix commands still work");
+                }
+                Ok(Data { core })
+            })
+        })
+        .build();
+    let mut client = serenity::ClientBuilder::new_with_http(http.build(), intents())
+        .framework(framework)
+        .await
+        .context("Failed to build the Discord client")?;
+    let shard_manager = client.shard_manager.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = client.start().await {
+            tracing::error!(error = %e, "the Discord client stopped");
+        }
+    });
+    Ok(BotHandle { shard_manager, task })
+}
+
+/// The one error handler: user mistakes get a short explanation, everything else is logged
+/// and answered with a generic message.
+async fn on_error(error: poise::FrameworkError<'_, Data, Error>) {
+    match error {
+        poise::FrameworkError::Command { error, ctx, .. } => {
+            tracing::error!(command = %ctx.command().name, error = ?error, "command failed");
+            reply(
+                ctx,
+                "Sorry, something went wrong on my side; the operator can find details in the log.".into(),
+            )
+            .await;
+        }
+        poise::FrameworkError::CommandCheckFailed { error, ctx, .. } => {
+            if let Some(e) = error {
+                tracing::error!(command = %ctx.command().name, error = ?e, "permission check failed");
+            }
+            let text = format!(
+                "Only server admins (Manage Server permission, or listed in MYNAH_ADMIN_IDS) can use `{}`.",
+                ctx.command().name
+            );
+            reply(ctx, text).await;
+        }
+        poise::FrameworkError::ArgumentParse { error, input, ctx, .. } => {
+            let usage = commands::usage(&ctx.data().core.config.prefix, &ctx.command().name);
+            let what = input.map(|i| format!("`{i}`: ")).unwrap_or_default();
+            reply(ctx, format!("I didn't understand {what}{error}. Usage: {usage}")).await;
+        }
+        poise::FrameworkError::GuildOnly { ctx, .. } => {
+            reply(ctx, "This command only works in a server channel.".into()).await;
+        }
+        other => {
+            if let Err(e) = poise::builtins::on_error(other).await {
+                tracing::warn!(error = %e, "error while handling an error");
+            }
+        }
+    }
+}
+
+async fn reply(ctx: Context<'_>, text: String) {
+    let message = poise::CreateReply::default().content(text).allowed_mentions(no_pings());
+    if let Err(e) = ctx.send(message).await {
+        tracing::warn!(error = %e, "could not send an error reply");
+    }
+}

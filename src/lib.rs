@@ -1,0 +1,34 @@
+//! mynah: a Discord bot that learns to talk like its server.
+//!
+//! The crate is laid out by responsibility:
+//! - [`config`]: typed configuration parsed once from environment variables.
+//! - [`corpus`]: the JSONL interchange format for chat messages (parsing and rendering).
+//! - [`store`]: everything persisted in SQL (messages, training runs, models); the only module with SQL.
+//! - [`policy`]: the single should-we-train decision with its reasons.
+//! - [`fallback`]: the keyword responder used while a guild has no model.
+//! - [`models`]: the on-disk model registry under `models/` (current-model pointers per guild).
+//! - [`render`]: plain-text renderings of service results for Discord and the CLI.
+//! - [`service`]: the operations that Discord commands, the HTTP API and the CLI share.
+//! - [`api`]: the axum HTTP API, a thin adapter over [`service`].
+//! - [`discord`]: the poise/serenity layer, a thin adapter over [`service`].
+//! - [`devserver`]: a local Discord-compatible server for tests and the playground.
+//! - [`playground`]: the terminal front-end that runs the real bot against the devserver.
+//! - [`cli`]: command-line parsing and the entry points of each subcommand.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod corpus;
+pub mod devserver;
+pub mod discord;
+pub mod fallback;
+pub mod models;
+pub mod playground;
+pub mod policy;
+pub mod render;
+pub mod service;
+pub mod store;
+pub mod text;
+
+/// The crate version, reported by the API and stats.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,147 @@
+//! The on-disk model registry: `models/<guild>/<run>/` directories holding a checkpoint, and a
+//! `models/<guild>/CURRENT` pointer naming the run that serves the guild. This module reads the
+//! layout and reports what is usable; loading weights is the engine's job.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The name of the per-guild pointer file.
+pub const CURRENT: &str = "CURRENT";
+/// Files every checkpoint directory must hold.
+pub const CHECKPOINT_FILES: [&str; 4] = ["model.safetensors", "config.json", "tokenizer.json", "meta.json"];
+/// Directory names under `models/` that are not guilds.
+const RESERVED: [&str; 1] = ["base"];
+
+/// What `meta.json` says about a checkpoint. Unknown fields are kept by the engine, not here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    #[serde(default)]
+    pub params: Option<u64>,
+    #[serde(default)]
+    pub trained_at: Option<String>,
+    #[serde(default)]
+    pub val_bits_per_byte: Option<f64>,
+    #[serde(default)]
+    pub corpus_messages: Option<u64>,
+    #[serde(default)]
+    pub engine_version: Option<String>,
+}
+
+/// A guild's current checkpoint, as found on disk.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelDir {
+    pub guild_id: String,
+    pub run: String,
+    pub path: PathBuf,
+    pub meta: Meta,
+}
+
+/// One guild's entry in the registry: a usable checkpoint, or the reason there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    Ready(ModelDir),
+    Broken { guild_id: String, reason: String },
+}
+
+impl Found {
+    pub fn guild_id(&self) -> &str {
+        match self {
+            Found::Ready(m) => &m.guild_id,
+            Found::Broken { guild_id, .. } => guild_id,
+        }
+    }
+}
+
+/// Every guild under `root` that has a `CURRENT` pointer, in guild order. A missing `root`
+/// simply means no models yet.
+pub fn scan(root: &Path) -> Vec<Found> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut guilds: Vec<(String, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .filter(|(name, dir)| !RESERVED.contains(&name.as_str()) && dir.join(CURRENT).exists())
+        .collect();
+    guilds.sort();
+    guilds.into_iter().map(|(guild, dir)| current(&guild, &dir)).collect()
+}
+
+fn current(guild_id: &str, guild_dir: &Path) -> Found {
+    let broken = |reason: String| Found::Broken { guild_id: guild_id.to_string(), reason };
+    let run = match std::fs::read_to_string(guild_dir.join(CURRENT)) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) => return broken(format!("cannot read the {CURRENT} pointer: {e}")),
+    };
+    if run.is_empty() || run.contains(['/', '\\']) || run == ".." {
+        return broken(format!("the {CURRENT} pointer holds an invalid run name {run:?}"));
+    }
+    let path = guild_dir.join(&run);
+    if !path.is_dir() {
+        return broken(format!("the current run {run} is missing"));
+    }
+    if let Some(missing) = CHECKPOINT_FILES.iter().find(|f| !path.join(f).is_file()) {
+        return broken(format!("run {run} lacks {missing}"));
+    }
+    let meta = match std::fs::read_to_string(path.join("meta.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str::<Meta>(&s).map_err(|e| e.to_string()))
+    {
+        Ok(meta) => meta,
+        Err(e) => return broken(format!("run {run} has an unreadable meta.json: {e}")),
+    };
+    Found::Ready(ModelDir { guild_id: guild_id.to_string(), run, path, meta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(root: &Path, guild: &str, run: &str, meta: &str) {
+        let dir = root.join(guild).join(run);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in CHECKPOINT_FILES {
+            std::fs::write(dir.join(f), "{}").unwrap();
+        }
+        std::fs::write(dir.join("meta.json"), meta).unwrap();
+        std::fs::write(root.join(guild).join(CURRENT), run).unwrap();
+    }
+
+    #[test]
+    fn a_missing_models_directory_means_no_models() {
+        assert!(scan(Path::new("/nonexistent/mynah/models")).is_empty());
+    }
+
+    #[test]
+    fn current_checkpoints_are_found_and_broken_ones_explained() {
+        let root = tempfile::tempdir().unwrap();
+        checkpoint(root.path(), "1", "run-1", r#"{"params": 1234, "val_bits_per_byte": 2.5}"#);
+        checkpoint(root.path(), "2", "run-1", "not json");
+        checkpoint(root.path(), "3", "run-1", "{}");
+        std::fs::remove_file(root.path().join("3/run-1/model.safetensors")).unwrap();
+        std::fs::create_dir_all(root.path().join("4")).unwrap();
+        std::fs::write(root.path().join("4").join(CURRENT), "gone").unwrap();
+        std::fs::create_dir_all(root.path().join("base")).unwrap();
+        std::fs::write(root.path().join("base").join(CURRENT), "x").unwrap();
+
+        let found = scan(root.path());
+        let guilds: Vec<&str> = found.iter().map(Found::guild_id).collect();
+        assert_eq!(guilds, ["1", "2", "3", "4"]);
+        match &found[0] {
+            Found::Ready(m) => assert_eq!((m.run.as_str(), m.meta.params), ("run-1", Some(1234))),
+            other => panic!("{other:?}"),
+        }
+        let reasons: Vec<String> = found[1..]
+            .iter()
+            .map(|f| match f {
+                Found::Broken { reason, .. } => reason.clone(),
+                Found::Ready(_) => String::new(),
+            })
+            .collect();
+        assert!(reasons[0].contains("meta.json"), "{reasons:?}");
+        assert!(reasons[1].contains("model.safetensors"), "{reasons:?}");
+        assert!(reasons[2].contains("missing"), "{reasons:?}");
+    }
+}

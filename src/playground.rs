@@ -1,0 +1,171 @@
+//! `mynah playground`: the real bot against the built-in Discord-compatible server, with the
+//! bundled sample corpus, driven from a terminal prompt where you type as a Discord user.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::config::{Collect, Config, Secret};
+use crate::devserver::{DevServer, MANAGE_GUILD};
+use crate::service::Core;
+use crate::store::Store;
+
+/// The sample corpus compiled into the binary (see `data/sample/README.md` for its license).
+pub const SAMPLE: &str = include_str!("../data/sample/fcc-small-excerpt.jsonl");
+
+/// Fixed IDs, so a model trained in one playground session is still there in the next.
+pub const GUILD_ID: u64 = 1_000_000_000_000_000_001;
+pub const GENERAL_ID: u64 = 1_000_000_000_000_000_002;
+pub const OFFTOPIC_ID: u64 = 1_000_000_000_000_000_003;
+
+/// How long to wait for the bot to answer a command or a mention before prompting again.
+const REPLY_WAIT: Duration = Duration::from_secs(15);
+
+struct Room {
+    server: DevServer,
+    you: u64,
+    guest: u64,
+    bot_name: String,
+}
+
+impl Room {
+    fn user_named(&self, name: &str) -> Option<u64> {
+        match name {
+            "you" => Some(self.you),
+            "guest" => Some(self.guest),
+            _ => None,
+        }
+    }
+
+    fn channel_named(&self, name: &str) -> Option<u64> {
+        match name.trim_start_matches('#') {
+            "general" => Some(GENERAL_ID),
+            "off-topic" => Some(OFFTOPIC_ID),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the playground until `/quit`, end of input or Ctrl-C.
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    let server = DevServer::start().await.context("Failed to start the local Discord server")?;
+    server.create_guild_with_id("Playground", GUILD_ID);
+    server.create_channel_with_id(GUILD_ID, "general", GENERAL_ID);
+    server.create_channel_with_id(GUILD_ID, "off-topic", OFFTOPIC_ID);
+    let you = server.create_user("you");
+    let guest = server.create_user("guest");
+    server.add_member(GUILD_ID, you, MANAGE_GUILD);
+    server.add_member(GUILD_ID, guest, 0);
+
+    config.discord_token = Some(Secret::new(server.token()));
+    config.discord_api_base = Some(server.base_url());
+    config.collect = Collect::Channels([GENERAL_ID.to_string()].into());
+
+    let store = Store::open(&config.database_url).await?;
+    let (records, bad) = crate::corpus::parse_all(SAMPLE, Some(&GUILD_ID.to_string()));
+    let imported = store.insert_many(&records).await?;
+    debug_assert!(bad.is_empty(), "the bundled sample has malformed lines");
+    let core = Core::new(config.clone(), store.clone());
+
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_line = match config.api_addr {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            // Probe the port so a busy one gives a clear note instead of an error later.
+            Ok(probe) => {
+                drop(probe);
+                let core = core.clone();
+                tokio::spawn(async move {
+                    let shutdown = async {
+                        let _ = api_stopped.await;
+                    };
+                    if let Err(e) = crate::api::serve(core, addr, shutdown).await {
+                        eprintln!("HTTP API stopped: {e:#}");
+                    }
+                });
+                format!("HTTP API:  curl http://{addr}/api/ml/status")
+            }
+            Err(e) => format!("HTTP API:  off ({addr} is not available: {e})"),
+        },
+        None => "HTTP API:  off (MYNAH_API_ADDR=off)".into(),
+    };
+
+    let bot = crate::discord::start(core.clone()).await?;
+    if !server.wait_until_ready(Duration::from_secs(20)).await {
+        bot.shutdown().await;
+        anyhow::bail!("the bot did not connect to the local Discord server within 20 s");
+    }
+    let room = Room { bot_name: "mynah".into(), server, you, guest };
+    let stats = core.stats(&GUILD_ID.to_string(), None).await?;
+    println!("mynah playground: the real bot, connected to a local Discord-compatible server.");
+    println!("Server \"Playground\": #general (collected) and #off-topic; you type as \"you\" (admin).");
+    println!(
+        "Sample corpus: {} messages in the guild ({} new from the bundled fcc-small excerpt, BSD-3-Clause).",
+        stats.counts.messages, imported.inserted
+    );
+    println!("{api_line}");
+    println!("Try: !llmstats   @mynah hi   !llmtrain force   /as guest   /channel off-topic   /help   /quit");
+
+    let result = prompt_loop(&room, &config.prefix).await;
+    bot.shutdown().await;
+    let _ = stop_api.send(());
+    store.close().await;
+    result
+}
+
+async fn prompt_loop(room: &Room, prefix: &str) -> anyhow::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    let (mut user, mut user_name) = (room.you, "you".to_string());
+    let (mut channel, mut channel_name) = (GENERAL_ID, "general".to_string());
+    let bot_id = room.server.bot_id();
+    loop {
+        stdout.write_all(format!("#{channel_name} {user_name}> ").as_bytes()).await?;
+        stdout.flush().await?;
+        let line = tokio::select! {
+            line = lines.next_line() => line?,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(line) = line else {
+            println!();
+            return Ok(());
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix('/') {
+            let mut parts = cmd.split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some("quit" | "exit"), _) => return Ok(()),
+                (Some("as"), Some(name)) => match room.user_named(name) {
+                    Some(id) => (user, user_name) = (id, name.to_string()),
+                    None => println!("(no such user: try you or guest)"),
+                },
+                (Some("channel"), Some(name)) => match room.channel_named(name) {
+                    Some(id) => (channel, channel_name) = (id, name.trim_start_matches('#').to_string()),
+                    None => println!("(no such channel: try general or off-topic)"),
+                },
+                _ => println!(
+                    "/as you|guest: speak as the admin or a plain member; /channel general|off-topic; \
+                     /quit. Anything else is sent to the channel; write @{} to mention the bot.",
+                    room.bot_name
+                ),
+            }
+            continue;
+        }
+        let content = line.replace(&format!("@{}", room.bot_name), &format!("<@{bot_id}>"));
+        let expects_reply = content.contains(&format!("<@{bot_id}>")) || content.starts_with(prefix);
+        let sent = room.server.say(channel, user, &content);
+        if expects_reply {
+            match room.server.wait_for_bot_message(channel, sent, REPLY_WAIT).await {
+                Some(reply) => {
+                    for line in reply.content.lines() {
+                        println!("  {}: {line}", room.bot_name);
+                    }
+                }
+                None => println!("  (no reply from {})", room.bot_name),
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Everything persisted in SQL: chat messages, training runs and models. SQLite in WAL mode by
+//! default (`DATABASE_URL`); the schema lives in `migrations/` and is applied at open.
+//! This is the only module that contains SQL.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::corpus::Record;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the database directory {path}: {source}")]
+    Dir { path: String, source: std::io::Error },
+    #[error("invalid message: {0}")]
+    Invalid(#[from] crate::corpus::LineError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A cheap, clonable handle on the database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// Message counts for one guild (and optionally one of its channels).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub messages: u64,
+    pub authors: u64,
+    pub channels: u64,
+    /// Messages in the channel asked about, if one was.
+    pub channel_messages: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuildSummary {
+    pub guild_id: String,
+    pub messages: u64,
+    pub authors: u64,
+    pub channels: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Inserted {
+    pub inserted: u64,
+    pub already_present: u64,
+}
+
+/// The last successful training run of a guild, as the policy needs it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastRun {
+    pub id: i64,
+    pub finished_ms: i64,
+    pub corpus_until_ms: Option<i64>,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let options = if memory {
+            options
+        } else {
+            if let Some(dir) = Path::new(options.get_filename()).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
+                }
+            }
+            // WAL lets readers (stats, replies) proceed while ingest writes; NORMAL is durable
+            // across process crashes, which is the failure we guard against.
+            options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
+        };
+        // An in-memory database exists per connection, so it must have exactly one.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Stores one message; `false` if it was already there (replayed events are harmless).
+    pub async fn insert_message(&self, r: &Record) -> Result<bool> {
+        r.validate()?;
+        let mut conn = self.pool.acquire().await?;
+        insert(&mut conn, r, now_ms()).await
+    }
+
+    /// Stores many messages in one transaction (all or nothing).
+    pub async fn insert_many(&self, records: &[Record]) -> Result<Inserted> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut out = Inserted::default();
+        for r in records {
+            r.validate()?;
+            if insert(&mut tx, r, now).await? {
+                out.inserted += 1;
+            } else {
+                out.already_present += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Every stored message of `guild` (or of all guilds), oldest first, as JSONL records.
+    pub async fn export(&self, guild: Option<&str>) -> Result<Vec<Record>> {
+        let rows = sqlx::query(
+            "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at
+             FROM messages WHERE (?1 IS NULL OR guild_id = ?1)
+             ORDER BY guild_id, created_ms, rowid",
+        )
+        .bind(guild)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Record {
+                    id: row.try_get(0)?,
+                    guild_id: row.try_get(1)?,
+                    channel_id: row.try_get(2)?,
+                    channel: row.try_get(3)?,
+                    author_id: row.try_get(4)?,
+                    author: row.try_get(5)?,
+                    content: row.try_get(6)?,
+                    timestamp: row.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn counts(&self, guild: &str, channel: Option<&str>) -> Result<Counts> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COUNT(DISTINCT author_id), COUNT(DISTINCT channel_id),
+                    SUM(channel_id = ?2)
+             FROM messages WHERE guild_id = ?1",
+        )
+        .bind(guild)
+        .bind(channel)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Counts {
+            messages: count(row.try_get(0)?),
+            authors: count(row.try_get(1)?),
+            channels: count(row.try_get(2)?),
+            channel_messages: channel
+                .map(|_| row.try_get::<Option<i64>, _>(3).map(|n| count(n.unwrap_or(0))))
+                .transpose()?,
+        })
+    }
+
+    pub async fn guild_summaries(&self) -> Result<Vec<GuildSummary>> {
+        let rows = sqlx::query(
+            "SELECT guild_id, COUNT(*), COUNT(DISTINCT author_id), COUNT(DISTINCT channel_id)
+             FROM messages GROUP BY guild_id ORDER BY guild_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(GuildSummary {
+                    guild_id: row.try_get(0)?,
+                    messages: count(row.try_get(1)?),
+                    authors: count(row.try_get(2)?),
+                    channels: count(row.try_get(3)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Messages of `guild` stored after the given instant (by message time).
+    pub async fn messages_after(&self, guild: &str, after_ms: i64) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE guild_id = ? AND created_ms > ?")
+                .bind(guild)
+                .bind(after_ms)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count(n))
+    }
+
+    pub async fn last_successful_run(&self, guild: &str) -> Result<Option<LastRun>> {
+        let row = sqlx::query(
+            "SELECT id, finished_ms, corpus_until_ms FROM training_runs
+             WHERE guild_id = ? AND outcome = 'succeeded' AND finished_ms IS NOT NULL
+             ORDER BY finished_ms DESC LIMIT 1",
+        )
+        .bind(guild)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(LastRun {
+                id: row.try_get(0)?,
+                finished_ms: row.try_get(1)?,
+                corpus_until_ms: row.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO messages (guild_id, id, channel_id, channel_name, author_id, author_name,
+                               content, created_at, created_ms, ingested_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (guild_id, id) DO NOTHING",
+    )
+    .bind(&r.guild_id)
+    .bind(&r.id)
+    .bind(&r.channel_id)
+    .bind(&r.channel)
+    .bind(&r.author_id)
+    .bind(&r.author)
+    .bind(&r.content)
+    .bind(&r.timestamp)
+    .bind(r.created_ms()?)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, channel: &str, author: &str, ts: &str) -> Record {
+        Record {
+            id: id.into(),
+            guild_id: "g1".into(),
+            channel_id: channel.into(),
+            channel: format!("chan-{channel}"),
+            author_id: author.into(),
+            author: format!("user-{author}"),
+            content: format!("message {id}"),
+            timestamp: ts.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_to_a_fresh_file_and_reopen_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sub/dir/m.db", dir.path().display());
+        let store = Store::open(&url).await.unwrap();
+        store.insert_message(&record("1", "c", "a", "2020-01-01T00:00:00Z")).await.unwrap();
+        store.close().await;
+        let again = Store::open(&url).await.unwrap();
+        assert_eq!(again.counts("g1", None).await.unwrap().messages, 1);
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&again.pool).await.unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_message_is_stored_once() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let r = record("1", "c", "a", "2020-01-01T00:00:00Z");
+        assert!(store.insert_message(&r).await.unwrap());
+        assert!(!store.insert_message(&r).await.unwrap());
+        assert_eq!(store.counts("g1", None).await.unwrap().messages, 1);
+    }
+
+    #[tokio::test]
+    async fn counts_cover_guild_channel_and_authors() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let batch = vec![
+            record("1", "c1", "a", "2020-01-01T00:00:00Z"),
+            record("2", "c1", "b", "2020-01-01T00:01:00Z"),
+            record("3", "c2", "a", "2020-01-01T00:02:00Z"),
+        ];
+        let done = store.insert_many(&batch).await.unwrap();
+        assert_eq!(done, Inserted { inserted: 3, already_present: 0 });
+        let c = store.counts("g1", Some("c1")).await.unwrap();
+        assert_eq!((c.messages, c.authors, c.channels, c.channel_messages), (3, 2, 2, Some(2)));
+        assert_eq!(store.counts("other", None).await.unwrap().messages, 0);
+        assert_eq!(store.messages_after("g1", 1577836800000).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_record_in_a_batch_writes_nothing() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let batch =
+            vec![record("1", "c1", "a", "2020-01-01T00:00:00Z"), record("2", "c1", "b", "not a time")];
+        assert!(store.insert_many(&batch).await.is_err());
+        assert_eq!(store.counts("g1", None).await.unwrap().messages, 0);
+    }
+}

@@ -1,0 +1,208 @@
+//! The HTTP API, driven through the router without a socket (and once over TCP).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use mynah::config::Secret;
+use mynah::service::Core;
+use mynah::store::Store;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::support;
+
+struct Api {
+    core: Arc<Core>,
+    dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn new(token: Option<&str>) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = support::config(dir.path());
+        cfg.api_token = token.map(Secret::new);
+        let store = Store::open(&cfg.database_url).await.unwrap();
+        Api { core: Core::new(cfg, store), dir }
+    }
+
+    async fn with_sample(token: Option<&str>) -> Api {
+        let api = Api::new(token).await;
+        mynah::cli::import_text(&api.core.store, support::sample(), Some("42"), true).await.unwrap();
+        api
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Body::from(body.unwrap_or("").to_string())).unwrap();
+        let res = mynah::api::router(self.core.clone()).oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"));
+        (status, json)
+    }
+}
+
+#[tokio::test]
+async fn status_reports_mode_model_training_counts_uptime_and_version() {
+    let api = Api::with_sample(None).await;
+    let (status, body) = api.call("GET", "/api/ml/status", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["mode"], "fallback");
+    assert_eq!(body["model"], Value::Null);
+    assert_eq!(body["training"]["state"], "idle");
+    assert_eq!(body["guilds"][0]["guild_id"], "42");
+    assert_eq!(body["guilds"][0]["messages"], 1500);
+    assert_eq!(body["guilds"][0]["authors"], 110);
+    assert!(body["uptime_seconds"].is_u64());
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn train_answers_503_while_there_is_no_engine() {
+    let api = Api::with_sample(None).await;
+    let (status, body) =
+        api.call("POST", "/api/ml/train", Some(r#"{"epochs": 3, "force": true}"#), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"].as_str().unwrap().contains("no training engine"), "{body}");
+    assert_eq!(body["started"], false);
+    assert_eq!(body["guild_id"], "42");
+    // An empty body means the defaults.
+    let (status, _) = api.call("POST", "/api/ml/train", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn train_without_any_corpus_is_a_conflict() {
+    let api = Api::new(None).await;
+    let (status, body) = api.call("POST", "/api/ml/train", Some("{}"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("nothing to train on"), "{body}");
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_with_an_error() {
+    let api = Api::with_sample(None).await;
+    for body in [
+        "{not json",
+        r#"{"epochs": "three"}"#,
+        r#"{"epochs": -1}"#,
+        r#"{"force": true, "colour": "blue"}"#,
+        r#"{"epochs": 0}"#,
+        "[]",
+    ] {
+        let (status, json) = api.call("POST", "/api/ml/train", Some(body), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {json}");
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{body} -> {json}");
+    }
+    let (status, json) = api.call("GET", "/api/ml/should-train?colour=blue", None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+}
+
+#[tokio::test]
+async fn should_train_answers_from_the_policy() {
+    let api = Api::with_sample(None).await;
+    let (status, body) = api.call("GET", "/api/ml/should-train", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["should_train"], true, "{body}");
+    assert_eq!(body["code"], "first_training");
+    assert_eq!(body["new_messages"], 1500);
+    assert!(body["reason"].as_str().unwrap().contains("1500 messages"), "{body}");
+    assert_eq!(body["guilds"].as_array().unwrap().len(), 1);
+
+    let (_, body) = api.call("GET", "/api/ml/should-train?guild_id=7", None, None).await;
+    assert_eq!(body["should_train"], false);
+    assert_eq!(body["code"], "corpus_too_small");
+    assert_eq!(body["messages_until_first_training"], 500);
+}
+
+#[tokio::test]
+async fn initialize_rereads_the_models_directory() {
+    let api = Api::with_sample(None).await;
+    let (_, before) = api.call("POST", "/api/ml/initialize", None, None).await;
+    assert_eq!(before["models"], json!([]));
+    let run = api.dir.path().join("models/42/run-1");
+    std::fs::create_dir_all(&run).unwrap();
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        std::fs::write(run.join(f), "{}").unwrap();
+    }
+    std::fs::write(run.join("meta.json"), r#"{"params": 99}"#).unwrap();
+    std::fs::write(api.dir.path().join("models/42/CURRENT"), "run-1").unwrap();
+    let (status, after) = api.call("POST", "/api/ml/initialize", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(after["models"][0]["run"], "run-1", "{after}");
+    assert_eq!(after["models"][0]["params"], 99);
+    // Without an engine the model cannot serve, and status says why.
+    assert_eq!(after["guilds"][0]["mode"], "fallback");
+    assert!(after["guilds"][0]["mode_reason"].as_str().unwrap().contains("no engine"), "{after}");
+}
+
+#[tokio::test]
+async fn post_routes_need_the_token_when_one_is_set() {
+    let api = Api::with_sample(Some("s3cret")).await;
+    let (status, body) = api.call("POST", "/api/ml/train", Some("{}"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+    let (status, _) = api.call("POST", "/api/ml/initialize", None, Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = api.call("POST", "/api/ml/train", Some("{}"), Some("s3cret")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = api.call("GET", "/api/ml/status", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let api = Api::new(None).await;
+    let (status, body) = api.call("GET", "/api/ml/nope", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("/api/ml/nope"));
+    let (status, body) = api.call("DELETE", "/api/ml/status", None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].is_string());
+}
+
+#[tokio::test]
+async fn the_api_serves_over_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::new(None).await;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mynah::api::serve(api.core.clone(), addr, async {
+        let _ = stopped.await;
+    }));
+    let mut stream = None;
+    for _ in 0..100 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut stream = stream.expect("the API accepts connections");
+    stream
+        .write_all(b"GET /api/ml/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"mode\":\"fallback\""), "{response}");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

@@ -1,0 +1,94 @@
+//! The `mynah` binary itself: configuration errors, corpus import/export, the playground.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn mynah(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mynah"));
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", format!("sqlite://{}/db/mynah.db", dir.display()))
+        .env("MYNAH_MODELS_DIR", dir.join("models"))
+        .env("MYNAH_API_ADDR", "off");
+    cmd
+}
+
+#[test]
+fn a_malformed_env_var_stops_start_up_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mynah(dir.path()).env("MYNAH_ADMIN_IDS", "alice").arg("stats").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("MYNAH_ADMIN_IDS=\"alice\"") && stderr.contains("expected"), "{stderr}");
+}
+
+#[test]
+fn an_open_api_without_a_token_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mynah(dir.path()).env("MYNAH_API_ADDR", "0.0.0.0:0").arg("run").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("MYNAH_API_TOKEN"), "{stderr}");
+}
+
+#[test]
+fn corpus_import_and_export_round_trip_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let sample: String = mynah::playground::SAMPLE.lines().take(50).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, format!("{sample}oops\n")).unwrap();
+
+    let out = mynah(dir.path()).args(["corpus", "import"]).arg(&input).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "imported 50, skipped 1 malformed, 0 already present"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 51:"));
+
+    let out = mynah(dir.path()).args(["corpus", "import", "--strict"]).arg(&input).output().unwrap();
+    assert!(!out.status.success());
+
+    let output = dir.path().join("out.jsonl");
+    let out = mynah(dir.path())
+        .args(["corpus", "export", "--guild", "fcc-city", "-o"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exported = std::fs::read_to_string(&output).unwrap();
+    let parse =
+        |t: &str| -> Vec<serde_json::Value> { t.lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    assert_eq!(parse(&exported), parse(&sample));
+
+    let out = mynah(dir.path()).args(["stats", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["guilds"][0]["messages"], 50);
+}
+
+#[test]
+fn the_playground_runs_the_bot_from_a_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = mynah(dir.path())
+        .args(["playground", "--database"])
+        .arg(format!("sqlite://{}/playground.db", dir.path().display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"!llmstats\n@mynah hi there\n/as guest\n!llmtrain force\n/quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Messages collected:** 1500"), "{stdout}");
+    assert!(stdout.contains("still learning how this server talks"), "{stdout}");
+    assert!(stdout.contains("Only server admins"), "{stdout}");
+}

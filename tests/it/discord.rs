@@ -1,0 +1,130 @@
+//! End to end: the real bot (poise on serenity) against the local Discord-compatible server.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Harness, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llmstats_answers_with_real_counts() {
+    let h = Harness::start().await;
+    h.server.say(h.general, h.member, "first message");
+    h.server.say(h.general, h.admin, "second message");
+    h.server.say(h.general, h.member, "third message");
+    h.wait_stored(3).await;
+
+    let reply = h.ask(h.general, h.member, "!llmstats").await;
+    assert!(
+        reply.content.contains("**Messages collected:** 3 (3 in this channel) from 2 authors in 1 channel"),
+        "{}",
+        reply.content
+    );
+    assert!(reply.content.contains("fallback"), "{}", reply.content);
+    assert!(reply.content.contains("**Model:** none yet"), "{}", reply.content);
+    assert!(reply.content.contains("**Training:** idle"), "{}", reply.content);
+    assert!(reply.content.contains("1 opted-in channel"), "{}", reply.content);
+    assert!(reply.content.contains("497 more messages until the first training"), "{}", reply.content);
+    assert_eq!(reply.request["allowed_mentions"]["parse"], json!([]), "{}", reply.request);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_member_cannot_start_training() {
+    let h = Harness::start().await;
+    let reply = h.ask(h.general, h.member, "!llmtrain force").await;
+    assert!(reply.content.contains("Only server admins"), "{}", reply.content);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_reach_the_training_path_and_nothing_false_is_recorded() {
+    let h = Harness::start().await;
+    for user in [h.admin, h.listed_admin] {
+        let reply = h.ask(h.general, user, "!llmtrain force").await;
+        assert!(reply.content.contains("Training is not available yet"), "{}", reply.content);
+        assert!(reply.content.contains("more messages needed"), "{}", reply.content);
+    }
+    let reply = h.ask(h.general, h.admin, "!llmtrain sideways").await;
+    assert!(reply.content.contains("I didn't understand"), "{}", reply.content);
+    assert!(reply.content.contains("`!llmtrain force`"), "{}", reply.content);
+    assert_eq!(h.core.store.last_successful_run(&h.guild.to_string()).await.unwrap(), None);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_gets_a_fallback_reply_that_pings_nobody() {
+    let h = Harness::start().await;
+    let bot = h.server.bot_id();
+    let text = format!("<@{bot}> hello @everyone, ping <@{}> please", h.member);
+    let sent = h.server.say(h.general, h.member, &text);
+    let reply = h.server.wait_for_bot_message(h.general, sent, WAIT).await.expect("a reply");
+    assert!(reply.content.contains("still learning"), "{}", reply.content);
+    assert!(!reply.content.contains("@everyone") && !reply.content.contains("<@"), "{}", reply.content);
+    assert_eq!(reply.reference, Some(sent), "the reply references the mention");
+    let allowed = &reply.request["allowed_mentions"];
+    assert_eq!(allowed["parse"], json!([]), "{allowed}");
+    assert_eq!(allowed["replied_user"], json!(false), "{allowed}");
+    for key in ["users", "roles"] {
+        assert!(allowed[key].as_array().is_none_or(Vec::is_empty), "{allowed}");
+    }
+    assert!(h.server.typing_in(h.general) >= 1, "the typing indicator was shown");
+    assert!(reply.content.chars().count() <= 2000);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_human_chat_in_collected_channels_is_stored() {
+    let h = Harness::start().await;
+    h.server.say(h.offtopic, h.member, "off-topic chatter");
+    h.server.say(h.general, h.other_bot, "beep boop, I am a bot");
+    h.server.say(h.general, h.member, "!llmstats");
+    h.server.say(h.general, h.member, "a real message");
+    h.wait_stored(1).await;
+    // Give the ignored messages time to be (wrongly) stored before checking they were not.
+    let reply = h.ask(h.general, h.member, "!llmstats").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.stored().await, 1, "only the human message in #general is stored");
+    let exported = h.core.store.export(Some(&h.guild.to_string())).await.unwrap();
+    assert_eq!(exported[0].content, "a real message");
+    assert_eq!(exported[0].channel, "general");
+    assert_eq!(exported[0].author, "bob");
+    // The bot's own replies came back over the gateway too, and were not stored either.
+    assert!(!h.server.bot_messages(h.general).is_empty());
+    assert!(reply.content.contains("**Messages collected:** 1"), "{}", reply.content);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_message_create_is_stored_once() {
+    let h = Harness::start().await;
+    let id = h.server.say(h.general, h.member, "say it once");
+    h.wait_stored(1).await;
+    h.server.replay(id);
+    h.server.replay(id);
+    h.server.say(h.general, h.member, "marker");
+    h.wait_stored(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.stored().await, 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slash_commands_are_registered() {
+    let h = Harness::start().await;
+    let names = h
+        .server
+        .wait_for(WAIT, || {
+            let names: Vec<String> = h
+                .server
+                .registered_commands()
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect();
+            (!names.is_empty()).then_some(names)
+        })
+        .await
+        .expect("commands registered");
+    assert!(names.contains(&"llmstats".to_string()) && names.contains(&"llmtrain".to_string()), "{names:?}");
+    h.stop().await;
+}

@@ -1,0 +1,10 @@
+//! One integration-test binary (one link step) with a module per area.
+
+// Tests unwrap freely: a panic is a failed test with its reason.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod cli;
+mod discord;
+mod store;
+mod support;

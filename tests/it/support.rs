@@ -1,0 +1,122 @@
+//! Shared test fixtures: a devserver with a guild, channels and users, and the real bot
+//! connected to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mynah::config::{Collect, Config, Secret};
+use mynah::devserver::{DevServer, Posted, MANAGE_GUILD};
+use mynah::discord::BotHandle;
+use mynah::service::Core;
+use mynah::store::Store;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The bundled sample corpus, as shipped in `data/sample/`.
+pub fn sample() -> &'static str {
+    mynah::playground::SAMPLE
+}
+
+/// A config for tests: a file database in `dir`, models in `dir/models`, no API socket.
+pub fn config(dir: &std::path::Path) -> Config {
+    Config {
+        database_url: format!("sqlite://{}/mynah.db", dir.display()),
+        models_dir: dir.join("models"),
+        api_addr: None,
+        ..Config::default()
+    }
+}
+
+pub struct Harness {
+    pub server: DevServer,
+    pub core: Arc<Core>,
+    bot: Option<BotHandle>,
+    pub guild: u64,
+    pub general: u64,
+    pub offtopic: u64,
+    /// Has Manage Server through a role.
+    pub admin: u64,
+    /// Listed in MYNAH_ADMIN_IDS, with no permissions on Discord.
+    pub listed_admin: u64,
+    pub member: u64,
+    pub other_bot: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        let server = DevServer::start().await.expect("devserver starts");
+        let guild = server.create_guild("Test Guild");
+        let general = server.create_channel(guild, "general");
+        let offtopic = server.create_channel(guild, "off-topic");
+        let admin = server.create_user("alice");
+        let listed_admin = server.create_user("olga");
+        let member = server.create_user("bob");
+        let other_bot = server.create_bot_user("otherbot");
+        server.add_member(guild, admin, MANAGE_GUILD);
+        server.add_member(guild, listed_admin, 0);
+        server.add_member(guild, member, 0);
+        server.add_member(guild, other_bot, 0);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path());
+        cfg.discord_token = Some(Secret::new(server.token()));
+        cfg.discord_api_base = Some(server.base_url());
+        cfg.collect = Collect::Channels([general.to_string()].into());
+        cfg.admin_ids = [listed_admin].into();
+        let store = Store::open(&cfg.database_url).await.expect("store opens");
+        let core = Core::new(cfg, store);
+        let bot = mynah::discord::start(core.clone()).await.expect("bot starts");
+        assert!(server.wait_until_ready(WAIT).await, "the bot identified with the devserver");
+        Harness {
+            server,
+            core,
+            bot: Some(bot),
+            guild,
+            general,
+            offtopic,
+            admin,
+            listed_admin,
+            member,
+            other_bot,
+            _dir: dir,
+        }
+    }
+
+    /// Says something and waits for the bot's next message in that channel.
+    pub async fn ask(&self, channel: u64, user: u64, text: &str) -> Posted {
+        let sent = self.server.say(channel, user, text);
+        match self.server.wait_for_bot_message(channel, sent, WAIT).await {
+            Some(reply) => reply,
+            None => panic!("no reply to {text:?} within {WAIT:?}"),
+        }
+    }
+
+    pub async fn stored(&self) -> u64 {
+        self.core.store.counts(&self.guild.to_string(), None).await.expect("counts").messages
+    }
+
+    /// Waits until the store holds `n` messages of the guild.
+    pub async fn wait_stored(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.stored().await != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} stored messages, have {}",
+                self.stored().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(bot) = self.bot.take() {
+            bot.shutdown().await;
+        }
+        assert_eq!(
+            self.server.unknown_routes(),
+            Vec::<String>::new(),
+            "the bot called routes the devserver does not serve"
+        );
+    }
+}
