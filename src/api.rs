@@ -39,16 +39,25 @@ impl IntoResponse for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match &e {
-            ServiceError::EngineUnavailable { guild_id, decision } => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::NotNeeded { guild_id, decision } => ApiError {
+                status: StatusCode::OK,
                 body: json!({
-                    "error": e.to_string(),
                     "started": false,
+                    "reason": decision.reason,
                     "guild_id": guild_id,
                     "should_train": decision,
                 }),
             },
-            ServiceError::NothingToTrain => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            ServiceError::AlreadyRunning { .. } | ServiceError::NothingToTrain => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            ServiceError::Engine(crate::engine::EngineError::NotEnoughData(_)) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            ServiceError::Engine(inner) => {
+                tracing::error!(error = %inner, "engine error in API handler");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
             ServiceError::GuildAmbiguous(_) | ServiceError::BadRequest(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
             }
@@ -66,7 +75,7 @@ type ApiResult = Result<Json<Value>, ApiError>;
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/api/ml/status", get(status))
-        .route("/api/ml/train", post(train))
+        .route("/api/ml/train", post(train).delete(cancel))
         .route("/api/ml/should-train", get(should_train))
         .route("/api/ml/initialize", post(initialize))
         .fallback(not_found)
@@ -119,9 +128,10 @@ struct TrainBody {
     #[serde(default)]
     force: bool,
     guild_id: Option<String>,
+    max_minutes: Option<f64>,
 }
 
-async fn train(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
+async fn train(State(core): State<Arc<Core>>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     // The body is parsed by hand so that an empty body means defaults and every parse
     // problem (syntax, types, unknown fields) gets the same 400 JSON answer.
     let body: TrainBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -134,12 +144,21 @@ async fn train(State(core): State<Arc<Core>>, body: Bytes) -> ApiResult {
         .request_training(TrainRequest {
             guild_id: body.guild_id,
             epochs: body.epochs,
+            max_minutes: body.max_minutes,
             force: body.force,
             trigger: Trigger::Api,
             requested_by: Some("api".into()),
         })
         .await?;
-    Ok(Json(json!({ "started": true, "guild_id": accepted.guild_id, "should_train": accepted.decision })))
+    let body = json!({
+        "started": true,
+        "guild_id": accepted.guild_id,
+        "run_id": accepted.run_id,
+        "epochs": accepted.epochs,
+        "corpus_messages": accepted.corpus_messages,
+        "should_train": accepted.decision,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +194,12 @@ async fn should_train(
         }),
     };
     Ok(Json(body))
+}
+
+async fn cancel(State(core): State<Arc<Core>>) -> ApiResult {
+    let cancelled = core.cancel_training();
+    let message = if cancelled { "cancelling the running training" } else { "no training is running" };
+    Ok(Json(json!({ "cancelled": cancelled, "message": message })))
 }
 
 async fn initialize(State(core): State<Arc<Core>>) -> ApiResult {

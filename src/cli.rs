@@ -30,6 +30,32 @@ pub enum Command {
     /// Import or export the corpus as JSONL (one message per line).
     #[command(subcommand)]
     Corpus(CorpusCommand),
+    /// Train a guild's model now, in this process, with a progress bar.
+    Train {
+        /// The guild (optional when only one guild has messages).
+        #[arg(long)]
+        guild: Option<String>,
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Stop training after this many minutes (MYNAH_TRAIN_MAX_MINUTES by default).
+        #[arg(long)]
+        max_minutes: Option<f64>,
+        /// Model size: tiny, small or default (MYNAH_PRESET by default).
+        #[arg(long)]
+        preset: Option<String>,
+    },
+    /// Print one reply to TEXT, as a mention in the guild would get.
+    Reply {
+        #[arg(long)]
+        guild: Option<String>,
+        /// The channel whose recent messages form the context.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Who is speaking.
+        #[arg(long, default_value = "you")]
+        author: String,
+        text: String,
+    },
     /// Show what has been collected and learned.
     Stats {
         /// Only this guild.
@@ -77,13 +103,126 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             export(&config, guild.as_deref(), output).await
         }
         Command::Stats { guild, json } => stats(config, guild.as_deref(), json).await,
+        Command::Train { guild, epochs, max_minutes, preset } => {
+            let mut config = config;
+            if let Some(name) = preset {
+                config.engine.preset = crate::engine::Preset::by_name(&name)
+                    .with_context(|| format!("unknown preset {name:?}: use tiny, small or default"))?;
+            }
+            train(config, guild, epochs, max_minutes).await
+        }
+        Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
     }
+}
+
+/// Opens the store and the core for a one-shot command, runs `f`, and closes the store.
+async fn with_core<T>(
+    config: Config,
+    f: impl AsyncFnOnce(&std::sync::Arc<Core>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let store = Store::open(&config.database_url).await?;
+    let result = match Core::open(config, store.clone()).await {
+        Ok(core) => f(&core).await,
+        Err(e) => Err(e.into()),
+    };
+    store.close().await;
+    result
+}
+
+async fn train(
+    config: Config,
+    guild: Option<String>,
+    epochs: Option<u32>,
+    max_minutes: Option<f64>,
+) -> anyhow::Result<()> {
+    with_core(config, async |core| {
+        let mut watch = core.trainer.subscribe();
+        let request = crate::service::TrainRequest {
+            epochs,
+            max_minutes,
+            force: true,
+            requested_by: Some("cli".into()),
+            ..crate::service::TrainRequest::new(guild, crate::service::Trigger::Cli)
+        };
+        let accepted = core.request_training(request).await?;
+        eprintln!(
+            "training guild {} on {} messages (run {}, preset {}, up to {} epochs)",
+            accepted.guild_id,
+            accepted.corpus_messages,
+            accepted.run_id,
+            core.config.engine.preset.name,
+            accepted.epochs
+        );
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        loop {
+            watch.changed().await.context("the trainer stopped unexpectedly")?;
+            let view = watch.borrow_and_update().clone();
+            if let Some(p) = &view.progress {
+                bar.set_length(p.total_steps.max(1) as u64);
+                bar.set_position(p.step as u64);
+                bar.set_message(format!(
+                    "{} loss {:.3}  {:.0} tok/s  ETA {:.0}s",
+                    p.phase, p.loss, p.tokens_per_second, p.eta_seconds
+                ));
+            }
+            if let Some(last) = view.last.filter(|l| l.run_id == accepted.run_id) {
+                bar.finish_and_clear();
+                return match last.outcome.as_str() {
+                    "succeeded" => {
+                        println!(
+                            "run {} succeeded in {:.1} s: validation {:.3} bits/byte",
+                            last.run_id,
+                            last.seconds,
+                            last.val_bits_per_byte.unwrap_or(f64::NAN)
+                        );
+                        Ok(())
+                    }
+                    other => anyhow::bail!("run {} {other}: {}", last.run_id, last.error.unwrap_or_default()),
+                };
+            }
+        }
+    })
+    .await
+}
+
+async fn reply(
+    config: Config,
+    guild: Option<String>,
+    channel: Option<String>,
+    author: String,
+    text: String,
+) -> anyhow::Result<()> {
+    with_core(config, async |core| {
+        let guild = match guild {
+            Some(g) => g,
+            None => match core.store.guild_summaries().await?.as_slice() {
+                [only] => only.guild_id.clone(),
+                [] => anyhow::bail!("no guild has messages; pass --guild"),
+                _ => anyhow::bail!("several guilds have messages; pass --guild"),
+            },
+        };
+        let request = crate::service::ReplyRequest {
+            guild_id: guild,
+            channel_id: channel,
+            author,
+            text,
+            ..Default::default()
+        };
+        let out = core.reply(&request).await?;
+        println!("{}", out.text);
+        Ok(())
+    })
+    .await
 }
 
 async fn run_bot(config: Config) -> anyhow::Result<()> {
     config.check_api_exposure().map_err(anyhow::Error::msg)?;
     let store = Store::open(&config.database_url).await?;
-    let core = Core::new(config.clone(), store.clone());
+    let core = Core::open(config.clone(), store.clone()).await?;
     let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
     let api = config.api_addr.map(|addr| {
         let core = core.clone();
@@ -221,9 +360,7 @@ async fn export(config: &Config, guild: Option<&str>, output: Option<PathBuf>) -
 
 async fn stats(config: Config, guild: Option<&str>, json: bool) -> anyhow::Result<()> {
     let prefix = config.prefix.clone();
-    let store = Store::open(&config.database_url).await?;
-    let core = Core::new(config, store.clone());
-    let result = async {
+    with_core(config, async |core| {
         match (guild, json) {
             (Some(g), true) => println!("{}", serde_json::to_string_pretty(&core.stats(g, None).await?)?),
             (None, true) => println!("{}", serde_json::to_string_pretty(&core.status().await?)?),
@@ -245,10 +382,8 @@ async fn stats(config: Config, guild: Option<&str>, json: bool) -> anyhow::Resul
             }
         }
         anyhow::Ok(())
-    }
-    .await;
-    store.close().await;
-    result
+    })
+    .await
 }
 
 /// Drops Discord's bold markers for the terminal.

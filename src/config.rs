@@ -8,6 +8,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::engine::generate::Sampling;
+use crate::engine::Preset;
 use crate::policy::Thresholds;
 
 /// A configuration value that was present but malformed.
@@ -82,6 +84,33 @@ pub struct Config {
     pub collect: Collect,
     pub discord_api_base: Option<String>,
     pub thresholds: Thresholds,
+    pub engine: EngineConfig,
+}
+
+/// How models are trained and how replies are sampled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub preset: Preset,
+    pub epochs: usize,
+    pub max_minutes: f64,
+    /// Messages of the channel's recent history given to the model with a mention.
+    pub reply_context: usize,
+    pub sampling: Sampling,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            preset: Preset::default_preset(),
+            epochs: 3,
+            max_minutes: 10.0,
+            reply_context: 8,
+            sampling: Sampling::default(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -97,6 +126,7 @@ impl Default for Config {
             collect: Collect::Nothing,
             discord_api_base: None,
             thresholds: Thresholds::default(),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -171,6 +201,31 @@ impl Config {
         t.min_new_messages = number(&get, "MYNAH_TRAIN_MIN_NEW_MESSAGES", t.min_new_messages)?;
         t.min_interval_hours = number(&get, "MYNAH_TRAIN_MIN_HOURS", t.min_interval_hours)?;
         t.max_interval_hours = number(&get, "MYNAH_TRAIN_MAX_HOURS", t.max_interval_hours)?;
+
+        let e = &mut cfg.engine;
+        if let Some(device) = get("MYNAH_DEVICE") {
+            let ok = device == "cpu"
+                || device == "cuda"
+                || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+            if !ok {
+                return Err(err("MYNAH_DEVICE", &device, "cpu, cuda or cuda:N"));
+            }
+            e.device = device;
+        }
+        if let Some(name) = get("MYNAH_PRESET") {
+            e.preset =
+                Preset::by_name(&name).ok_or_else(|| err("MYNAH_PRESET", &name, "tiny, small or default"))?;
+        }
+        e.epochs = number(&get, "MYNAH_TRAIN_EPOCHS", e.epochs as u64)?.clamp(1, 1000) as usize;
+        e.max_minutes = float(&get, "MYNAH_TRAIN_MAX_MINUTES", e.max_minutes, 0.01, 10_000.0)?;
+        e.reply_context = number(&get, "MYNAH_REPLY_CONTEXT", e.reply_context as u64)?.min(100) as usize;
+        let sm = &mut e.sampling;
+        sm.temperature = float(&get, "MYNAH_TEMPERATURE", sm.temperature as f64, 0.0, 5.0)? as f32;
+        sm.top_k = number(&get, "MYNAH_TOP_K", sm.top_k as u64)? as usize;
+        sm.top_p = float(&get, "MYNAH_TOP_P", sm.top_p as f64, 0.01, 1.0)? as f32;
+        sm.repetition_penalty =
+            float(&get, "MYNAH_REPETITION_PENALTY", sm.repetition_penalty as f64, 1.0, 5.0)? as f32;
+        sm.max_tokens = number(&get, "MYNAH_REPLY_MAX_TOKENS", sm.max_tokens as u64)?.clamp(1, 200) as usize;
         Ok(cfg)
     }
 
@@ -202,6 +257,22 @@ fn number(
     match get(var) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| err(var, &v, "a whole number")),
+    }
+}
+
+fn float(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<f64, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => match v.parse::<f64>() {
+            Ok(x) if (min..=max).contains(&x) => Ok(x),
+            _ => Err(err(var, &v, "a number in its documented range (see .env.example)")),
+        },
     }
 }
 

@@ -4,10 +4,13 @@
 //! - [`config`]: typed configuration parsed once from environment variables.
 //! - [`corpus`]: the JSONL interchange format for chat messages (parsing and rendering).
 //! - [`store`]: everything persisted in SQL (messages, training runs, models); the only module with SQL.
+//! - [`engine`]: the language model: tokenizer, transformer, training, checkpoints, sampling.
 //! - [`policy`]: the single should-we-train decision with its reasons.
 //! - [`fallback`]: the keyword responder used while a guild has no model.
 //! - [`models`]: the on-disk model registry under `models/` (current-model pointers per guild).
 //! - [`render`]: plain-text renderings of service results for Discord and the CLI.
+//! - [`serving`]: the per-guild models that answer, and the generation thread.
+//! - [`training`]: the one-at-a-time training slot with its progress and cancellation.
 //! - [`service`]: the operations that Discord commands, the HTTP API and the CLI share.
 //! - [`api`]: the axum HTTP API, a thin adapter over [`service`].
 //! - [`discord`]: the poise/serenity layer, a thin adapter over [`service`].
@@ -21,14 +24,17 @@ pub mod config;
 pub mod corpus;
 pub mod devserver;
 pub mod discord;
+pub mod engine;
 pub mod fallback;
 pub mod models;
 pub mod playground;
 pub mod policy;
 pub mod render;
 pub mod service;
+pub mod serving;
 pub mod store;
 pub mod text;
+pub mod training;
 
 /// The crate version, reported by the API and stats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -61,12 +61,19 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.discord_token = Some(Secret::new(server.token()));
     config.discord_api_base = Some(server.base_url());
     config.collect = Collect::Channels([GENERAL_ID.to_string()].into());
+    // A newcomer should see a trained model within a couple of minutes.
+    if std::env::var_os("MYNAH_PRESET").is_none() {
+        config.engine.preset = crate::engine::Preset::small();
+    }
+    if std::env::var_os("MYNAH_TRAIN_MAX_MINUTES").is_none() {
+        config.engine.max_minutes = 1.5;
+    }
 
     let store = Store::open(&config.database_url).await?;
     let (records, bad) = crate::corpus::parse_all(SAMPLE, Some(&GUILD_ID.to_string()));
     let imported = store.insert_many(&records).await?;
     debug_assert!(bad.is_empty(), "the bundled sample has malformed lines");
-    let core = Core::new(config.clone(), store.clone());
+    let core = Core::open(config.clone(), store.clone()).await?;
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_line = match config.api_addr {

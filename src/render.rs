@@ -1,6 +1,7 @@
 //! Plain-text renderings of service results, shared by the Discord commands and the CLI.
 
 use crate::service::{GuildStats, Mode};
+use crate::training::TrainingView;
 
 /// The body of `!llmstats` and `mynah stats`.
 pub fn stats(s: &GuildStats, prefix: &str) -> String {
@@ -21,16 +22,18 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
     lines.push(format!("**Mode:** {mode}: {}", s.mode_reason));
     lines.push(match &s.model {
         Some(m) => format!(
-            "**Model:** {} ({} parameters, trained {}, {} messages, validation {} bits/byte)",
+            "**Model:** {} ({} parameters, {} preset, trained {} on {} messages in {:.0} s, validation {} bits/byte)",
             m.run,
-            m.params.map_or("?".into(), |p| p.to_string()),
-            m.trained_at.as_deref().unwrap_or("at an unknown time"),
-            m.corpus_messages.map_or("?".into(), |n| n.to_string()),
+            m.params,
+            m.preset,
+            m.trained_at,
+            m.corpus_messages,
+            m.training_seconds,
             m.val_bits_per_byte.map_or("?".into(), |b| format!("{b:.3}")),
         ),
         None => "**Model:** none yet".into(),
     });
-    lines.push(format!("**Training:** {}", s.training.state));
+    lines.push(format!("**Training:** {}", training(&s.training)));
     lines.push(format!("**Collecting from:** {}", s.collection));
     let d = &s.should_train;
     lines.push(match d.messages_until_first_training {
@@ -45,6 +48,45 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
         ),
     });
     lines.join("\n")
+}
+
+/// The training state in one line: live progress, or how the last run ended.
+pub fn training(t: &TrainingView) -> String {
+    if t.state == "running" {
+        let run = t.run_id.map(|r| format!(" run {r}")).unwrap_or_default();
+        return match &t.progress {
+            Some(p) if p.phase == "training" => format!(
+                "running{run}: step {}/{}, loss {:.3}, {:.0} tokens/s, about {} left",
+                p.step,
+                p.total_steps,
+                p.loss,
+                p.tokens_per_second,
+                duration(p.eta_seconds)
+            ),
+            Some(p) => format!("running{run}: {}", p.phase),
+            None => format!("running{run}: preparing"),
+        };
+    }
+    match &t.last {
+        Some(l) => {
+            let detail = match (&l.error, l.val_bits_per_byte) {
+                (Some(e), _) => format!(": {e}"),
+                (None, Some(v)) => format!(", validation {v:.3} bits/byte"),
+                _ => String::new(),
+            };
+            format!("idle (last run {} {} after {}{detail})", l.run_id, l.outcome, duration(l.seconds))
+        }
+        None => "idle".into(),
+    }
+}
+
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 fn plural(n: u64) -> &'static str {

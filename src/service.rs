@@ -3,29 +3,39 @@
 //! their input into these calls and the results into their own output; nothing here knows about
 //! Discord or HTTP.
 
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::Device;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::corpus::Record;
+use crate::engine::checkpoint::{self, Loaded, Meta};
+use crate::engine::tokenizer::ChatLine;
+use crate::engine::train::{self, Report, TrainOptions};
+use crate::engine::EngineError;
 use crate::fallback;
-use crate::models::{self, Found};
 use crate::policy::{self, Decision, Inputs};
-use crate::store::{Counts, Store, StoreError};
+use crate::serving::Serving;
+use crate::store::{Counts, RunResult, Store, StoreError};
+use crate::training::{Finished, Trainer, TrainingView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The training engine is not part of this build yet.
-    #[error("training is not available yet: this build of mynah has no training engine ({})", decision.reason)]
-    EngineUnavailable { guild_id: String, decision: Decision },
+    #[error("not training: {} (use force to train anyway)", decision.reason)]
+    NotNeeded { guild_id: String, decision: Decision },
+    #[error("a training run is already in progress{}", guild_id.as_deref().map(|g| format!(" (guild {g})")).unwrap_or_default())]
+    AlreadyRunning { guild_id: Option<String> },
     #[error("no guild has any collected messages yet, so there is nothing to train on")]
     NothingToTrain,
     #[error("several guilds have messages: say which one with guild_id ({0})")]
     GuildAmbiguous(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the training engine failed: {0}")]
+    Engine(#[from] EngineError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -41,14 +51,33 @@ pub enum Trigger {
     Remote,
 }
 
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Command => "command",
+            Trigger::Api => "api",
+            Trigger::Cli => "cli",
+            Trigger::Remote => "remote",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainRequest {
     /// `None` lets the service pick the only guild with messages.
     pub guild_id: Option<String>,
     pub epochs: Option<u32>,
+    pub max_minutes: Option<f64>,
     pub force: bool,
     pub trigger: Trigger,
     pub requested_by: Option<String>,
+}
+
+impl TrainRequest {
+    pub fn new(guild_id: Option<String>, trigger: Trigger) -> TrainRequest {
+        TrainRequest { guild_id, epochs: None, max_minutes: None, force: false, trigger, requested_by: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,16 +93,12 @@ pub enum Mode {
 pub struct ModelView {
     pub guild_id: String,
     pub run: String,
-    pub params: Option<u64>,
-    pub trained_at: Option<String>,
+    pub params: u64,
+    pub preset: String,
+    pub trained_at: String,
     pub val_bits_per_byte: Option<f64>,
-    pub corpus_messages: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TrainingView {
-    /// `idle` or `running`.
-    pub state: &'static str,
+    pub corpus_messages: u64,
+    pub training_seconds: f64,
 }
 
 /// Everything `!llmstats` and `mynah stats` show for one guild.
@@ -100,7 +125,7 @@ pub struct Status {
     pub training: TrainingView,
     pub guilds: Vec<GuildStatus>,
     pub collection: String,
-    pub engine: &'static str,
+    pub engine: String,
     pub uptime_seconds: u64,
     pub version: &'static str,
 }
@@ -134,68 +159,91 @@ pub enum Ingested {
     Empty,
 }
 
-/// The answer to `POST /api/ml/train` and `!llmtrain` once accepted.
+/// The answer to a training request that started a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainAccepted {
     pub guild_id: String,
+    pub run_id: i64,
+    pub epochs: u32,
+    pub corpus_messages: u64,
     pub decision: Decision,
 }
 
-/// Shared state of a running mynah: cheap to clone behind an `Arc`.
+/// A mention to answer.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyRequest {
+    pub guild_id: String,
+    pub channel_id: Option<String>,
+    /// The mentioning message, left out of the history (it is appended as the last turn).
+    pub message_id: Option<String>,
+    pub author: String,
+    pub text: String,
+    /// The bot's own user ID, whose mentions are removed from the prompt.
+    pub bot_user_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplyOut {
+    /// Safe to send as is: clamped, mentions defused.
+    pub text: String,
+    pub mode: Mode,
+}
+
+/// Shared state of a running mynah, behind an `Arc`.
 #[derive(Debug)]
 pub struct Core {
     pub config: Arc<Config>,
     pub store: Store,
+    pub serving: Serving,
+    pub trainer: Arc<Trainer>,
+    device: Device,
     started: Instant,
-    registry: RwLock<Vec<Found>>,
 }
 
 impl Core {
-    /// Builds the core and reads the model registry once.
-    pub fn new(config: Config, store: Store) -> Arc<Core> {
-        let core = Core {
+    /// Builds the core: picks the device, marks runs a crash interrupted, loads the models.
+    pub async fn open(config: Config, store: Store) -> Result<Arc<Core>, ServiceError> {
+        let device = crate::engine::device(&config.engine.device)?;
+        let interrupted = store.mark_interrupted_runs().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "training runs were interrupted by a stop; marked interrupted"
+            );
+        }
+        let core = Arc::new(Core {
             config: Arc::new(config),
             store,
+            serving: Serving::new(),
+            trainer: Arc::new(Trainer::new()),
+            device,
             started: Instant::now(),
-            registry: RwLock::new(Vec::new()),
-        };
-        core.rescan_models();
-        Arc::new(core)
+        });
+        core.load_models().await;
+        Ok(core)
     }
 
-    fn rescan_models(&self) {
-        let found = models::scan(&self.config.models_dir);
-        match self.registry.write() {
-            Ok(mut registry) => *registry = found,
-            Err(poisoned) => *poisoned.into_inner() = found,
+    async fn load_models(self: &Arc<Self>) {
+        let core = self.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || core.serving.load_all(&core.config.models_dir, &core.device));
+        if let Err(e) = loaded.await {
+            tracing::error!(error = %e, "loading models panicked");
         }
     }
 
-    fn found(&self, guild_id: &str) -> Option<Found> {
-        let registry = self.registry.read().unwrap_or_else(|p| p.into_inner());
-        registry.iter().find(|f| f.guild_id() == guild_id).cloned()
-    }
-
     fn mode_of(&self, guild_id: &str) -> (Mode, String, Option<ModelView>) {
-        match self.found(guild_id) {
-            // A checkpoint on disk is only served once an engine can load it.
-            Some(Found::Ready(m)) => (
-                Mode::Fallback,
-                format!("model {} is on disk, but this build has no engine to serve it", m.run),
-                Some(view(&m)),
-            ),
-            Some(Found::Broken { reason, .. }) => {
-                (Mode::Fallback, format!("the model is unusable: {reason}"), None)
-            }
+        if let Some(m) = self.serving.get(guild_id) {
+            let view = view(guild_id, &m);
+            return (Mode::Model, format!("replies come from model {}", view.run), Some(view));
+        }
+        match self.serving.broken(guild_id) {
+            Some(reason) => (Mode::Fallback, format!("the model is unusable: {reason}"), None),
             None => (Mode::Fallback, "no model has been trained yet".into(), None),
         }
     }
 
-    fn training(&self) -> TrainingView {
-        TrainingView { state: "idle" }
-    }
-
-    /// The policy's decision for one guild, from the store and the registry.
+    /// The policy's decision for one guild, from the store and the serving models.
     pub async fn should_train(&self, guild_id: &str) -> Result<Decision, ServiceError> {
         let counts = self.store.counts(guild_id, None).await?;
         let last = self.store.last_successful_run(guild_id).await?;
@@ -210,9 +258,9 @@ impl Core {
             new_messages,
             hours_since_last_run: last
                 .map(|run| (crate::store::now_ms() - run.finished_ms) as f64 / 3_600_000.0),
-            has_model: matches!(self.found(guild_id), Some(Found::Ready(_))),
+            has_model: self.serving.get(guild_id).is_some(),
             model_stale: false,
-            training_running: self.training().state == "running",
+            training_running: self.trainer.is_running(),
         };
         Ok(policy::should_train(&inputs, &self.config.thresholds))
     }
@@ -236,7 +284,7 @@ impl Core {
             mode,
             mode_reason,
             model,
-            training: self.training(),
+            training: self.trainer.view(),
             collection: self.config.collect.describe(),
             should_train: self.should_train(guild_id).await?,
         })
@@ -255,33 +303,23 @@ impl Core {
                 mode_reason,
             });
         }
-        let models: Vec<ModelView> = {
-            let registry = self.registry.read().unwrap_or_else(|p| p.into_inner());
-            registry
-                .iter()
-                .filter_map(|f| match f {
-                    Found::Ready(m) => Some(view(m)),
-                    Found::Broken { .. } => None,
-                })
-                .collect()
-        };
-        let mode = if guilds.iter().any(|g| g.mode == Mode::Model) { Mode::Model } else { Mode::Fallback };
+        let models: Vec<ModelView> = self.serving.all().iter().map(|(g, m)| view(g, m)).collect();
         Ok(Status {
-            mode,
+            mode: if models.is_empty() { Mode::Fallback } else { Mode::Model },
             model: if models.len() == 1 { models.first().cloned() } else { None },
             models,
-            training: self.training(),
+            training: self.trainer.view(),
             guilds,
             collection: self.config.collect.describe(),
-            engine: "none",
+            engine: format!("candle on {}", self.config.engine.device),
             uptime_seconds: self.started.elapsed().as_secs(),
             version: crate::VERSION,
         })
     }
 
     /// Re-reads `models/` (after an operator copied a model in, say) and returns the status.
-    pub async fn initialize(&self) -> Result<Status, ServiceError> {
-        self.rescan_models();
+    pub async fn initialize(self: &Arc<Self>) -> Result<Status, ServiceError> {
+        self.load_models().await;
         self.status().await
     }
 
@@ -300,18 +338,166 @@ impl Core {
         }
     }
 
-    /// Starts training if the policy (or `force`) allows it.
-    pub async fn request_training(&self, req: TrainRequest) -> Result<TrainAccepted, ServiceError> {
+    /// Starts a training run if the policy (or `force`) allows and none is running. The run
+    /// goes on in the background; the new model serves as soon as it is saved.
+    pub async fn request_training(
+        self: &Arc<Self>,
+        req: TrainRequest,
+    ) -> Result<TrainAccepted, ServiceError> {
         if let Some(e) = req.epochs {
             if !(1..=1000).contains(&e) {
                 return Err(ServiceError::BadRequest(format!("epochs must be 1 to 1000, not {e}")));
             }
         }
+        if let Some(m) = req.max_minutes {
+            if !(m > 0.0 && m <= 10_000.0) {
+                return Err(ServiceError::BadRequest(format!("max_minutes must be above 0, not {m}")));
+            }
+        }
         let guild_id = self.resolve_guild(req.guild_id.as_deref()).await?;
+        if guild_id.is_empty() || !guild_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ServiceError::BadRequest(format!("guild id {guild_id:?} is not a valid guild id")));
+        }
         let decision = self.should_train(&guild_id).await?;
-        tracing::info!(guild = %guild_id, trigger = ?req.trigger, force = req.force, "training requested");
-        // Nothing is recorded: a run row would claim a training that cannot happen.
-        Err(ServiceError::EngineUnavailable { guild_id, decision })
+        if self.trainer.is_running() {
+            return Err(ServiceError::AlreadyRunning { guild_id: self.trainer.view().guild_id });
+        }
+        if !req.force && !decision.should_train {
+            return Err(ServiceError::NotNeeded { guild_id, decision });
+        }
+        let slot = self
+            .trainer
+            .try_begin(&guild_id)
+            .ok_or_else(|| ServiceError::AlreadyRunning { guild_id: self.trainer.view().guild_id })?;
+        let records = self.store.export(Some(&guild_id)).await?;
+        if records.len() < 20 {
+            return Err(ServiceError::Engine(EngineError::NotEnoughData(format!(
+                "{} messages; at least 20 are needed",
+                records.len()
+            ))));
+        }
+        let lines: Vec<ChatLine> = records.iter().map(chat_line).collect();
+        let epochs = req.epochs.unwrap_or(self.config.engine.epochs as u32);
+        let newest = self.store.newest_ms(&guild_id).await?;
+        let run_id = self
+            .store
+            .start_run(
+                &guild_id,
+                req.trigger.as_str(),
+                req.requested_by.as_deref(),
+                epochs as i64,
+                lines.len() as i64,
+                newest,
+            )
+            .await?;
+        self.trainer.set_run(run_id);
+        tracing::info!(guild = %guild_id, run = run_id, trigger = ?req.trigger, force = req.force, "training started");
+        let mut opts = TrainOptions::new(self.config.engine.preset.clone());
+        opts.epochs = epochs as usize;
+        opts.max_seconds = Some(req.max_minutes.unwrap_or(self.config.engine.max_minutes) * 60.0);
+        let job = Job {
+            lines,
+            opts,
+            guild_dir: self.config.models_dir.join(&guild_id),
+            run: format!("run-{run_id}"),
+            corpus: (
+                records.first().map(|r| r.timestamp.clone()),
+                records.last().map(|r| r.timestamp.clone()),
+            ),
+        };
+        let accepted = TrainAccepted {
+            guild_id: guild_id.clone(),
+            run_id,
+            epochs,
+            corpus_messages: records.len() as u64,
+            decision,
+        };
+        let core = self.clone();
+        tokio::spawn(async move { core.run_training(job, guild_id, run_id, slot).await });
+        Ok(accepted)
+    }
+
+    /// Runs one training on a dedicated thread and records what came of it.
+    async fn run_training(
+        self: Arc<Self>,
+        job: Job,
+        guild_id: String,
+        run_id: i64,
+        slot: crate::training::Slot,
+    ) {
+        let started = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (device, trainer, cancel) = (self.device.clone(), self.trainer.clone(), slot.cancel.clone());
+        let spawned = std::thread::Builder::new().name("mynah-train".into()).spawn(move || {
+            let _ = tx.send(train_and_save(job, &device, &cancel, &trainer));
+        });
+        let outcome = match spawned {
+            Ok(_) => rx
+                .await
+                .unwrap_or_else(|_| Err(EngineError::BadConfig("the training thread panicked".into()))),
+            Err(e) => Err(EngineError::Io(e)),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let (result, val) = match outcome {
+            Ok((loaded, report)) => {
+                let path = loaded.dir.display().to_string();
+                let val = Some(report.val_bits_per_byte);
+                let loaded = Arc::new(loaded);
+                if let Err(e) = self
+                    .store
+                    .record_model(
+                        &guild_id,
+                        run_id,
+                        &path,
+                        loaded.meta.params as i64,
+                        val,
+                        loaded.meta.corpus_messages as i64,
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "could not record the new model");
+                }
+                self.serving.install(&guild_id, loaded);
+                tracing::info!(guild = %guild_id, run = run_id, val_bpb = report.val_bits_per_byte, seconds, "new model serving");
+                (
+                    RunResult {
+                        outcome: "succeeded",
+                        error: None,
+                        steps: Some(report.steps as i64),
+                        tokens: Some(report.tokens as i64),
+                        train_loss: Some(report.train_loss as f64),
+                        val_bpb: val,
+                    },
+                    val,
+                )
+            }
+            Err(EngineError::Cancelled) => {
+                tracing::info!(guild = %guild_id, run = run_id, "training cancelled; the current model stays");
+                (RunResult { outcome: "cancelled", ..RunResult::default() }, None)
+            }
+            Err(e) => {
+                tracing::error!(guild = %guild_id, run = run_id, error = %e, "training failed; the current model stays");
+                (RunResult { outcome: "failed", error: Some(e.to_string()), ..RunResult::default() }, None)
+            }
+        };
+        if let Err(e) = self.store.finish_run(run_id, &result).await {
+            tracing::error!(error = %e, "could not record the end of a training run");
+        }
+        self.trainer.finish(Finished {
+            run_id,
+            guild_id,
+            outcome: result.outcome.to_string(),
+            error: result.error,
+            val_bits_per_byte: val,
+            seconds,
+        });
+        drop(slot);
+    }
+
+    /// Asks a running training to stop; `false` if none runs.
+    pub fn cancel_training(&self) -> bool {
+        self.trainer.cancel()
     }
 
     /// Applies the collection rules to a message seen on Discord and stores it if they allow.
@@ -332,30 +518,134 @@ impl Core {
         Ok(outcome)
     }
 
-    /// The reply to a mention in `guild_id`. Safe to send as is: clamped, mentions defused.
-    pub async fn reply(&self, guild_id: &str, text: &str) -> Result<String, ServiceError> {
-        let stats = self.stats(guild_id, None).await?;
-        let note = match self.found(guild_id) {
-            Some(Found::Broken { reason, .. }) => Some(format!("my model is unusable ({reason})")),
-            _ => None,
-        };
+    /// The reply to a mention: generated by the guild's model if it has one, else the fallback.
+    pub async fn reply(&self, req: &ReplyRequest) -> Result<ReplyOut, ServiceError> {
+        if let Some(model) = self.serving.get(&req.guild_id) {
+            match self.generate(model, req).await {
+                Ok(Some(text)) => {
+                    return Ok(ReplyOut { text: crate::text::for_discord(&text), mode: Mode::Model })
+                }
+                Ok(None) => tracing::debug!("the model produced nothing; falling back"),
+                Err(e) => tracing::warn!(error = %e, "generation failed; falling back"),
+            }
+        }
+        let stats = self.stats(&req.guild_id, None).await?;
+        let note =
+            self.serving.broken(&req.guild_id).map(|reason| format!("my model is unusable ({reason})"));
         let progress = fallback::Progress {
             messages: stats.counts.messages,
             until_first_training: stats.should_train.messages_until_first_training,
             prefix: self.config.prefix.clone(),
             note,
         };
-        Ok(crate::text::for_discord(&fallback::reply(text, &progress)))
+        Ok(ReplyOut {
+            text: crate::text::for_discord(&fallback::reply(&req.text, &progress)),
+            mode: Mode::Fallback,
+        })
+    }
+
+    async fn generate(&self, model: Arc<Loaded>, req: &ReplyRequest) -> anyhow::Result<Option<String>> {
+        let mut history: Vec<(String, String)> = match &req.channel_id {
+            Some(channel) => self
+                .store
+                .recent(
+                    &req.guild_id,
+                    channel,
+                    self.config.engine.reply_context as i64,
+                    req.message_id.as_deref(),
+                )
+                .await?
+                .into_iter()
+                .map(|m| (m.author, m.content))
+                .collect(),
+            None => Vec::new(),
+        };
+        let text = match &req.bot_user_id {
+            Some(id) => req.text.replace(&format!("<@{id}>"), "").replace(&format!("<@!{id}>"), ""),
+            None => req.text.clone(),
+        };
+        history.push((req.author.clone(), text.trim().to_string()));
+        // An empty message is a poor reply; a few fresh draws usually find a real one.
+        for _ in 0..3 {
+            let g = self
+                .serving
+                .generate(model.clone(), history.clone(), self.config.engine.sampling.clone(), rand::random())
+                .await?;
+            if !g.text.trim().is_empty() {
+                return Ok(Some(g.text));
+            }
+        }
+        Ok(None)
     }
 }
 
-fn view(m: &models::ModelDir) -> ModelView {
+/// The work of one training run, moved to its thread.
+struct Job {
+    lines: Vec<ChatLine>,
+    opts: TrainOptions,
+    guild_dir: PathBuf,
+    run: String,
+    corpus: (Option<String>, Option<String>),
+}
+
+/// Trains, saves the checkpoint (making it current) and loads it back as the serving model,
+/// so what serves is exactly what is on disk.
+fn train_and_save(
+    job: Job,
+    device: &Device,
+    cancel: &std::sync::atomic::AtomicBool,
+    trainer: &Trainer,
+) -> Result<(Loaded, Report), EngineError> {
+    let trained = train::train(&job.lines, &job.opts, device, cancel, |p| trainer.report(p))?;
+    let r = &trained.report;
+    let meta = Meta {
+        params: trained.config.params(),
+        trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        val_bits_per_byte: Some(r.val_bits_per_byte),
+        corpus_messages: job.lines.len() as u64,
+        corpus_first: job.corpus.0,
+        corpus_last: job.corpus.1,
+        training_seconds: r.seconds,
+        engine_version: crate::engine::ENGINE_VERSION.into(),
+        preset: job.opts.preset.name.clone(),
+        steps: r.steps as u64,
+        epochs: r.epochs,
+        tokens: r.tokens,
+        train_loss: Some(r.train_loss),
+    };
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(EngineError::Cancelled);
+    }
+    let dir = checkpoint::save(
+        &job.guild_dir,
+        &job.run,
+        &trained.varmap,
+        &trained.config,
+        &trained.tokenizer,
+        &meta,
+    )?;
+    let loaded = checkpoint::load(&dir, device)?;
+    Ok((loaded, trained.report))
+}
+
+fn chat_line(r: &Record) -> ChatLine {
+    ChatLine {
+        channel: r.channel_id.clone(),
+        author: r.author.clone(),
+        content: r.content.clone(),
+        time_ms: r.created_ms().unwrap_or(0),
+    }
+}
+
+fn view(guild_id: &str, m: &Loaded) -> ModelView {
     ModelView {
-        guild_id: m.guild_id.clone(),
-        run: m.run.clone(),
+        guild_id: guild_id.to_string(),
+        run: m.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         params: m.meta.params,
+        preset: m.meta.preset.clone(),
         trained_at: m.meta.trained_at.clone(),
         val_bits_per_byte: m.meta.val_bits_per_byte,
         corpus_messages: m.meta.corpus_messages,
+        training_seconds: m.meta.training_seconds,
     }
 }

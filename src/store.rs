@@ -219,6 +219,208 @@ impl Store {
     }
 }
 
+/// What a finished training run achieved, for its row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunResult {
+    pub outcome: &'static str,
+    pub error: Option<String>,
+    pub steps: Option<i64>,
+    pub tokens: Option<i64>,
+    pub train_loss: Option<f64>,
+    pub val_bpb: Option<f64>,
+}
+
+/// One row of `training_runs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub guild_id: String,
+    pub trigger: String,
+    pub requested_by: Option<String>,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub epochs: Option<i64>,
+    pub steps: Option<i64>,
+    pub tokens: Option<i64>,
+    pub train_loss: Option<f64>,
+    pub val_bpb: Option<f64>,
+    pub corpus_messages: Option<i64>,
+}
+
+/// A message of the recent history of a channel, for reply prompts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recent {
+    pub id: String,
+    pub author: String,
+    pub content: String,
+}
+
+impl Store {
+    /// Records a training run as started; returns its ID.
+    pub async fn start_run(
+        &self,
+        guild: &str,
+        trigger: &str,
+        requested_by: Option<&str>,
+        epochs: i64,
+        corpus_messages: i64,
+        corpus_until_ms: Option<i64>,
+    ) -> Result<i64> {
+        let id = sqlx::query(
+            "INSERT INTO training_runs (guild_id, trigger, requested_by, started_ms, outcome, epochs,
+                                        corpus_messages, corpus_until_ms)
+             VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+        )
+        .bind(guild)
+        .bind(trigger)
+        .bind(requested_by)
+        .bind(now_ms())
+        .bind(epochs)
+        .bind(corpus_messages)
+        .bind(corpus_until_ms)
+        .execute(&self.pool)
+        .await?
+        .last_insert_rowid();
+        Ok(id)
+    }
+
+    pub async fn finish_run(&self, id: i64, r: &RunResult) -> Result<()> {
+        sqlx::query(
+            "UPDATE training_runs SET finished_ms = ?, outcome = ?, error = ?, steps = ?, tokens = ?,
+                                      train_loss = ?, val_bpb = ?
+             WHERE id = ?",
+        )
+        .bind(now_ms())
+        .bind(r.outcome)
+        .bind(&r.error)
+        .bind(r.steps)
+        .bind(r.tokens)
+        .bind(r.train_loss)
+        .bind(r.val_bpb)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Runs still marked running belong to a process that died: mark them interrupted.
+    pub async fn mark_interrupted_runs(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE training_runs SET outcome = 'interrupted', finished_ms = ?,
+                    error = 'the process stopped during training'
+             WHERE outcome = 'running'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The newest runs, of one guild or all.
+    pub async fn runs(&self, guild: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(
+            "SELECT id, guild_id, trigger, requested_by, started_ms, finished_ms, outcome, error, epochs,
+                    steps, tokens, train_loss, val_bpb, corpus_messages
+             FROM training_runs WHERE (?1 IS NULL OR guild_id = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(guild)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(RunRow {
+                    id: r.try_get(0)?,
+                    guild_id: r.try_get(1)?,
+                    trigger: r.try_get(2)?,
+                    requested_by: r.try_get(3)?,
+                    started_ms: r.try_get(4)?,
+                    finished_ms: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                    error: r.try_get(7)?,
+                    epochs: r.try_get(8)?,
+                    steps: r.try_get(9)?,
+                    tokens: r.try_get(10)?,
+                    train_loss: r.try_get(11)?,
+                    val_bpb: r.try_get(12)?,
+                    corpus_messages: r.try_get(13)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a trained model as the guild's current one (the previous one stops being current).
+    pub async fn record_model(
+        &self,
+        guild: &str,
+        run_id: i64,
+        path: &str,
+        params: i64,
+        val_bpb: Option<f64>,
+        corpus_messages: i64,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE models SET is_current = 0 WHERE guild_id = ? AND is_current = 1")
+            .bind(guild)
+            .execute(&mut *tx)
+            .await?;
+        let id = sqlx::query(
+            "INSERT INTO models (guild_id, run_id, path, created_ms, params, val_bpb, corpus_messages, is_current)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+        )
+        .bind(guild)
+        .bind(run_id)
+        .bind(path)
+        .bind(now_ms())
+        .bind(params)
+        .bind(val_bpb)
+        .bind(corpus_messages)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The last `limit` messages of a channel (oldest first), without the message `except`.
+    pub async fn recent(
+        &self,
+        guild: &str,
+        channel: &str,
+        limit: i64,
+        except: Option<&str>,
+    ) -> Result<Vec<Recent>> {
+        let rows = sqlx::query(
+            "SELECT id, author_name, content FROM messages
+             WHERE guild_id = ? AND channel_id = ? AND (?3 IS NULL OR id != ?3)
+             ORDER BY created_ms DESC, rowid DESC LIMIT ?4",
+        )
+        .bind(guild)
+        .bind(channel)
+        .bind(except)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<Recent> = rows
+            .into_iter()
+            .map(|r| Ok(Recent { id: r.try_get(0)?, author: r.try_get(1)?, content: r.try_get(2)? }))
+            .collect::<Result<_>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest message time of a guild, in Unix ms.
+    pub async fn newest_ms(&self, guild: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MAX(created_ms) FROM messages WHERE guild_id = ?")
+            .bind(guild)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
 async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO messages (guild_id, id, channel_id, channel_name, author_id, author_name,

@@ -43,23 +43,32 @@ pub async fn llmtrain(
 ) -> Result<(), Error> {
     let core = &ctx.data().core;
     let request = TrainRequest {
-        guild_id: ctx.guild_id().map(|g| g.to_string()),
-        epochs: None,
         force: option == Some(TrainOption::Force),
-        trigger: Trigger::Command,
         requested_by: Some(ctx.author().id.to_string()),
+        ..TrainRequest::new(ctx.guild_id().map(|g| g.to_string()), Trigger::Command)
     };
     let text = match core.request_training(request).await {
-        Ok(accepted) => format!("Training started: {}.", accepted.decision.reason),
-        Err(ServiceError::EngineUnavailable { decision, .. }) => format!(
-            "Training is not available yet: this build of mynah has no training engine, so I keep \
-             using simple replies. (Training policy: {}.)",
-            decision.reason
+        Ok(a) => format!(
+            "Training started (run {}, {} messages, up to {} epoch{}, at most {} minutes). \
+             I keep replying as before until the new model is ready; `{}llmstats` shows progress.",
+            a.run_id,
+            a.corpus_messages,
+            a.epochs,
+            if a.epochs == 1 { "" } else { "s" },
+            core.config.engine.max_minutes,
+            core.config.prefix
+        ),
+        Err(ServiceError::NotNeeded { decision, .. }) => format!(
+            "Not training now: {}. `{}llmtrain force` trains anyway.",
+            decision.reason, core.config.prefix
         ),
         Err(
-            e
-            @ (ServiceError::BadRequest(_) | ServiceError::NothingToTrain | ServiceError::GuildAmbiguous(_)),
-        ) => e.to_string(),
+            e @ (ServiceError::BadRequest(_)
+            | ServiceError::NothingToTrain
+            | ServiceError::GuildAmbiguous(_)
+            | ServiceError::AlreadyRunning { .. }
+            | ServiceError::Engine(crate::engine::EngineError::NotEnoughData(_))),
+        ) => crate::text::for_discord(&e.to_string()),
         Err(e) => return Err(e.into()),
     };
     ctx.say(text).await?;

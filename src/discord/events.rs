@@ -4,7 +4,7 @@ use poise::serenity_prelude as serenity;
 
 use super::{no_pings, Data, Error};
 use crate::corpus::Record;
-use crate::service::Incoming;
+use crate::service::{Incoming, ReplyRequest};
 
 pub async fn handle(
     framework: poise::FrameworkContext<'_, Data, Error>,
@@ -44,9 +44,19 @@ async fn on_message(
         if let Err(e) = msg.channel_id.broadcast_typing(&ctx.http).await {
             tracing::debug!(error = %e, "typing indicator failed");
         }
-        let text = core.reply(&guild_id.to_string(), &msg.content).await?;
-        let reply =
-            serenity::CreateMessage::new().content(text).reference_message(msg).allowed_mentions(no_pings());
+        let request = ReplyRequest {
+            guild_id: guild_id.to_string(),
+            channel_id: Some(msg.channel_id.to_string()),
+            message_id: Some(msg.id.to_string()),
+            author: incoming.record.author.clone(),
+            text: msg.content.clone(),
+            bot_user_id: Some(me.to_string()),
+        };
+        let reply = core.reply(&request).await?;
+        let reply = serenity::CreateMessage::new()
+            .content(reply.text)
+            .reference_message(msg)
+            .allowed_mentions(no_pings());
         msg.channel_id.send_message(&ctx.http, reply).await?;
     }
     Ok(())

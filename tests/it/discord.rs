@@ -38,17 +38,51 @@ async fn a_plain_member_cannot_start_training() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admins_reach_the_training_path_and_nothing_false_is_recorded() {
+async fn admins_are_told_why_training_cannot_start_and_nothing_false_is_recorded() {
     let h = Harness::start().await;
-    for user in [h.admin, h.listed_admin] {
-        let reply = h.ask(h.general, user, "!llmtrain force").await;
-        assert!(reply.content.contains("Training is not available yet"), "{}", reply.content);
-        assert!(reply.content.contains("more messages needed"), "{}", reply.content);
-    }
+    let reply = h.ask(h.general, h.admin, "!llmtrain").await;
+    assert!(reply.content.contains("Not training now: 500 more messages needed"), "{}", reply.content);
+    assert!(reply.content.contains("`!llmtrain force`"), "{}", reply.content);
+    let reply = h.ask(h.general, h.listed_admin, "!llmtrain force").await;
+    assert!(reply.content.contains("not enough data to train"), "{}", reply.content);
     let reply = h.ask(h.general, h.admin, "!llmtrain sideways").await;
     assert!(reply.content.contains("I didn't understand"), "{}", reply.content);
     assert!(reply.content.contains("`!llmtrain force`"), "{}", reply.content);
-    assert_eq!(h.core.store.last_successful_run(&h.guild.to_string()).await.unwrap(), None);
+    assert_eq!(h.core.store.runs(None, 10).await.unwrap(), vec![], "no run was recorded");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_trains_and_mentions_then_get_generated_replies() {
+    let h = Harness::start().await;
+    mynah::cli::import_text(&h.core.store, crate::support::sample(), Some(&h.guild.to_string()), true)
+        .await
+        .unwrap();
+    let bot = h.server.bot_id();
+
+    let reply = h.ask(h.general, h.admin, "!llmtrain force").await;
+    assert!(reply.content.starts_with("Training started"), "{}", reply.content);
+    // Replies keep coming while the model trains.
+    let during = h.ask(h.general, h.member, &format!("<@{bot}> are you there?")).await;
+    assert!(!during.content.is_empty());
+
+    let last = h.wait_training_done().await;
+    assert_eq!(last.outcome, "succeeded", "{last:?}");
+    let stats = h.ask(h.general, h.member, "!llmstats").await;
+    assert!(stats.content.contains("**Mode:** model"), "{}", stats.content);
+    assert!(stats.content.contains("tiny preset"), "{}", stats.content);
+
+    let reply = h.ask(h.general, h.member, &format!("<@{bot}> anyone going to the meetup?")).await;
+    assert!(
+        !reply.content.contains("still learning"),
+        "a generated reply, not the fallback: {}",
+        reply.content
+    );
+    assert!(!reply.content.is_empty() && reply.content.chars().count() <= 2000);
+    assert_eq!(reply.request["allowed_mentions"]["parse"], json!([]));
+    let runs = h.core.store.runs(None, 10).await.unwrap();
+    assert_eq!((runs.len(), runs[0].trigger.as_str(), runs[0].outcome.as_str()), (1, "command", "succeeded"));
+    assert_eq!(runs[0].requested_by.as_deref(), Some(h.admin.to_string().as_str()));
     h.stop().await;
 }
 

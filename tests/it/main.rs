@@ -6,5 +6,6 @@
 mod api;
 mod cli;
 mod discord;
+mod engine;
 mod store;
 mod support;

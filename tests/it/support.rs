@@ -19,12 +19,17 @@ pub fn sample() -> &'static str {
 
 /// A config for tests: a file database in `dir`, models in `dir/models`, no API socket.
 pub fn config(dir: &std::path::Path) -> Config {
-    Config {
+    let mut cfg = Config {
         database_url: format!("sqlite://{}/mynah.db", dir.display()),
         models_dir: dir.join("models"),
         api_addr: None,
         ..Config::default()
-    }
+    };
+    // Tiny models and few steps: the suite must stay quick on two cores.
+    cfg.engine.preset = mynah::engine::Preset::tiny();
+    cfg.engine.epochs = 1;
+    cfg.engine.max_minutes = 0.5;
+    cfg
 }
 
 pub struct Harness {
@@ -65,7 +70,7 @@ impl Harness {
         cfg.collect = Collect::Channels([general.to_string()].into());
         cfg.admin_ids = [listed_admin].into();
         let store = Store::open(&cfg.database_url).await.expect("store opens");
-        let core = Core::new(cfg, store);
+        let core = Core::open(cfg, store).await.expect("core opens");
         let bot = mynah::discord::start(core.clone()).await.expect("bot starts");
         assert!(server.wait_until_ready(WAIT).await, "the bot identified with the devserver");
         Harness {
@@ -109,6 +114,11 @@ impl Harness {
         }
     }
 
+    /// Waits until no training runs and returns how the last one ended.
+    pub async fn wait_training_done(&self) -> mynah::training::Finished {
+        wait_training_done(&self.core).await
+    }
+
     pub async fn stop(mut self) {
         if let Some(bot) = self.bot.take() {
             bot.shutdown().await;
@@ -117,6 +127,26 @@ impl Harness {
             self.server.unknown_routes(),
             Vec::<String>::new(),
             "the bot called routes the devserver does not serve"
+        );
+    }
+}
+
+/// Waits until the core's training slot is free again and returns how the last run ended.
+pub async fn wait_training_done(core: &Core) -> mynah::training::Finished {
+    let mut watch = core.trainer.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        {
+            let view = watch.borrow_and_update();
+            if view.state == "idle" {
+                if let Some(last) = &view.last {
+                    return last.clone();
+                }
+            }
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, watch.changed()).await.is_ok(),
+            "training did not finish in time"
         );
     }
 }

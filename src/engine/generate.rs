@@ -1,0 +1,184 @@
+//! Sampling a reply: the chat history is rendered exactly as in training, then the model picks
+//! a speaker and writes that speaker's message, token by token with a KV cache, until it ends
+//! the message or reaches the length cap.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::model::Model;
+use super::tokenizer::ChatTokenizer;
+use super::EngineError;
+
+/// Sampling settings (env-configurable in the bot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    /// Content tokens at most.
+    pub max_tokens: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.15, max_tokens: 40 }
+    }
+}
+
+/// A generated message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The speaker the model chose.
+    pub author: String,
+    pub text: String,
+    /// Content tokens generated (the end-of-message token not counted).
+    pub tokens: usize,
+    /// True if the model ended the message itself, false if the length cap did.
+    pub finished: bool,
+}
+
+/// Speaker names longer than this are cut off (the model is then told the name is over).
+const MAX_AUTHOR_TOKENS: usize = 12;
+
+/// Prompt tokens for `history` (oldest first), trimmed from the left to leave room for the
+/// reply, and ending with the start of a new message.
+pub fn prompt(
+    tok: &ChatTokenizer,
+    history: &[(String, String)],
+    budget: usize,
+) -> Result<Vec<u32>, EngineError> {
+    let mut ids = Vec::new();
+    for (author, content) in history {
+        ids.extend(tok.encode_message(author, content)?);
+    }
+    if ids.len() + 1 > budget {
+        let cut = ids.len() + 1 - budget;
+        ids.drain(..cut);
+        // Start at a message boundary when there is one, so no message is seen half-way.
+        if let Some(first) = ids.iter().position(|&t| t == tok.msg) {
+            if first > 0 && first < ids.len() / 2 {
+                ids.drain(..first);
+            }
+        }
+    }
+    ids.push(tok.msg);
+    Ok(ids)
+}
+
+pub fn reply(
+    model: &Model,
+    tok: &ChatTokenizer,
+    history: &[(String, String)],
+    s: &Sampling,
+    rng: &mut StdRng,
+) -> Result<Generated, EngineError> {
+    let ctx = model.cfg.max_position_embeddings;
+    let room = s.max_tokens + MAX_AUTHOR_TOKENS + 2;
+    if ctx <= room + 1 {
+        return Err(EngineError::ContextFull(ctx));
+    }
+    let ids = prompt(tok, history, ctx - room)?;
+    let mut cache = model.new_cache();
+    let mut logits = model.forward_cached(&ids, &mut cache)?.to_vec1::<f32>()?;
+    let mut recent: Vec<u32> = ids.iter().rev().take(64).copied().collect();
+
+    let mut author = Vec::new();
+    loop {
+        let next = if author.len() >= MAX_AUTHOR_TOKENS {
+            tok.says
+        } else {
+            sample(&mut logits, &[tok.pad, tok.msg, tok.eom], &[], s, rng)
+        };
+        logits = model.forward_cached(&[next], &mut cache)?.to_vec1::<f32>()?;
+        if next == tok.says {
+            break;
+        }
+        author.push(next);
+    }
+
+    let mut content = Vec::new();
+    let mut finished = false;
+    while content.len() < s.max_tokens {
+        recent.extend(content.last().copied());
+        let next = sample(&mut logits, &[tok.pad, tok.msg, tok.says], &recent, s, rng);
+        if next == tok.eom {
+            finished = true;
+            break;
+        }
+        content.push(next);
+        if content.len() < s.max_tokens {
+            logits = model.forward_cached(&[next], &mut cache)?.to_vec1::<f32>()?;
+        }
+    }
+    Ok(Generated {
+        author: tok.decode(&author)?.trim().to_string(),
+        text: tok.decode(&content)?.trim().to_string(),
+        tokens: content.len(),
+        finished,
+    })
+}
+
+/// Picks the next token: banned tokens out, repetition penalty, temperature, top-k, top-p.
+fn sample(logits: &mut [f32], banned: &[u32], recent: &[u32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    for &b in banned {
+        if let Some(l) = logits.get_mut(b as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    if s.repetition_penalty > 1.0 {
+        let mut seen = recent.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for t in seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 { *l / s.repetition_penalty } else { *l * s.repetition_penalty };
+            }
+        }
+    }
+    if s.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let mut cands: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| (i as u32, l / s.temperature))
+        .collect();
+    if cands.is_empty() {
+        return argmax(logits);
+    }
+    cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    if s.top_k > 0 {
+        cands.truncate(s.top_k);
+    }
+    let max = cands[0].1;
+    let mut probs: Vec<f32> = cands.iter().map(|(_, l)| (l - max).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    let mut keep = probs.len();
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= s.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    let total: f32 = probs[..keep].iter().sum();
+    let mut r = rng.random::<f32>() * total;
+    for (i, p) in probs[..keep].iter().enumerate() {
+        r -= p;
+        if r <= 0.0 {
+            return cands[i].0;
+        }
+    }
+    cands[keep - 1].0
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+}

@@ -1,0 +1,280 @@
+//! A decoder-only transformer of the llama family (RoPE, RMSNorm, SwiGLU) with Hugging Face
+//! tensor names, so HF-layout llama checkpoints load too. The same weights serve two paths:
+//! [`Model::forward_train`] uses only differentiable ops (candle 0.11's fused rms_norm, rope and
+//! softmax_last_dim have no backward pass), [`Model::forward_cached`] uses the fused ops and a
+//! KV cache for generation.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::EngineError;
+
+/// The model's shape, stored as `config.json` in Hugging Face's llama layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_model_type() -> String {
+    "llama".into()
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |why: String| Err(EngineError::BadConfig(why));
+        if self.model_type != "llama" {
+            return bad(format!("model_type {:?} is not llama", self.model_type));
+        }
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
+            return bad("sizes must be positive".into());
+        }
+        if self.hidden_size % self.num_attention_heads != 0 || self.head_dim() % 2 != 0 {
+            return bad(format!(
+                "hidden_size {} must split into an even head size over {} heads",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return bad("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        Ok(())
+    }
+
+    /// Number of parameters (tied embeddings counted once).
+    pub fn params(&self) -> u64 {
+        let (d, f, v, l) =
+            (self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers);
+        let kv = self.kv_heads() * self.head_dim();
+        let per_layer = d * d * 2 + d * kv * 2 + 3 * d * f + 2 * d;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        (v * d + l * per_layer + d + head) as u64
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    mlp_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// One layer's cached keys and values, `[1, kv_heads, positions, head_dim]`.
+#[derive(Default, Clone)]
+pub struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+/// The KV cache of one generation.
+#[derive(Clone)]
+pub struct Cache {
+    layers: Vec<LayerCache>,
+    pub pos: usize,
+}
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// `x @ w^T` for `x` of any rank and a `[out, in]` weight.
+fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    match x.dims() {
+        [b, t, d] => x.reshape((b * t, *d))?.matmul(&w.t()?)?.reshape((*b, *t, ())),
+        _ => x.matmul(&w.t()?),
+    }
+}
+
+impl Model {
+    /// Builds the model from `vb`: fresh weights from a `VarMap`, or a checkpoint's tensors.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Model, EngineError> {
+        cfg.validate()?;
+        let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let kv = cfg.kv_heads() * cfg.head_dim();
+        let std = 0.02;
+        // Residual projections start smaller so the residual stream's variance stays put.
+        let std_out = std / (2.0 * cfg.num_hidden_layers as f64).sqrt();
+        let normal = |s: f64| Init::Randn { mean: 0.0, stdev: s };
+        let ones = Init::Const(1.0);
+        let embed = vb.pp("model.embed_tokens").get_with_hints((v, d), "weight", normal(std))?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = vb.pp(format!("model.layers.{i}"));
+            let a = l.pp("self_attn");
+            let m = l.pp("mlp");
+            blocks.push(Block {
+                attn_norm: l.pp("input_layernorm").get_with_hints(d, "weight", ones)?,
+                q: a.pp("q_proj").get_with_hints((d, d), "weight", normal(std))?,
+                k: a.pp("k_proj").get_with_hints((kv, d), "weight", normal(std))?,
+                v: a.pp("v_proj").get_with_hints((kv, d), "weight", normal(std))?,
+                o: a.pp("o_proj").get_with_hints((d, d), "weight", normal(std_out))?,
+                mlp_norm: l.pp("post_attention_layernorm").get_with_hints(d, "weight", ones)?,
+                gate: m.pp("gate_proj").get_with_hints((f, d), "weight", normal(std))?,
+                up: m.pp("up_proj").get_with_hints((f, d), "weight", normal(std))?,
+                down: m.pp("down_proj").get_with_hints((d, f), "weight", normal(std_out))?,
+            });
+        }
+        let norm = vb.pp("model.norm").get_with_hints(d, "weight", ones)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            vb.pp("lm_head").get_with_hints((v, d), "weight", normal(std))?
+        };
+        let device = vb.device().clone();
+        let (cos, sin) = rope_tables(cfg, &device)?;
+        Ok(Model { cfg: cfg.clone(), embed, blocks, norm, lm_head, cos, sin, device })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `[b, t, vocab]` for token IDs `[b, t]`, through differentiable ops only.
+    pub fn forward_train(&self, ids: &Tensor) -> Result<Tensor, EngineError> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.cfg;
+        let (h, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let eps = cfg.rms_norm_eps as f32;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let mask = causal_mask(t, 0, &self.device)?;
+        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, cfg.hidden_size))?;
+        for blk in &self.blocks {
+            let n = candle_nn::ops::rms_norm_slow(&x, &blk.attn_norm, eps)?;
+            let q = linear(&n, &blk.q)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+            let k = linear(&n, &blk.k)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+            let v = linear(&n, &blk.v)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = candle_nn::rotary_emb::rope_slow(&q.contiguous()?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_slow(&k.contiguous()?, &cos, &sin)?;
+            let (k, v) = (repeat_kv(k, h / kvh)?, repeat_kv(v, h / kvh)?);
+            let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, cfg.hidden_size))?;
+            x = (x + linear(&y, &blk.o)?)?;
+            let n = candle_nn::ops::rms_norm_slow(&x, &blk.mlp_norm, eps)?;
+            let g = candle_nn::Activation::Silu.forward(&linear(&n, &blk.gate)?)?;
+            x = (x + linear(&(g * linear(&n, &blk.up)?)?, &blk.down)?)?;
+        }
+        let x = candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)?;
+        Ok(linear(&x, &self.lm_head)?)
+    }
+
+    pub fn new_cache(&self) -> Cache {
+        Cache { layers: vec![LayerCache::default(); self.blocks.len()], pos: 0 }
+    }
+
+    /// Logits `[vocab]` for the last of `ids`, which continue the sequence held in `cache`.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut Cache) -> Result<Tensor, EngineError> {
+        let t = ids.len();
+        let cfg = &self.cfg;
+        let (h, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let pos = cache.pos;
+        if pos + t > cfg.max_position_embeddings {
+            return Err(EngineError::ContextFull(cfg.max_position_embeddings));
+        }
+        let eps = cfg.rms_norm_eps as f32;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let ids = Tensor::new(ids, &self.device)?;
+        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?;
+        let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
+        for (blk, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let n = candle_nn::ops::rms_norm(&x, &blk.attn_norm, eps)?;
+            let q = linear(&n, &blk.q)?.reshape((1, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = linear(&n, &blk.k)?.reshape((1, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = linear(&n, &blk.v)?.reshape((1, t, kvh, hd))?.transpose(1, 2)?;
+            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let (k, v) = match (&lc.k, &lc.v) {
+                (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                _ => (k, v.contiguous()?),
+            };
+            lc.k = Some(k.clone());
+            lc.v = Some(v.clone());
+            let (k, v) = (repeat_kv(k, h / kvh)?, repeat_kv(v, h / kvh)?);
+            let mut att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+            if let Some(mask) = &mask {
+                att = att.broadcast_add(mask)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((1, t, cfg.hidden_size))?;
+            x = (x + linear(&y, &blk.o)?)?;
+            let n = candle_nn::ops::rms_norm(&x, &blk.mlp_norm, eps)?;
+            let g = candle_nn::ops::silu(&linear(&n, &blk.gate)?)?;
+            x = (x + linear(&(g * linear(&n, &blk.up)?)?, &blk.down)?)?;
+        }
+        cache.pos += t;
+        let last = x.narrow(1, t - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        Ok(linear(&last, &self.lm_head)?.flatten_all()?)
+    }
+}
+
+fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
+    if n == 1 {
+        return Ok(x);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, n, t, d))?.reshape((b, h * n, t, d))
+}
+
+/// `[t, pos + t]` additive mask: query `i` (at position `pos + i`) sees keys up to `pos + i`.
+fn causal_mask(t: usize, pos: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let total = pos + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, total), device)
+}
+
+fn rope_tables(cfg: &ModelConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim();
+    let inv: Vec<f32> =
+        (0..hd / 2).map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / hd as f32)).collect();
+    let n = cfg.max_position_embeddings;
+    let inv = Tensor::from_vec(inv, (1, hd / 2), device)?;
+    let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
+    let freqs = pos.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}

@@ -1,0 +1,179 @@
+//! Engine tests on the bundled sample: tiny models, few steps.
+
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::generate::{self, Sampling};
+use super::tokenizer::ChatLine;
+use super::train::{self, TrainOptions};
+use super::{checkpoint, Preset};
+
+fn sample_lines(n: usize) -> Vec<ChatLine> {
+    crate::playground::SAMPLE
+        .lines()
+        .take(n)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            ChatLine {
+                channel: v["channel_id"].as_str().unwrap().into(),
+                author: v["author"].as_str().unwrap().into(),
+                content: v["content"].as_str().unwrap().into(),
+                time_ms: 0,
+            }
+        })
+        .collect()
+}
+
+fn tiny_options(epochs: usize) -> TrainOptions {
+    TrainOptions { epochs, ..TrainOptions::new(Preset::tiny()) }
+}
+
+#[test]
+fn every_weight_gets_a_gradient() {
+    let lines = sample_lines(300);
+    let tok = super::tokenizer::ChatTokenizer::train(&lines, 320).unwrap();
+    let data = train::prepare(&lines, &tok, 0.1).unwrap();
+    let cfg = Preset::tiny().model_config(tok.vocab_size());
+    let (model, varmap) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let x = candle_core::Tensor::from_slice(&data.train[..64], (1, 64), &Device::Cpu).unwrap();
+    let y = candle_core::Tensor::from_slice(&data.train[1..65], 64, &Device::Cpu).unwrap();
+    let logits = model.forward_train(&x).unwrap().reshape((64, ())).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+    let grads = loss.backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    for (name, var) in data.iter() {
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0, "{name} has a zero gradient");
+    }
+}
+
+#[test]
+fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() {
+    let lines = sample_lines(1500);
+    let cancel = AtomicBool::new(false);
+    let opts = tiny_options(1);
+    // Baseline: the same architecture before any step.
+    let tok = super::tokenizer::ChatTokenizer::train(&lines[..1350], 320).unwrap();
+    let data = train::prepare(&lines, &tok, 0.1).unwrap();
+    let (untrained, _) =
+        train::init_model(&Preset::tiny().model_config(tok.vocab_size()), &Device::Cpu).unwrap();
+    let before = train::bits_per_byte(&untrained, &tok, &data.val, 16).unwrap();
+
+    let mut seen = 0;
+    let trained = train::train(&lines, &opts, &Device::Cpu, &cancel, |p| {
+        if p.phase == "training" {
+            seen += 1;
+            assert!(p.step <= p.total_steps && p.tokens_per_second > 0.0);
+        }
+    })
+    .unwrap();
+    let r = &trained.report;
+    assert!(seen > 10, "progress was reported for each step ({seen})");
+    assert!(r.val_bits_per_byte < before * 0.8, "val bpb {} not well below {before}", r.val_bits_per_byte);
+    assert!(r.train_messages > r.val_messages && r.val_messages > 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let meta = checkpoint::Meta { params: trained.config.params(), ..Default::default() };
+    let run =
+        checkpoint::save(dir.path(), "run-1", &trained.varmap, &trained.config, &trained.tokenizer, &meta)
+            .unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("CURRENT")).unwrap(), "run-1");
+    let loaded = checkpoint::load(&run, &Device::Cpu).unwrap();
+    let ids = trained.tokenizer.encode_message("alice", "hello there, anyone around?").unwrap();
+    let a =
+        trained.model.forward_cached(&ids, &mut trained.model.new_cache()).unwrap().to_vec1::<f32>().unwrap();
+    let b =
+        loaded.model.forward_cached(&ids, &mut loaded.model.new_cache()).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a, b, "save -> load gives identical logits");
+
+    // The cached path agrees with the training path on the last position.
+    let x = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &Device::Cpu).unwrap();
+    let full = trained.model.forward_train(&x).unwrap();
+    let last = full.narrow(1, ids.len() - 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let max_diff = a.iter().zip(&last).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-3, "cached and training paths differ by {max_diff}");
+
+    // Token by token through the cache gives the same as one prefill.
+    let mut cache = trained.model.new_cache();
+    let mut stepwise = Vec::new();
+    for &t in &ids {
+        stepwise = trained.model.forward_cached(&[t], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+    }
+    let max_diff = a.iter().zip(&stepwise).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-3, "step-by-step and prefill differ by {max_diff}");
+
+    // Generation: deterministic for a seed, within the cap, no control tokens in the text.
+    let history = vec![("bob".to_string(), "anyone going to the meetup tonight?".to_string())];
+    let s = Sampling { max_tokens: 12, ..Sampling::default() };
+    let g1 = generate::reply(&trained.model, &trained.tokenizer, &history, &s, &mut StdRng::seed_from_u64(7))
+        .unwrap();
+    let g2 = generate::reply(&loaded.model, &loaded.tokenizer, &history, &s, &mut StdRng::seed_from_u64(7))
+        .unwrap();
+    assert_eq!(g1, g2);
+    assert!(g1.tokens <= 12);
+    assert!(!g1.text.contains("<|"), "{}", g1.text);
+    let greedy = Sampling { temperature: 0.0, max_tokens: 5, ..Sampling::default() };
+    let g =
+        generate::reply(&trained.model, &trained.tokenizer, &history, &greedy, &mut StdRng::seed_from_u64(1))
+            .unwrap();
+    assert!(g.tokens <= 5 && (g.finished || g.tokens == 5));
+}
+
+#[test]
+fn a_cancelled_run_stops_with_an_error() {
+    let lines = sample_lines(300);
+    let cancel = AtomicBool::new(true);
+    let err = train::train(&lines, &tiny_options(1), &Device::Cpu, &cancel, |_| {}).err().unwrap();
+    assert!(matches!(err, super::EngineError::Cancelled), "{err}");
+}
+
+#[test]
+fn too_little_data_is_refused_clearly() {
+    let lines = sample_lines(5);
+    let cancel = AtomicBool::new(false);
+    let err = train::train(&lines, &tiny_options(1), &Device::Cpu, &cancel, |_| {}).err().unwrap();
+    assert!(err.to_string().contains("at least 20"), "{err}");
+}
+
+#[test]
+fn a_damaged_checkpoint_fails_to_load_with_the_reason() {
+    let lines = sample_lines(300);
+    let cancel = AtomicBool::new(false);
+    let trained = train::train(
+        &lines,
+        &TrainOptions { max_seconds: Some(0.5), ..tiny_options(1) },
+        &Device::Cpu,
+        &cancel,
+        |_| {},
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = checkpoint::save(
+        dir.path(),
+        "r",
+        &trained.varmap,
+        &trained.config,
+        &trained.tokenizer,
+        &checkpoint::Meta::default(),
+    )
+    .unwrap();
+    std::fs::write(run.join("model.safetensors"), b"garbage").unwrap();
+    let err = checkpoint::load(&run, &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    let mut cfg = trained.config.clone();
+    cfg.hidden_size = 48;
+    std::fs::write(run.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    assert!(checkpoint::load(&run, &Device::Cpu).is_err());
+}
+
+#[test]
+fn devices_parse() {
+    assert!(matches!(super::device("cpu"), Ok(Device::Cpu)));
+    assert!(super::device("tpu").is_err());
+    #[cfg(not(feature = "cuda"))]
+    assert!(super::device("cuda").unwrap_err().to_string().contains("--features cuda"));
+}

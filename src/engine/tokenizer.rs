@@ -1,0 +1,200 @@
+//! The chat tokenizer: a byte-level BPE trained on a guild's messages, with special tokens that
+//! mark where a message starts, who speaks, and where it ends. Chat is rendered as
+//! `<|msg|>author<|says|>content<|eom|>` so the model learns who says what in a channel.
+
+use std::path::Path;
+
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::EngineError;
+
+pub const PAD: &str = "<|pad|>";
+pub const MSG: &str = "<|msg|>";
+pub const SAYS: &str = "<|says|>";
+pub const EOM: &str = "<|eom|>";
+pub const SPECIALS: [&str; 4] = [PAD, MSG, SAYS, EOM];
+
+/// The smallest vocabulary that holds every byte and the special tokens.
+pub const MIN_VOCAB: usize = 256 + SPECIALS.len();
+
+/// One chat message as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatLine {
+    pub channel: String,
+    pub author: String,
+    pub content: String,
+    pub time_ms: i64,
+}
+
+/// A trained tokenizer with the IDs of its special tokens at hand.
+#[derive(Clone)]
+pub struct ChatTokenizer {
+    inner: Tokenizer,
+    pub pad: u32,
+    pub msg: u32,
+    pub says: u32,
+    pub eom: u32,
+    /// UTF-8 bytes each token stands for (special tokens count as one byte, like a separator),
+    /// for bits-per-byte figures that are comparable across tokenizers.
+    byte_len: Vec<u32>,
+}
+
+impl std::fmt::Debug for ChatTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChatTokenizer(vocab {})", self.vocab_size())
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+impl ChatTokenizer {
+    /// Trains a byte-level BPE of at most `vocab_size` tokens on the messages.
+    pub fn train(lines: &[ChatLine], vocab_size: usize) -> Result<ChatTokenizer, EngineError> {
+        let vocab_size = vocab_size.max(MIN_VOCAB);
+        let mut tokenizer = Tokenizer::new(BPE::default());
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
+        let specials: Vec<AddedToken> = SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect();
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        let texts = lines.iter().flat_map(|l| [l.author.as_str(), l.content.as_str()]);
+        tokenizer.train(&mut trainer, texts).map_err(tok_err)?;
+        Self::wrap(tokenizer)
+    }
+
+    pub fn load(path: &Path) -> Result<ChatTokenizer, EngineError> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::wrap(inner)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), EngineError> {
+        self.inner.save(path, false).map_err(tok_err)
+    }
+
+    fn wrap(inner: Tokenizer) -> Result<ChatTokenizer, EngineError> {
+        let id = |s: &str| {
+            inner
+                .token_to_id(s)
+                .ok_or_else(|| EngineError::Tokenizer(format!("the tokenizer lacks the special token {s}")))
+        };
+        let (pad, msg, says, eom) = (id(PAD)?, id(MSG)?, id(SAYS)?, id(EOM)?);
+        let vocab = inner.get_vocab_size(true);
+        let mut byte_len = vec![1u32; vocab];
+        for (i, len) in byte_len.iter_mut().enumerate() {
+            let i = i as u32;
+            if [pad, msg, says, eom].contains(&i) {
+                continue;
+            }
+            // Decoding a lone token of a multi-byte character yields U+FFFD; count raw bytes
+            // through the byte-level alphabet instead.
+            if let Some(tok) = inner.id_to_token(i) {
+                *len = tok.chars().count().max(1) as u32;
+            }
+        }
+        Ok(ChatTokenizer { inner, pad, msg, says, eom, byte_len })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.byte_len.len()
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        [self.pad, self.msg, self.says, self.eom].contains(&id)
+    }
+
+    pub fn byte_len(&self, id: u32) -> u32 {
+        self.byte_len.get(id as usize).copied().unwrap_or(1)
+    }
+
+    /// Plain text to tokens (no special tokens are recognised inside user text).
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        // Special-token syntax typed by a user must not become a control token.
+        let text = text.replace("<|", "< |");
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// One message as tokens: `<|msg|>author<|says|>content<|eom|>`.
+    pub fn encode_message(&self, author: &str, content: &str) -> Result<Vec<u32>, EngineError> {
+        let mut ids = vec![self.msg];
+        ids.extend(self.encode_text(author)?);
+        ids.push(self.says);
+        ids.extend(self.encode_text(content)?);
+        ids.push(self.eom);
+        Ok(ids)
+    }
+
+    /// Tokens back to text, dropping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        let plain: Vec<u32> = ids.iter().copied().filter(|&i| !self.is_special(i)).collect();
+        self.inner.decode(&plain, true).map_err(tok_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines() -> Vec<ChatLine> {
+        let texts = [
+            "hello everyone, how is it going?",
+            "```rust\nfn main() { println!(\"hi\"); }\n```",
+            "that's great 🎉🎉 thanks!",
+            "Привет, как дела? Всё хорошо.",
+            "check https://example.com/path?q=1 for details",
+            "multi\nline\n  indented text",
+        ];
+        (0..50)
+            .flat_map(|i| texts.iter().map(move |t| (i, *t)))
+            .map(|(i, t)| ChatLine {
+                channel: "c".into(),
+                author: format!("user{}", i % 5),
+                content: t.into(),
+                time_ms: i,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chat_text_round_trips_through_the_tokenizer() {
+        let tok = ChatTokenizer::train(&lines(), 400).unwrap();
+        assert!(tok.vocab_size() <= 400 && tok.vocab_size() >= MIN_VOCAB);
+        for l in lines().iter().take(6) {
+            let ids = tok.encode_text(&l.content).unwrap();
+            assert_eq!(tok.decode(&ids).unwrap(), l.content);
+            let total: u32 = ids.iter().map(|&i| tok.byte_len(i)).sum();
+            assert_eq!(total as usize, l.content.len(), "byte lengths add up for {:?}", l.content);
+        }
+        let unseen = "完全に新しいテキスト ✨ <|eom|> <|msg|>";
+        let ids = tok.encode_text(unseen).unwrap();
+        assert!(ids.iter().all(|&i| !tok.is_special(i)), "user text never yields control tokens");
+        assert_eq!(tok.decode(&ids).unwrap(), unseen.replace("<|", "< |"));
+    }
+
+    #[test]
+    fn messages_are_framed_by_special_tokens_and_the_tokenizer_saves() {
+        let tok = ChatTokenizer::train(&lines(), 300).unwrap();
+        let ids = tok.encode_message("alice", "hi there").unwrap();
+        assert_eq!(ids[0], tok.msg);
+        assert_eq!(*ids.last().unwrap(), tok.eom);
+        assert!(ids.contains(&tok.says));
+        assert_eq!(tok.decode(&ids).unwrap(), "alicehi there");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tok.save(&path).unwrap();
+        let again = ChatTokenizer::load(&path).unwrap();
+        assert_eq!(again.encode_message("alice", "hi there").unwrap(), ids);
+    }
+}

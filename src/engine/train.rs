@@ -1,0 +1,356 @@
+//! The training loop: chat lines → tokenizer → token streams per channel → AdamW with warm-up
+//! and cosine decay, gradient clipping, a validation split by time, and validation loss in bits
+//! per byte. Bounded by epochs and a wall-clock budget; cancellable between steps.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::model::{Model, ModelConfig};
+use super::tokenizer::{ChatLine, ChatTokenizer};
+use super::{EngineError, Preset};
+
+/// How to train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    pub preset: Preset,
+    pub epochs: usize,
+    /// Stop after this long (seconds), whatever the epochs say.
+    pub max_seconds: Option<f64>,
+    pub weight_decay: f64,
+    pub clip_norm: f64,
+    /// The newest fraction of messages held out for validation.
+    pub val_fraction: f64,
+    /// At most this many validation windows are scored (keeps evaluation quick).
+    pub max_val_windows: usize,
+    pub seed: u64,
+}
+
+impl TrainOptions {
+    pub fn new(preset: Preset) -> TrainOptions {
+        TrainOptions {
+            preset,
+            epochs: 1,
+            max_seconds: None,
+            weight_decay: 0.1,
+            clip_norm: 1.0,
+            val_fraction: 0.1,
+            max_val_windows: 64,
+            seed: 42,
+        }
+    }
+}
+
+/// Where a training run is, reported after every step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    pub phase: &'static str,
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: f64,
+    pub loss: f32,
+    pub tokens_per_second: f64,
+    pub eta_seconds: f64,
+}
+
+/// What a finished run achieved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub steps: usize,
+    pub epochs: f64,
+    pub tokens: u64,
+    pub train_loss: f32,
+    pub val_bits_per_byte: f64,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub train_messages: usize,
+    pub val_messages: usize,
+    /// True when the wall-clock budget ended the run before its epochs.
+    pub stopped_by_budget: bool,
+}
+
+/// A trained model with everything needed to save it.
+pub struct Trained {
+    pub model: Model,
+    pub varmap: VarMap,
+    pub tokenizer: ChatTokenizer,
+    pub config: ModelConfig,
+    pub report: Report,
+}
+
+/// The lines split by time and turned into token streams.
+pub struct Data {
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+    pub train_messages: usize,
+    pub val_messages: usize,
+}
+
+/// Splits lines (oldest first) by time and renders each split as one stream of messages,
+/// channel by channel, so a sequence is consecutive messages of one channel.
+pub fn prepare(lines: &[ChatLine], tok: &ChatTokenizer, val_fraction: f64) -> Result<Data, EngineError> {
+    let (train, val) = split(lines, val_fraction)?;
+    Ok(Data {
+        train: stream(train, tok)?,
+        val: stream(val, tok)?,
+        train_messages: train.len(),
+        val_messages: val.len(),
+    })
+}
+
+fn split(lines: &[ChatLine], val_fraction: f64) -> Result<(&[ChatLine], &[ChatLine]), EngineError> {
+    if lines.len() < 20 {
+        return Err(EngineError::NotEnoughData(format!("{} messages; at least 20 are needed", lines.len())));
+    }
+    let n_val = ((lines.len() as f64 * val_fraction).ceil() as usize).clamp(1, lines.len() / 2);
+    Ok(lines.split_at(lines.len() - n_val))
+}
+
+fn stream(lines: &[ChatLine], tok: &ChatTokenizer) -> Result<Vec<u32>, EngineError> {
+    let mut by_channel: BTreeMap<&str, Vec<&ChatLine>> = BTreeMap::new();
+    for l in lines {
+        by_channel.entry(l.channel.as_str()).or_default().push(l);
+    }
+    let mut out = Vec::new();
+    for msgs in by_channel.values() {
+        for m in msgs {
+            out.extend(tok.encode_message(&m.author, &m.content)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Non-overlapping windows of `len + 1` tokens (inputs plus the shifted targets).
+fn windows(stream: &[u32], len: usize) -> Vec<usize> {
+    if stream.len() < len + 1 {
+        return Vec::new();
+    }
+    (0..(stream.len() - 1) / len).map(|i| i * len).collect()
+}
+
+fn batch_tensors(
+    stream: &[u32],
+    starts: &[usize],
+    len: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor), EngineError> {
+    let mut inputs = Vec::with_capacity(starts.len() * len);
+    let mut targets = Vec::with_capacity(starts.len() * len);
+    for &s in starts {
+        inputs.extend_from_slice(&stream[s..s + len]);
+        targets.extend_from_slice(&stream[s + 1..s + len + 1]);
+    }
+    let b = starts.len();
+    Ok((Tensor::from_vec(inputs, (b, len), device)?, Tensor::from_vec(targets, b * len, device)?))
+}
+
+/// Validation bits per byte: total negative log-likelihood over the scored windows, in bits,
+/// divided by the UTF-8 bytes the target tokens stand for.
+pub fn bits_per_byte(
+    model: &Model,
+    tok: &ChatTokenizer,
+    stream: &[u32],
+    max_windows: usize,
+) -> Result<f64, EngineError> {
+    let len = model.cfg.max_position_embeddings;
+    let all = windows(stream, len);
+    if all.is_empty() {
+        return Err(EngineError::NotEnoughData("the validation split is shorter than one sequence".into()));
+    }
+    // Evenly spaced windows across the split, not just its start.
+    let step = (all.len() as f64 / max_windows.max(1) as f64).max(1.0);
+    let picked: Vec<usize> = (0..all.len().min(max_windows))
+        .map(|i| all[((i as f64 * step) as usize).min(all.len() - 1)])
+        .collect();
+    let (mut nats, mut bytes) = (0f64, 0u64);
+    for chunk in picked.chunks(8) {
+        let (x, y) = batch_tensors(stream, chunk, len, model.device())?;
+        let logits = model.forward_train(&x)?;
+        let n = y.dims1()?;
+        let logits = logits.reshape((n, ()))?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
+        nats += loss * n as f64;
+        bytes += y.to_vec1::<u32>()?.iter().map(|&t| tok.byte_len(t) as u64).sum::<u64>();
+    }
+    Ok(nats / std::f64::consts::LN_2 / bytes.max(1) as f64)
+}
+
+/// A fresh model for `cfg`, with its variables.
+pub fn init_model(cfg: &ModelConfig, device: &Device) -> Result<(Model, VarMap), EngineError> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let model = Model::new(cfg, vb)?;
+    Ok((model, varmap))
+}
+
+fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    let floor = peak * 0.1;
+    floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+/// Scales all gradients so their global norm is at most `max_norm`; returns the norm before.
+fn clip_gradients(
+    grads: &mut candle_core::backprop::GradStore,
+    vars: &[candle_core::Var],
+    max_norm: f64,
+) -> Result<f64, EngineError> {
+    let mut sum = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sum += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = sum.sqrt();
+    if norm > max_norm && norm.is_finite() {
+        let scale = max_norm / norm;
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Trains a tokenizer and a model on `lines` (oldest first).
+pub fn train(
+    lines: &[ChatLine],
+    opts: &TrainOptions,
+    device: &Device,
+    cancel: &AtomicBool,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Trained, EngineError> {
+    let started = Instant::now();
+    let p = &opts.preset;
+    progress(&Progress {
+        phase: "tokenizer",
+        step: 0,
+        total_steps: 0,
+        epoch: 0.0,
+        loss: 0.0,
+        tokens_per_second: 0.0,
+        eta_seconds: 0.0,
+    });
+    let (train_lines, _) = split(lines, opts.val_fraction)?;
+    let tok = ChatTokenizer::train(train_lines, p.vocab_size)?;
+    let data = prepare(lines, &tok, opts.val_fraction)?;
+    let cfg = p.model_config(tok.vocab_size());
+    let (model, varmap) = init_model(&cfg, device)?;
+    let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
+    Ok(Trained { config: cfg, tokenizer: tok, ..trained })
+}
+
+/// The optimisation loop on prepared data, for a model that may start from pretrained weights.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    model: Model,
+    varmap: VarMap,
+    tok: &ChatTokenizer,
+    data: &Data,
+    opts: &TrainOptions,
+    device: &Device,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+    started: Instant,
+) -> Result<Trained, EngineError> {
+    let p = &opts.preset;
+    let len = model.cfg.max_position_embeddings;
+    let mut order = windows(&data.train, len);
+    if order.is_empty() {
+        return Err(EngineError::NotEnoughData("the training split is shorter than one sequence".into()));
+    }
+    let batch = p.batch.min(order.len()).max(1);
+    let steps_per_epoch = order.len().div_ceil(batch);
+    let total = (steps_per_epoch * opts.epochs.max(1)).max(1);
+    let warmup = (total / 10).clamp(1, 100);
+    let vars = varmap.all_vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay },
+    )?;
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let loop_start = Instant::now();
+    let (mut step, mut tokens, mut last_loss, mut stopped_by_budget) = (0usize, 0u64, f32::NAN, false);
+    'epochs: for _epoch in 0..opts.epochs.max(1) {
+        order.shuffle(&mut rng);
+        for starts in order.chunks(batch) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            if opts.max_seconds.is_some_and(|max| started.elapsed().as_secs_f64() >= max) {
+                stopped_by_budget = true;
+                break 'epochs;
+            }
+            opt.set_learning_rate(learning_rate(step, total, warmup, p.lr));
+            let (x, y) = batch_tensors(&data.train, starts, len, device)?;
+            let logits = model.forward_train(&x)?;
+            let n = y.dims1()?;
+            let loss = candle_nn::loss::cross_entropy(&logits.reshape((n, ()))?, &y)?;
+            let mut grads = loss.backward()?;
+            clip_gradients(&mut grads, &vars, opts.clip_norm)?;
+            opt.step(&grads)?;
+            last_loss = loss.to_scalar::<f32>()?;
+            if !last_loss.is_finite() {
+                return Err(EngineError::BadConfig(format!(
+                    "training diverged at step {step} (loss {last_loss})"
+                )));
+            }
+            step += 1;
+            tokens += n as u64;
+            let elapsed = loop_start.elapsed().as_secs_f64().max(1e-9);
+            let tps = tokens as f64 / elapsed;
+            let mut eta = (total - step.min(total)) as f64 * elapsed / step as f64;
+            if let Some(max) = opts.max_seconds {
+                eta = eta.min((max - started.elapsed().as_secs_f64()).max(0.0));
+            }
+            progress(&Progress {
+                phase: "training",
+                step,
+                total_steps: total,
+                epoch: step as f64 / steps_per_epoch as f64,
+                loss: last_loss,
+                tokens_per_second: tps,
+                eta_seconds: eta,
+            });
+        }
+    }
+    if step == 0 {
+        return Err(EngineError::NotEnoughData("the time budget ended before the first step".into()));
+    }
+    progress(&Progress {
+        phase: "validating",
+        step,
+        total_steps: total,
+        epoch: step as f64 / steps_per_epoch as f64,
+        loss: last_loss,
+        tokens_per_second: 0.0,
+        eta_seconds: 0.0,
+    });
+    let val = bits_per_byte(&model, tok, &data.val, opts.max_val_windows)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = Report {
+        steps: step,
+        epochs: step as f64 / steps_per_epoch as f64,
+        tokens,
+        train_loss: last_loss,
+        val_bits_per_byte: val,
+        seconds,
+        tokens_per_second: tokens as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
+        train_messages: data.train_messages,
+        val_messages: data.val_messages,
+        stopped_by_budget,
+    };
+    let config = model.cfg.clone();
+    Ok(Trained { model, varmap, tokenizer: tok.clone(), config, report })
+}

@@ -1,0 +1,148 @@
+//! The models that answer mentions: one loaded checkpoint per guild, swapped in atomically when
+//! a new one is trained, and a dedicated generation thread fed by a bounded queue, so replies
+//! never run on the async runtime's workers and never wait behind a training run.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+
+use candle_core::Device;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::oneshot;
+
+use crate::engine::checkpoint::{self, Loaded};
+use crate::engine::generate::{self, Generated, Sampling};
+use crate::engine::EngineError;
+use crate::models::{self, Found};
+
+/// Requests waiting for the generation thread at most; more are refused rather than queued.
+const QUEUE: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the reply queue is full")]
+    Busy,
+    #[error("the generation thread is gone")]
+    Gone,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+struct Job {
+    model: Arc<Loaded>,
+    history: Vec<(String, String)>,
+    sampling: Sampling,
+    seed: u64,
+    answer: oneshot::Sender<Result<Generated, EngineError>>,
+}
+
+/// The per-guild models and the generation worker.
+pub struct Serving {
+    models: RwLock<HashMap<String, Arc<Loaded>>>,
+    broken: RwLock<HashMap<String, String>>,
+    jobs: SyncSender<Job>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving").finish_non_exhaustive()
+    }
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Serving {
+    /// Starts the generation thread.
+    pub fn new() -> Serving {
+        let (jobs, queue) = sync_channel::<Job>(QUEUE);
+        let spawned = std::thread::Builder::new().name("mynah-generate".into()).spawn(move || {
+            for job in queue {
+                let mut rng = StdRng::seed_from_u64(job.seed);
+                let out = generate::reply(
+                    &job.model.model,
+                    &job.model.tokenizer,
+                    &job.history,
+                    &job.sampling,
+                    &mut rng,
+                );
+                // The asker may have given up waiting; that is fine.
+                let _ = job.answer.send(out);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the generation thread; replies will use fallback mode");
+        }
+        Serving { models: RwLock::new(HashMap::new()), broken: RwLock::new(HashMap::new()), jobs }
+    }
+
+    pub fn get(&self, guild: &str) -> Option<Arc<Loaded>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner()).get(guild).cloned()
+    }
+
+    /// Why the guild's model on disk could not be loaded, if it could not.
+    pub fn broken(&self, guild: &str) -> Option<String> {
+        self.broken.read().unwrap_or_else(|p| p.into_inner()).get(guild).cloned()
+    }
+
+    /// Makes `loaded` the guild's model; replies started before keep the old one.
+    pub fn install(&self, guild: &str, loaded: Arc<Loaded>) {
+        self.models.write().unwrap_or_else(|p| p.into_inner()).insert(guild.to_string(), loaded);
+        self.broken.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
+    }
+
+    pub fn all(&self) -> Vec<(String, Arc<Loaded>)> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = models.iter().map(|(g, m)| (g.clone(), m.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Reads `models/` and loads every guild's current checkpoint (blocking: call it off the
+    /// async workers). A checkpoint that fails to load leaves its guild in fallback mode with
+    /// the reason.
+    pub fn load_all(&self, root: &Path, device: &Device) {
+        let mut models = HashMap::new();
+        let mut broken = HashMap::new();
+        for found in models::scan(root) {
+            match found {
+                Found::Ready(dir) => match checkpoint::load(&dir.path, device) {
+                    Ok(loaded) => {
+                        models.insert(dir.guild_id, Arc::new(loaded));
+                    }
+                    Err(e) => {
+                        tracing::warn!(guild = %dir.guild_id, error = %e, "model failed to load; fallback mode");
+                        broken.insert(dir.guild_id, e.to_string());
+                    }
+                },
+                Found::Broken { guild_id, reason } => {
+                    tracing::warn!(guild = %guild_id, %reason, "model unusable; fallback mode");
+                    broken.insert(guild_id, reason);
+                }
+            }
+        }
+        *self.models.write().unwrap_or_else(|p| p.into_inner()) = models;
+        *self.broken.write().unwrap_or_else(|p| p.into_inner()) = broken;
+    }
+
+    /// Generates a message on the generation thread.
+    pub async fn generate(
+        &self,
+        model: Arc<Loaded>,
+        history: Vec<(String, String)>,
+        sampling: Sampling,
+        seed: u64,
+    ) -> Result<Generated, ServeError> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs.try_send(Job { model, history, sampling, seed, answer }).map_err(|e| match e {
+            TrySendError::Full(_) => ServeError::Busy,
+            TrySendError::Disconnected(_) => ServeError::Gone,
+        })?;
+        Ok(answered.await.map_err(|_| ServeError::Gone)??)
+    }
+}
