@@ -56,6 +56,9 @@ pub enum Command {
         author: String,
         text: String,
     },
+    /// Measure reply latency, training throughput and quality, and memory (see README).
+    #[command(subcommand)]
+    Bench(crate::bench::Bench),
     /// Show what has been collected and learned.
     Stats {
         /// Only this guild.
@@ -112,6 +115,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             train(config, guild, epochs, max_minutes).await
         }
         Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
+        Command::Bench(b) => tokio::task::spawn_blocking(move || crate::bench::run(b)).await?,
     }
 }
 

@@ -16,9 +16,11 @@
 //! - [`discord`]: the poise/serenity layer, a thin adapter over [`service`].
 //! - [`devserver`]: a local Discord-compatible server for tests and the playground.
 //! - [`playground`]: the terminal front-end that runs the real bot against the devserver.
+//! - [`bench`]: `mynah bench`, the latency, throughput, quality and memory figures.
 //! - [`cli`]: command-line parsing and the entry points of each subcommand.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod corpus;

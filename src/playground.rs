@@ -68,6 +68,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if std::env::var_os("MYNAH_TRAIN_MAX_MINUTES").is_none() {
         config.engine.max_minutes = 1.5;
     }
+    if std::env::var_os("MYNAH_TRAIN_EPOCHS").is_none() {
+        // The sample is small: many passes fit in the time budget and help a lot.
+        config.engine.epochs = 20;
+    }
 
     let store = Store::open(&config.database_url).await?;
     let (records, bad) = crate::corpus::parse_all(SAMPLE, Some(&GUILD_ID.to_string()));

@@ -65,7 +65,7 @@ impl Serving {
             for job in queue {
                 let mut rng = StdRng::seed_from_u64(job.seed);
                 let out = generate::reply(
-                    &job.model.model,
+                    &job.model.fast,
                     &job.model.tokenizer,
                     &job.history,
                     &job.sampling,

@@ -65,11 +65,9 @@ async fn session(mut socket: WebSocket, shared: Arc<Shared>) {
             frame = socket.recv() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Close(frame))) => {
-                        // Complete the closing handshake, as Discord does.
-                        let _ = socket.send(Message::Close(frame)).await;
-                        break;
-                    }
+                    // The websocket layer answers a close by itself; reading on lets it flush that
+                    // answer before the stream ends.
+                    Some(Ok(Message::Close(_))) => continue,
                     None | Some(Err(_)) => break,
                     Some(Ok(_)) => continue,
                 };

@@ -12,6 +12,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use super::fast::FastModel;
 use super::model::{Model, ModelConfig};
 use super::tokenizer::ChatTokenizer;
 use super::EngineError;
@@ -38,6 +39,8 @@ pub struct Meta {
 /// A loaded checkpoint, ready to generate.
 pub struct Loaded {
     pub model: Model,
+    /// The same weights in the lean CPU layout that serves replies.
+    pub fast: FastModel,
     pub tokenizer: ChatTokenizer,
     pub meta: Meta,
     pub dir: PathBuf,
@@ -127,7 +130,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, EngineError> {
     let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| ck_err(&weights, e))?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     let model = Model::new(&config, vb).map_err(|e| ck_err(&weights, e))?;
-    Ok(Loaded { model, tokenizer, meta, dir: dir.to_path_buf() })
+    let fast = FastModel::from_model(&model)?;
+    Ok(Loaded { model, fast, tokenizer, meta, dir: dir.to_path_buf() })
 }
 
 fn pretty<T: Serialize>(value: &T) -> String {

@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::model::Model;
+use super::fast::FastModel;
 use super::tokenizer::ChatTokenizer;
 use super::EngineError;
 
@@ -68,7 +68,7 @@ pub fn prompt(
 }
 
 pub fn reply(
-    model: &Model,
+    model: &FastModel,
     tok: &ChatTokenizer,
     history: &[(String, String)],
     s: &Sampling,
@@ -81,7 +81,8 @@ pub fn reply(
     }
     let ids = prompt(tok, history, ctx - room)?;
     let mut cache = model.new_cache();
-    let mut logits = model.forward_cached(&ids, &mut cache)?.to_vec1::<f32>()?;
+    let mut logits = Vec::new();
+    model.forward(&ids, &mut cache, &mut logits)?;
     let mut recent: Vec<u32> = ids.iter().rev().take(64).copied().collect();
 
     let mut author = Vec::new();
@@ -91,7 +92,7 @@ pub fn reply(
         } else {
             sample(&mut logits, &[tok.pad, tok.msg, tok.eom], &[], s, rng)
         };
-        logits = model.forward_cached(&[next], &mut cache)?.to_vec1::<f32>()?;
+        model.forward(&[next], &mut cache, &mut logits)?;
         if next == tok.says {
             break;
         }
@@ -109,7 +110,7 @@ pub fn reply(
         }
         content.push(next);
         if content.len() < s.max_tokens {
-            logits = model.forward_cached(&[next], &mut cache)?.to_vec1::<f32>()?;
+            model.forward(&[next], &mut cache, &mut logits)?;
         }
     }
     Ok(Generated {
@@ -121,7 +122,13 @@ pub fn reply(
 }
 
 /// Picks the next token: banned tokens out, repetition penalty, temperature, top-k, top-p.
-fn sample(logits: &mut [f32], banned: &[u32], recent: &[u32], s: &Sampling, rng: &mut StdRng) -> u32 {
+pub(crate) fn sample(
+    logits: &mut [f32],
+    banned: &[u32],
+    recent: &[u32],
+    s: &Sampling,
+    rng: &mut StdRng,
+) -> u32 {
     for &b in banned {
         if let Some(l) = logits.get_mut(b as usize) {
             *l = f32::NEG_INFINITY;

@@ -5,12 +5,16 @@
 //! - [`tokenizer`]: byte-level BPE with message/speaker framing tokens.
 //! - [`model`]: the transformer, with a differentiable training path and a KV-cached one.
 //! - [`train`]: the training loop (schedule, clipping, validation in bits per byte, budget).
+//! - [`fast`]: the lean CPU inference path that serves replies.
 //! - [`generate`]: sampling a reply from a chat history.
+//! - [`ngram`]: a Kneser–Ney trigram baseline for the benchmarks.
 //! - [`checkpoint`]: atomic save and validated load of `models/<guild>/<run>/`.
 
 pub mod checkpoint;
+pub mod fast;
 pub mod generate;
 pub mod model;
+pub mod ngram;
 pub mod tokenizer;
 pub mod train;
 

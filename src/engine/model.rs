@@ -81,6 +81,14 @@ impl ModelConfig {
     }
 }
 
+/// Borrowed weight tensors, in the order [`Model::weights`] documents.
+pub struct Weights<'a> {
+    pub embed: &'a Tensor,
+    pub blocks: Vec<[&'a Tensor; 9]>,
+    pub norm: &'a Tensor,
+    pub lm_head: &'a Tensor,
+}
+
 struct Block {
     attn_norm: Tensor,
     q: Tensor,
@@ -164,6 +172,21 @@ impl Model {
         let device = vb.device().clone();
         let (cos, sin) = rope_tables(cfg, &device)?;
         Ok(Model { cfg: cfg.clone(), embed, blocks, norm, lm_head, cos, sin, device })
+    }
+
+    /// The weight tensors, for [`super::fast::FastModel`]. Each block lists attention norm,
+    /// q, k, v, o, MLP norm, gate, up, down.
+    pub fn weights(&self) -> Weights<'_> {
+        Weights {
+            embed: &self.embed,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| [&b.attn_norm, &b.q, &b.k, &b.v, &b.o, &b.mlp_norm, &b.gate, &b.up, &b.down])
+                .collect(),
+            norm: &self.norm,
+            lm_head: &self.lm_head,
+        }
     }
 
     pub fn device(&self) -> &Device {

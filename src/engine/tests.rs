@@ -106,20 +106,32 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() 
     let max_diff = a.iter().zip(&stepwise).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(max_diff < 1e-3, "step-by-step and prefill differ by {max_diff}");
 
+    // The serving path computes the same logits as candle's.
+    let fast = super::fast::FastModel::from_model(&trained.model).unwrap();
+    let mut fc = fast.new_cache();
+    let mut fl = Vec::new();
+    fast.forward(&ids, &mut fc, &mut fl).unwrap();
+    let max_diff = a.iter().zip(&fl).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-3, "fast and candle paths differ by {max_diff}");
+    for &t in &ids[..3] {
+        fast.forward(&[t], &mut fc, &mut fl).unwrap();
+        let c = trained.model.forward_cached(&[t], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+        let max_diff = c.iter().zip(&fl).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-3, "fast and candle paths differ by {max_diff} while decoding");
+    }
+
     // Generation: deterministic for a seed, within the cap, no control tokens in the text.
     let history = vec![("bob".to_string(), "anyone going to the meetup tonight?".to_string())];
     let s = Sampling { max_tokens: 12, ..Sampling::default() };
-    let g1 = generate::reply(&trained.model, &trained.tokenizer, &history, &s, &mut StdRng::seed_from_u64(7))
-        .unwrap();
-    let g2 = generate::reply(&loaded.model, &loaded.tokenizer, &history, &s, &mut StdRng::seed_from_u64(7))
+    let g1 = generate::reply(&fast, &trained.tokenizer, &history, &s, &mut StdRng::seed_from_u64(7)).unwrap();
+    let g2 = generate::reply(&loaded.fast, &loaded.tokenizer, &history, &s, &mut StdRng::seed_from_u64(7))
         .unwrap();
     assert_eq!(g1, g2);
     assert!(g1.tokens <= 12);
     assert!(!g1.text.contains("<|"), "{}", g1.text);
     let greedy = Sampling { temperature: 0.0, max_tokens: 5, ..Sampling::default() };
     let g =
-        generate::reply(&trained.model, &trained.tokenizer, &history, &greedy, &mut StdRng::seed_from_u64(1))
-            .unwrap();
+        generate::reply(&fast, &trained.tokenizer, &history, &greedy, &mut StdRng::seed_from_u64(1)).unwrap();
     assert!(g.tokens <= 5 && (g.finished || g.tokens == 5));
 }
 

@@ -1,0 +1,347 @@
+//! `mynah bench`: the figures the project holds itself to, measured on this machine: reply
+//! latency, training throughput and wall time with held-out bits per byte against a Kneser–Ney
+//! baseline, and resident memory while serving. Never run as timed tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use candle_core::Device;
+use clap::Subcommand;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::json;
+
+use crate::engine::checkpoint::{self, Meta};
+use crate::engine::fast::FastModel;
+use crate::engine::generate::{self, Sampling};
+use crate::engine::model::Model;
+use crate::engine::ngram::KneserNey;
+use crate::engine::tokenizer::{ChatLine, ChatTokenizer};
+use crate::engine::train::{self, TrainOptions};
+use crate::engine::Preset;
+
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Train the default model on a corpus; report wall time, tokens/s and held-out bits per
+    /// byte next to an interpolated Kneser–Ney trigram baseline; save the model.
+    Train {
+        /// A JSONL corpus, e.g. ../shared/corpus/fcc-dev.jsonl
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, default_value = "default")]
+        preset: String,
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Where to save the trained model (a run directory is created inside).
+        #[arg(long, default_value = "models/bench")]
+        out: PathBuf,
+        /// Also write the token streams and config for the PyTorch reference (bench/torch_reference.py).
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
+    /// Reply latency: a 40-token reply after a 64-token context, p50 and p99.
+    Reply {
+        /// A run directory (models/<guild>/<run>); without it, an untrained model of the preset.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = "default")]
+        preset: String,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+    },
+    /// Peak resident memory while serving replies with a model.
+    Memory {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        replies: usize,
+    },
+}
+
+pub fn run(cmd: Bench) -> anyhow::Result<()> {
+    match cmd {
+        Bench::Train { corpus, preset, epochs, minutes, out, export } => {
+            bench_train(&corpus, &preset, epochs, minutes, &out, export.as_deref())
+        }
+        Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
+        Bench::Memory { model, replies } => bench_memory(&model, replies),
+    }
+}
+
+fn preset(name: &str) -> anyhow::Result<Preset> {
+    Preset::by_name(name).with_context(|| format!("unknown preset {name:?}"))
+}
+
+/// Reads a JSONL corpus as chat lines, oldest first.
+pub fn read_corpus(path: &Path) -> anyhow::Result<Vec<ChatLine>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
+    let (records, bad) = crate::corpus::parse_all(&text, None);
+    if !bad.is_empty() {
+        eprintln!("{} malformed lines skipped", bad.len());
+    }
+    let mut lines: Vec<ChatLine> = records
+        .iter()
+        .map(|r| ChatLine {
+            channel: r.channel_id.clone(),
+            author: r.author.clone(),
+            content: r.content.clone(),
+            time_ms: r.created_ms().unwrap_or(0),
+        })
+        .collect();
+    lines.sort_by_key(|l| l.time_ms);
+    Ok(lines)
+}
+
+fn bench_train(
+    corpus: &Path,
+    preset_name: &str,
+    epochs: usize,
+    minutes: f64,
+    out: &Path,
+    export: Option<&Path>,
+) -> anyhow::Result<()> {
+    let lines = read_corpus(corpus)?;
+    let bytes: usize = lines.iter().map(|l| l.content.len()).sum();
+    eprintln!("corpus: {} messages, {:.1} MB of text", lines.len(), bytes as f64 / 1e6);
+    let mut opts = TrainOptions::new(preset(preset_name)?);
+    opts.epochs = epochs;
+    opts.max_seconds = Some(minutes * 60.0);
+    opts.max_val_windows = usize::MAX;
+    let cancel = AtomicBool::new(false);
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    let trained = train::train(&lines, &opts, &Device::Cpu, &cancel, |p| {
+        if last_print.elapsed().as_secs_f64() > 15.0 || p.phase != "training" {
+            eprintln!(
+                "  {:>10} step {}/{} epoch {:.2} loss {:.3} {:.0} tok/s eta {:.0}s",
+                p.phase, p.step, p.total_steps, p.epoch, p.loss, p.tokens_per_second, p.eta_seconds
+            );
+            last_print = Instant::now();
+        }
+    })?;
+    let wall = started.elapsed().as_secs_f64();
+    let r = &trained.report;
+
+    let data = train::prepare(&lines, &trained.tokenizer, opts.val_fraction)?;
+    let kn_started = Instant::now();
+    let kn = KneserNey::train(&data.train, trained.tokenizer.vocab_size());
+    let (nats, _) = kn.nll(&data.val);
+    let kn_bytes: u64 = data.val[2..].iter().map(|&t| trained.tokenizer.byte_len(t) as u64).sum();
+    let kn_bpb = nats / std::f64::consts::LN_2 / kn_bytes.max(1) as f64;
+    let kn_seconds = kn_started.elapsed().as_secs_f64();
+
+    let meta = Meta {
+        params: trained.config.params(),
+        trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        val_bits_per_byte: Some(r.val_bits_per_byte),
+        corpus_messages: lines.len() as u64,
+        training_seconds: r.seconds,
+        engine_version: crate::engine::ENGINE_VERSION.into(),
+        preset: opts.preset.name.clone(),
+        steps: r.steps as u64,
+        epochs: r.epochs,
+        tokens: r.tokens,
+        train_loss: Some(r.train_loss),
+        ..Meta::default()
+    };
+    let run = format!("run-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
+    let dir = checkpoint::save(out, &run, &trained.varmap, &trained.config, &trained.tokenizer, &meta)?;
+    if let Some(export) = export {
+        export_for_torch(export, &data, &trained.config, &opts)?;
+    }
+    let summary = json!({
+        "preset": opts.preset.name,
+        "params": trained.config.params(),
+        "wall_seconds": wall,
+        "steps": r.steps,
+        "epochs": r.epochs,
+        "stopped_by_budget": r.stopped_by_budget,
+        "train_tokens_per_second": r.tokens_per_second,
+        "train_loss": r.train_loss,
+        "val_bits_per_byte": r.val_bits_per_byte,
+        "kneser_ney_trigram_val_bits_per_byte": kn_bpb,
+        "kneser_ney_seconds": kn_seconds,
+        "train_messages": r.train_messages,
+        "val_messages": r.val_messages,
+        "train_tokens": data.train.len(),
+        "val_tokens": data.val.len(),
+        "model_dir": dir,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// Token streams as little-endian u32 files plus the shapes, for bench/torch_reference.py.
+fn export_for_torch(
+    dir: &Path,
+    data: &train::Data,
+    cfg: &crate::engine::model::ModelConfig,
+    opts: &TrainOptions,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = |s: &[u32]| s.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.join("train.u32"), bytes(&data.train))?;
+    std::fs::write(dir.join("val.u32"), bytes(&data.val))?;
+    let spec = json!({
+        "config": cfg,
+        "batch": opts.preset.batch,
+        "seq_len": opts.preset.seq_len,
+        "lr": opts.preset.lr,
+        "weight_decay": opts.weight_decay,
+        "clip_norm": opts.clip_norm,
+    });
+    std::fs::write(dir.join("spec.json"), serde_json::to_string_pretty(&spec)?)?;
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A 64-token prompt: real chat through the tokenizer when there is one.
+fn prompt_tokens(tok: Option<&ChatTokenizer>, vocab: usize) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    if let Some(tok) = tok {
+        for l in crate::playground::SAMPLE.lines().take(40) {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            ids.extend(
+                tok.encode_message(v["author"].as_str().unwrap_or(""), v["content"].as_str().unwrap_or(""))?,
+            );
+        }
+    }
+    while ids.len() < 64 {
+        ids.push((ids.len() as u32 * 7919) % vocab as u32);
+    }
+    ids.truncate(64);
+    Ok(ids)
+}
+
+/// One reply's worth of work: prefill the prompt, then 40 sampled tokens through the cache,
+/// on the serving path (`fast`) or candle's reference path.
+fn timed_reply(
+    model: &Model,
+    fast: Option<&FastModel>,
+    prompt: &[u32],
+    banned: &[u32],
+    s: &Sampling,
+    rng: &mut StdRng,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    match fast {
+        Some(fast) => {
+            let mut cache = fast.new_cache();
+            let mut logits = Vec::new();
+            fast.forward(prompt, &mut cache, &mut logits)?;
+            for _ in 0..40 {
+                let next = generate::sample(&mut logits, banned, &[], s, rng);
+                fast.forward(&[next], &mut cache, &mut logits)?;
+            }
+        }
+        None => {
+            let mut cache = model.new_cache();
+            let mut logits = model.forward_cached(prompt, &mut cache)?.to_vec1::<f32>()?;
+            for _ in 0..40 {
+                let next = generate::sample(&mut logits, banned, &[], s, rng);
+                logits = model.forward_cached(&[next], &mut cache)?.to_vec1::<f32>()?;
+            }
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// p50, p99 and mean over `runs` replies after a warm-up.
+fn latencies(
+    model: &Model,
+    fast: Option<&FastModel>,
+    prompt: &[u32],
+    banned: &[u32],
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let s = Sampling::default();
+    let mut rng = StdRng::seed_from_u64(1);
+    for _ in 0..5 {
+        timed_reply(model, fast, prompt, banned, &s, &mut rng)?;
+    }
+    let mut times: Vec<f64> = (0..runs.max(1))
+        .map(|_| timed_reply(model, fast, prompt, banned, &s, &mut rng))
+        .collect::<anyhow::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(json!({
+        "runs": times.len(),
+        "p50_ms": percentile(&times, 0.5),
+        "p99_ms": percentile(&times, 0.99),
+        "mean_ms": times.iter().sum::<f64>() / times.len() as f64,
+    }))
+}
+
+fn load_or_init(model: Option<&Path>, preset_name: &str) -> anyhow::Result<(Model, Option<ChatTokenizer>)> {
+    match model {
+        Some(dir) => {
+            let loaded = checkpoint::load(dir, &Device::Cpu)?;
+            Ok((loaded.model, Some(loaded.tokenizer)))
+        }
+        None => {
+            let cfg = preset(preset_name)?.model_config(preset(preset_name)?.vocab_size);
+            let (model, _) = train::init_model(&cfg, &Device::Cpu)?;
+            Ok((model, None))
+        }
+    }
+}
+
+fn bench_reply(model: Option<&Path>, preset_name: &str, runs: usize) -> anyhow::Result<()> {
+    let (model, tok) = load_or_init(model, preset_name)?;
+    let prompt = prompt_tokens(tok.as_ref(), model.cfg.vocab_size)?;
+    // Message ends are banned so every reply is exactly 40 tokens.
+    let banned: Vec<u32> = tok.as_ref().map(|t| vec![t.pad, t.msg, t.says, t.eom]).unwrap_or_default();
+    let fast = FastModel::from_model(&model)?;
+    let summary = json!({
+        "params": model.cfg.params(),
+        "prompt_tokens": prompt.len(),
+        "new_tokens": 40,
+        "serving_path": latencies(&model, Some(&fast), &prompt, &banned, runs)?,
+        "candle_reference_path": latencies(&model, None, &prompt, &banned, runs.min(30))?,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// Peak and current resident set size in MB, from /proc.
+pub fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn bench_memory(model: &Path, replies: usize) -> anyhow::Result<()> {
+    let loaded = checkpoint::load(model, &Device::Cpu)?;
+    let history: Vec<(String, String)> = crate::playground::SAMPLE
+        .lines()
+        .take(8)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (v["author"].as_str().unwrap_or("").to_string(), v["content"].as_str().unwrap_or("").to_string())
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(3);
+    for _ in 0..replies {
+        generate::reply(&loaded.fast, &loaded.tokenizer, &history, &Sampling::default(), &mut rng)?;
+    }
+    let (peak, now) = rss_mb();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "replies": replies, "peak_rss_mb": peak, "rss_mb": now }))?
+    );
+    Ok(())
+}
