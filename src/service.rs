@@ -396,9 +396,12 @@ impl Core {
         let mut opts = TrainOptions::new(self.config.engine.preset.clone());
         opts.epochs = epochs as usize;
         opts.max_seconds = Some(req.max_minutes.unwrap_or(self.config.engine.max_minutes) * 60.0);
+        let base = self.config.models_dir.join("base");
+        let base = train::BASE_FILES.iter().all(|f| base.join(f).is_file()).then_some(base);
         let job = Job {
             lines,
             opts,
+            base,
             guild_dir: self.config.models_dir.join(&guild_id),
             run: format!("run-{run_id}"),
             corpus: (
@@ -583,6 +586,8 @@ impl Core {
 struct Job {
     lines: Vec<ChatLine>,
     opts: TrainOptions,
+    /// A pretrained llama checkpoint to start from (`models/base/`), if the operator put one.
+    base: Option<PathBuf>,
     guild_dir: PathBuf,
     run: String,
     corpus: (Option<String>, Option<String>),
@@ -596,7 +601,12 @@ fn train_and_save(
     cancel: &std::sync::atomic::AtomicBool,
     trainer: &Trainer,
 ) -> Result<(Loaded, Report), EngineError> {
-    let trained = train::train(&job.lines, &job.opts, device, cancel, |p| trainer.report(p))?;
+    let trained = match &job.base {
+        Some(base) => {
+            train::train_from_base(&job.lines, base, &job.opts, device, cancel, |p| trainer.report(p))?
+        }
+        None => train::train(&job.lines, &job.opts, device, cancel, |p| trainer.report(p))?,
+    };
     let r = &trained.report;
     let meta = Meta {
         params: trained.config.params(),
@@ -607,7 +617,10 @@ fn train_and_save(
         corpus_last: job.corpus.1,
         training_seconds: r.seconds,
         engine_version: crate::engine::ENGINE_VERSION.into(),
-        preset: job.opts.preset.name.clone(),
+        preset: match &job.base {
+            Some(_) => format!("{} from models/base", job.opts.preset.name),
+            None => job.opts.preset.name.clone(),
+        },
         steps: r.steps as u64,
         epochs: r.epochs,
         tokens: r.tokens,

@@ -7,6 +7,7 @@
 //! - [`train`]: the training loop (schedule, clipping, validation in bits per byte, budget).
 //! - [`fast`]: the lean CPU inference path that serves replies.
 //! - [`generate`]: sampling a reply from a chat history.
+//! - [`ops`]: fused CPU kernels with backward passes for training.
 //! - [`ngram`]: a Kneser–Ney trigram baseline for the benchmarks.
 //! - [`checkpoint`]: atomic save and validated load of `models/<guild>/<run>/`.
 
@@ -15,6 +16,7 @@ pub mod fast;
 pub mod generate;
 pub mod model;
 pub mod ngram;
+pub mod ops;
 pub mod tokenizer;
 pub mod train;
 

@@ -4,7 +4,7 @@
 //! softmax_last_dim have no backward pass), [`Model::forward_cached`] uses the fused ops and a
 //! KV cache for generation.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +117,9 @@ pub struct Cache {
 
 pub struct Model {
     pub cfg: ModelConfig,
+    /// Train with the fused CPU kernels of [`super::ops`] (on by default on the CPU); the
+    /// composed candle ops otherwise.
+    pub fused_ops: bool,
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -171,7 +174,8 @@ impl Model {
         };
         let device = vb.device().clone();
         let (cos, sin) = rope_tables(cfg, &device)?;
-        Ok(Model { cfg: cfg.clone(), embed, blocks, norm, lm_head, cos, sin, device })
+        let fused_ops = device.is_cpu();
+        Ok(Model { cfg: cfg.clone(), fused_ops, embed, blocks, norm, lm_head, cos, sin, device })
     }
 
     /// The weight tensors, for [`super::fast::FastModel`]. Each block lists attention norm,
@@ -199,27 +203,45 @@ impl Model {
         let cfg = &self.cfg;
         let (h, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let eps = cfg.rms_norm_eps as f32;
+        let scale = 1.0 / (hd as f32).sqrt();
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
-        let mask = causal_mask(t, 0, &self.device)?;
+        let fused = self.fused_ops;
+        let tables = if fused { Some(super::ops::RopeTables::new(&cos, &sin)?) } else { None };
+        let norm = |x: &Tensor, w: &Tensor| -> candle_core::Result<Tensor> {
+            if fused {
+                super::ops::rms_norm(x, w, eps)
+            } else {
+                candle_nn::ops::rms_norm_slow(x, w, eps)
+            }
+        };
+        let rope = |x: Tensor| -> candle_core::Result<Tensor> {
+            match &tables {
+                Some(tables) => super::ops::rope(&x, tables),
+                None => candle_nn::rotary_emb::rope_slow(&x.contiguous()?, &cos, &sin),
+            }
+        };
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, cfg.hidden_size))?;
         for blk in &self.blocks {
-            let n = candle_nn::ops::rms_norm_slow(&x, &blk.attn_norm, eps)?;
-            let q = linear(&n, &blk.q)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
-            let k = linear(&n, &blk.k)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?;
+            let n = norm(&x, &blk.attn_norm)?;
+            let q = rope(linear(&n, &blk.q)?.reshape((b, t, h, hd))?.transpose(1, 2)?)?;
+            let k = rope(linear(&n, &blk.k)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?)?;
             let v = linear(&n, &blk.v)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope_slow(&q.contiguous()?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&k.contiguous()?, &cos, &sin)?;
             let (k, v) = (repeat_kv(k, h / kvh)?, repeat_kv(v, h / kvh)?);
-            let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let scores = q.matmul(&k.t()?)?;
+            let att = if fused {
+                super::ops::causal_softmax(&scores, scale)?
+            } else {
+                super::ops::reference::causal_softmax(&scores, scale)?
+            };
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, cfg.hidden_size))?;
             x = (x + linear(&y, &blk.o)?)?;
-            let n = candle_nn::ops::rms_norm_slow(&x, &blk.mlp_norm, eps)?;
-            let g = candle_nn::Activation::Silu.forward(&linear(&n, &blk.gate)?)?;
-            x = (x + linear(&(g * linear(&n, &blk.up)?)?, &blk.down)?)?;
+            let n = norm(&x, &blk.mlp_norm)?;
+            let (g, u) = (linear(&n, &blk.gate)?, linear(&n, &blk.up)?);
+            let a = if fused { super::ops::swiglu(&g, &u)? } else { (candle_nn::ops::silu(&g)? * u)? };
+            x = (x + linear(&a, &blk.down)?)?;
         }
-        let x = candle_nn::ops::rms_norm_slow(&x, &self.norm, eps)?;
+        let x = norm(&x, &self.norm)?;
         Ok(linear(&x, &self.lm_head)?)
     }
 
@@ -272,6 +294,30 @@ impl Model {
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
         Ok(linear(&last, &self.lm_head)?.flatten_all()?)
     }
+}
+
+/// The tensor names of a checkpoint for `cfg`, in Hugging Face's llama naming.
+pub fn tensor_names(cfg: &ModelConfig) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+    for i in 0..cfg.num_hidden_layers {
+        for part in [
+            "input_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "post_attention_layernorm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            names.push(format!("model.layers.{i}.{part}.weight"));
+        }
+    }
+    if !cfg.tie_word_embeddings {
+        names.push("lm_head.weight".into());
+    }
+    names
 }
 
 fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {

@@ -52,6 +52,44 @@ fn every_weight_gets_a_gradient() {
 }
 
 #[test]
+fn fused_kernels_give_the_same_loss_and_gradients_as_candles_ops() {
+    let lines = sample_lines(300);
+    let tok = super::tokenizer::ChatTokenizer::train(&lines, 320).unwrap();
+    let data = train::prepare(&lines, &tok, 0.1).unwrap();
+    let cfg = Preset::tiny().model_config(tok.vocab_size());
+    let (mut model, varmap) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let x = candle_core::Tensor::from_slice(&data.train[..128], (2, 64), &Device::Cpu).unwrap();
+    let y = candle_core::Tensor::from_slice(&data.train[1..129], 128, &Device::Cpu).unwrap();
+    let mut results = Vec::new();
+    for fused in [true, false] {
+        model.fused_ops = fused;
+        let logits = model.forward_train(&x).unwrap().reshape((128, ())).unwrap();
+        let loss = if fused {
+            super::ops::cross_entropy(&logits, &y).unwrap()
+        } else {
+            candle_nn::loss::cross_entropy(&logits, &y).unwrap()
+        };
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let mut per_var: Vec<(String, Vec<f32>)> = vars
+            .iter()
+            .map(|(n, v)| {
+                (n.clone(), grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            })
+            .collect();
+        per_var.sort_by(|a, b| a.0.cmp(&b.0));
+        results.push((loss.to_scalar::<f32>().unwrap(), per_var));
+    }
+    let ((l1, g1), (l2, g2)) = (&results[0], &results[1]);
+    assert!((l1 - l2).abs() < 1e-4, "losses {l1} vs {l2}");
+    for ((name, a), (_, b)) in g1.iter().zip(g2) {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff / scale < 1e-3, "{name}: gradients differ by {diff} (scale {scale})");
+    }
+}
+
+#[test]
 fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() {
     let lines = sample_lines(1500);
     let cancel = AtomicBool::new(false);
@@ -61,7 +99,7 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() 
     let data = train::prepare(&lines, &tok, 0.1).unwrap();
     let (untrained, _) =
         train::init_model(&Preset::tiny().model_config(tok.vocab_size()), &Device::Cpu).unwrap();
-    let before = train::bits_per_byte(&untrained, &tok, &data.val, 16).unwrap();
+    let before = train::bits_per_byte(&untrained, &tok, &data.val, 64, 16).unwrap();
 
     let mut seen = 0;
     let trained = train::train(&lines, &opts, &Device::Cpu, &cancel, |p| {
@@ -188,4 +226,65 @@ fn devices_parse() {
     assert!(super::device("tpu").is_err());
     #[cfg(not(feature = "cuda"))]
     assert!(super::device("cuda").unwrap_err().to_string().contains("--features cuda"));
+}
+
+#[test]
+fn a_base_checkpoint_in_hf_layout_starts_training() {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+
+    let lines = sample_lines(400);
+    let base = tempfile::tempdir().unwrap();
+    // A plain byte-level BPE without mynah's framing tokens, like a pretrained model's.
+    let mut plain = tokenizers::Tokenizer::new(BPE::default());
+    plain.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    plain.with_decoder(Some(ByteLevel::new(false, true, true)));
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .show_progress(false)
+        .vocab_size(300)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build()
+        .into();
+    plain.train(&mut trainer, lines.iter().map(|l| l.content.as_str())).unwrap();
+    plain.save(base.path().join("tokenizer.json"), false).unwrap();
+    let base_vocab = plain.get_vocab_size(true);
+    assert!(plain.token_to_id("<|msg|>").is_none());
+
+    let mut cfg = Preset::tiny().model_config(base_vocab);
+    cfg.tie_word_embeddings = false;
+    let (_, varmap) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    varmap.save(base.path().join("model.safetensors")).unwrap();
+    let mut json = serde_json::to_value(&cfg).unwrap();
+    json["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    json["torch_dtype"] = serde_json::json!("float32");
+    std::fs::write(base.path().join("config.json"), json.to_string()).unwrap();
+
+    let cancel = AtomicBool::new(false);
+    let opts = TrainOptions { max_seconds: Some(2.0), ..tiny_options(1) };
+    let trained = train::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {}).unwrap();
+    assert_eq!(trained.config.vocab_size, base_vocab + 4, "the framing tokens were added");
+    assert!(!trained.config.tie_word_embeddings);
+    assert!(trained.report.val_bits_per_byte.is_finite());
+    let dir = tempfile::tempdir().unwrap();
+    let run = checkpoint::save(
+        dir.path(),
+        "r",
+        &trained.varmap,
+        &trained.config,
+        &trained.tokenizer,
+        &checkpoint::Meta::default(),
+    )
+    .unwrap();
+    let loaded = checkpoint::load(&run, &Device::Cpu).unwrap();
+    assert_eq!(loaded.tokenizer.vocab_size(), base_vocab + 4);
+
+    // A base whose weights do not fit its config is refused with the reason.
+    let mut wrong = json.clone();
+    wrong["hidden_size"] = serde_json::json!(64);
+    wrong["num_attention_heads"] = serde_json::json!(4);
+    std::fs::write(base.path().join("config.json"), wrong.to_string()).unwrap();
+    let err =
+        train::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {}).err().unwrap();
+    assert!(err.to_string().contains("does not fit"), "{err}");
 }

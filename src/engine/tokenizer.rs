@@ -79,6 +79,20 @@ impl ChatTokenizer {
         Self::wrap(inner)
     }
 
+    /// Loads a pretrained model's tokenizer, adding the chat framing tokens it lacks (they get
+    /// IDs after its vocabulary).
+    pub fn load_base(path: &Path) -> Result<ChatTokenizer, EngineError> {
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let missing: Vec<AddedToken> = SPECIALS
+            .iter()
+            .filter(|s| inner.token_to_id(s).is_none())
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
+        inner.add_special_tokens(missing).map_err(tok_err)?;
+        Self::wrap(inner)
+    }
+
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
         self.inner.save(path, false).map_err(tok_err)
     }

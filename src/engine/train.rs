@@ -157,9 +157,10 @@ pub fn bits_per_byte(
     model: &Model,
     tok: &ChatTokenizer,
     stream: &[u32],
+    len: usize,
     max_windows: usize,
 ) -> Result<f64, EngineError> {
-    let len = model.cfg.max_position_embeddings;
+    let len = len.min(model.cfg.max_position_embeddings);
     let all = windows(stream, len);
     if all.is_empty() {
         return Err(EngineError::NotEnoughData("the validation split is shorter than one sequence".into()));
@@ -175,7 +176,7 @@ pub fn bits_per_byte(
         let logits = model.forward_train(&x)?;
         let n = y.dims1()?;
         let logits = logits.reshape((n, ()))?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
+        let loss = super::ops::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
         nats += loss * n as f64;
         bytes += y.to_vec1::<u32>()?.iter().map(|&t| tok.byte_len(t) as u64).sum::<u64>();
     }
@@ -251,6 +252,70 @@ pub fn train(
     Ok(Trained { config: cfg, tokenizer: tok, ..trained })
 }
 
+/// Files a pretrained base model must have (Hugging Face llama layout).
+pub const BASE_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// Trains on `lines` starting from the pretrained llama checkpoint in `base` (HF layout:
+/// `config.json`, `model.safetensors`, `tokenizer.json`) instead of from scratch. The base
+/// tokenizer is kept; the chat framing tokens are added to it if missing, with new embedding
+/// rows for them.
+pub fn train_from_base(
+    lines: &[ChatLine],
+    base: &std::path::Path,
+    opts: &TrainOptions,
+    device: &Device,
+    cancel: &AtomicBool,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Trained, EngineError> {
+    let started = Instant::now();
+    let bad = |reason: String| EngineError::Checkpoint { path: base.display().to_string(), reason };
+    let tok = ChatTokenizer::load_base(&base.join("tokenizer.json"))?;
+    let text =
+        std::fs::read_to_string(base.join("config.json")).map_err(|e| bad(format!("config.json: {e}")))?;
+    let mut cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| bad(format!("config.json: {e}")))?;
+    let base_vocab = cfg.vocab_size;
+    if tok.vocab_size() < base_vocab {
+        return Err(bad(format!("the tokenizer has {} tokens, the model {base_vocab}", tok.vocab_size())));
+    }
+    cfg.vocab_size = tok.vocab_size();
+    cfg.validate()?;
+    let tensors = candle_core::safetensors::load(base.join("model.safetensors"), device)
+        .map_err(|e| bad(format!("model.safetensors: {e}")))?;
+    let varmap = VarMap::new();
+    {
+        let mut vars = varmap.data().lock().map_err(|_| bad("variable map poisoned".into()))?;
+        for name in super::model::tensor_names(&cfg) {
+            let Some(t) = tensors.get(&name) else { continue };
+            let t = t.to_dtype(DType::F32)?;
+            // Embedding rows for tokens the base vocabulary lacks start small and random.
+            let t = if (name == "model.embed_tokens.weight" || name == "lm_head.weight")
+                && t.dim(0)? < cfg.vocab_size
+            {
+                let extra = Tensor::randn(0f32, 0.02, (cfg.vocab_size - t.dim(0)?, t.dim(1)?), device)?;
+                Tensor::cat(&[&t, &extra], 0)?
+            } else {
+                t
+            };
+            vars.insert(name, candle_core::Var::from_tensor(&t)?);
+        }
+    }
+    // Tensors the checkpoint lacked are created fresh here; shapes are checked against cfg.
+    let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))
+        .map_err(|e| bad(format!("does not fit its config: {e}")))?;
+    progress(&Progress {
+        phase: "preparing",
+        step: 0,
+        total_steps: 0,
+        epoch: 0.0,
+        loss: 0.0,
+        tokens_per_second: 0.0,
+        eta_seconds: 0.0,
+    });
+    let data = prepare(lines, &tok, opts.val_fraction)?;
+    let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
+    Ok(Trained { config: cfg, tokenizer: tok, ..trained })
+}
+
 /// The optimisation loop on prepared data, for a model that may start from pretrained weights.
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
@@ -265,7 +330,7 @@ pub fn fit(
     started: Instant,
 ) -> Result<Trained, EngineError> {
     let p = &opts.preset;
-    let len = model.cfg.max_position_embeddings;
+    let len = p.seq_len.min(model.cfg.max_position_embeddings);
     let mut order = windows(&data.train, len);
     if order.is_empty() {
         return Err(EngineError::NotEnoughData("the training split is shorter than one sequence".into()));
@@ -296,7 +361,7 @@ pub fn fit(
             let (x, y) = batch_tensors(&data.train, starts, len, device)?;
             let logits = model.forward_train(&x)?;
             let n = y.dims1()?;
-            let loss = candle_nn::loss::cross_entropy(&logits.reshape((n, ()))?, &y)?;
+            let loss = super::ops::cross_entropy(&logits.reshape((n, ()))?, &y)?;
             let mut grads = loss.backward()?;
             clip_gradients(&mut grads, &vars, opts.clip_norm)?;
             opt.step(&grads)?;
@@ -337,7 +402,7 @@ pub fn fit(
         tokens_per_second: 0.0,
         eta_seconds: 0.0,
     });
-    let val = bits_per_byte(&model, tok, &data.val, opts.max_val_windows)?;
+    let val = bits_per_byte(&model, tok, &data.val, len, opts.max_val_windows)?;
     let seconds = started.elapsed().as_secs_f64();
     let report = Report {
         steps: step,

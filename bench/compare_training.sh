@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Training throughput, mynah (candle) and PyTorch side by side on the identical model, data,
+# batch and sequence length. Installs a CPU PyTorch into target/torch-venv on first use
+# (~550 MB download). Benchmarks only: never run in CI.
+#
+#   bench/compare_training.sh ../shared/corpus/fcc-dev.jsonl [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+corpus=${1:?usage: bench/compare_training.sh CORPUS.jsonl [SECONDS]}
+seconds=${2:-120}
+venv=target/torch-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    python3 -m venv "$venv"
+    # --no-deps keeps the CUDA libraries of the default wheel out; the CPU code runs without them.
+    "$venv/bin/pip" install -q --no-deps torch filelock typing-extensions sympy mpmath networkx jinja2 MarkupSafe fsspec numpy
+fi
+cargo build --release --quiet
+export_dir=target/bench-export
+minutes=$(python3 -c "print($seconds / 60)")
+echo "== mynah (candle), ${seconds}s"
+./target/release/mynah bench train --corpus "$corpus" --minutes "$minutes" --epochs 100 \
+    --out target/bench-models --export "$export_dir" | grep -E '"(params|train_tokens_per_second|steps)"'
+echo "== PyTorch, ${seconds}s"
+"$venv/bin/python" bench/torch_reference.py "$export_dir" --seconds "$seconds" --threads "$(nproc)"
