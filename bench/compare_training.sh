@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training throughput, mynah (candle) and PyTorch side by side on the identical model, data,
-# batch and sequence length. Installs a CPU PyTorch into target/torch-venv on first use
-# (~550 MB download). Benchmarks only: never run in CI.
+# batch and sequence length. Installs PyTorch into target/torch-venv on first use (a few GB,
+# CUDA libraries included). Benchmarks only: never run in CI.
 #
 #   bench/compare_training.sh ../shared/corpus/fcc-dev.jsonl [SECONDS]
 set -euo pipefail
@@ -11,8 +11,9 @@ seconds=${2:-120}
 venv=target/torch-venv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     python3 -m venv "$venv"
-    # --no-deps keeps the CUDA libraries of the default wheel out; the CPU code runs without them.
-    "$venv/bin/pip" install -q --no-deps torch filelock typing-extensions sympy mpmath networkx jinja2 MarkupSafe fsspec numpy
+    # PyPI's default wheel is a CUDA build: it pulls several GB of CUDA libraries it needs to
+    # load, then runs on the CPU.
+    "$venv/bin/pip" install -q torch numpy
 fi
 cargo build --release --quiet
 export_dir=target/bench-export

@@ -37,6 +37,9 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
     lines.push(format!("**Collecting from:** {}", s.collection));
     let d = &s.should_train;
     lines.push(match d.messages_until_first_training {
+        _ if s.training.state == "running" => {
+            "**Next:** the new model serves as soon as training ends".into()
+        }
         Some(0) => {
             format!("**Next:** enough messages for a first model; an admin can run `{prefix}llmtrain`")
         }

@@ -110,9 +110,10 @@ async fn a_mention_gets_a_fallback_reply_that_pings_nobody() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_human_chat_in_collected_channels_is_stored() {
     let h = Harness::start().await;
+    // A command is not chat (its answer is awaited so it cannot overtake the check below).
+    h.ask(h.general, h.member, "!llmstats").await;
     h.server.say(h.offtopic, h.member, "off-topic chatter");
     h.server.say(h.general, h.other_bot, "beep boop, I am a bot");
-    h.server.say(h.general, h.member, "!llmstats");
     h.server.say(h.general, h.member, "a real message");
     h.wait_stored(1).await;
     // Give the ignored messages time to be (wrongly) stored before checking they were not.

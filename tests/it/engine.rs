@@ -37,7 +37,7 @@ async fn each_guild_replies_only_with_its_own_model() {
         let req = ReplyRequest {
             guild_id: "1001".into(),
             author: "bob".into(),
-            text: format!("привет, как дела? question {i}"),
+            text: format!("hey, how is everyone doing? question {i}"),
             ..Default::default()
         };
         let out = core.reply(&req).await.unwrap();
