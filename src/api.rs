@@ -78,6 +78,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/ml/train", post(train).delete(cancel))
         .route("/api/ml/should-train", get(should_train))
         .route("/api/ml/initialize", post(initialize))
+        .route("/api/ml/runs", get(runs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(core.clone(), require_token))
@@ -200,6 +201,22 @@ async fn cancel(State(core): State<Arc<Core>>) -> ApiResult {
     let cancelled = core.cancel_training();
     let message = if cancelled { "cancelling the running training" } else { "no training is running" };
     Ok(Json(json!({ "cancelled": cancelled, "message": message })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    guild_id: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The newest training runs, newest first.
+async fn runs(State(core): State<Arc<Core>>, query: Result<Query<RunsQuery>, QueryRejection>) -> ApiResult {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid query: {e}")))?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    let runs = core.store.runs(q.guild_id.as_deref(), limit as i64).await.map_err(ServiceError::from)?;
+    Ok(Json(json!({ "runs": runs })))
 }
 
 async fn initialize(State(core): State<Arc<Core>>) -> ApiResult {

@@ -227,16 +227,24 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
     config.check_api_exposure().map_err(anyhow::Error::msg)?;
     let store = Store::open(&config.database_url).await?;
     let core = Core::open(config.clone(), store.clone()).await?;
-    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped_rx) = tokio::sync::watch::channel(false);
     let api = config.api_addr.map(|addr| {
         let core = core.clone();
-        let mut stopped = api_stopped.clone();
+        let mut stopped = stopped_rx.clone();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
             crate::api::serve(core, addr, shutdown).await
         })
+    });
+    let scheduler = config.schedule_minutes.map(|minutes| {
+        tracing::info!(minutes, "scheduled retraining is on");
+        crate::scheduler::spawn(
+            core.clone(),
+            std::time::Duration::from_secs(minutes * 60),
+            stopped_rx.clone(),
+        )
     });
     let bot = if config.discord_token.is_some() {
         Some(crate::discord::start(core.clone()).await?)
@@ -259,9 +267,15 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
         }
     };
     tracing::info!("shutting down");
-    let _ = stop_api.send(true);
+    let _ = stop.send(true);
+    if core.cancel_training() {
+        tracing::info!("cancelled the running training; the current model stays");
+    }
     if let Some(bot) = bot {
         bot.shutdown().await;
+    }
+    if let Some(task) = scheduler {
+        let _ = task.await;
     }
     store.close().await;
     outcome

@@ -85,6 +85,8 @@ pub struct Config {
     pub discord_api_base: Option<String>,
     pub thresholds: Thresholds,
     pub engine: EngineConfig,
+    /// Minutes between scheduler rounds; `None` disables scheduled retraining.
+    pub schedule_minutes: Option<u64>,
 }
 
 /// How models are trained and how replies are sampled.
@@ -127,6 +129,7 @@ impl Default for Config {
             discord_api_base: None,
             thresholds: Thresholds::default(),
             engine: EngineConfig::default(),
+            schedule_minutes: Some(30),
         }
     }
 }
@@ -201,6 +204,11 @@ impl Config {
         t.min_new_messages = number(&get, "MYNAH_TRAIN_MIN_NEW_MESSAGES", t.min_new_messages)?;
         t.min_interval_hours = number(&get, "MYNAH_TRAIN_MIN_HOURS", t.min_interval_hours)?;
         t.max_interval_hours = number(&get, "MYNAH_TRAIN_MAX_HOURS", t.max_interval_hours)?;
+
+        cfg.schedule_minutes = match number(&get, "MYNAH_SCHEDULE_MINUTES", 30)? {
+            0 => None,
+            n => Some(n),
+        };
 
         let e = &mut cfg.engine;
         if let Some(device) = get("MYNAH_DEVICE") {

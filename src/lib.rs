@@ -11,6 +11,7 @@
 //! - [`render`]: plain-text renderings of service results for Discord and the CLI.
 //! - [`serving`]: the per-guild models that answer, and the generation thread.
 //! - [`training`]: the one-at-a-time training slot with its progress and cancellation.
+//! - [`scheduler`]: periodic retraining through the policy, one guild at a time.
 //! - [`service`]: the operations that Discord commands, the HTTP API and the CLI share.
 //! - [`api`]: the axum HTTP API, a thin adapter over [`service`].
 //! - [`discord`]: the poise/serenity layer, a thin adapter over [`service`].
@@ -32,6 +33,7 @@ pub mod models;
 pub mod playground;
 pub mod policy;
 pub mod render;
+pub mod scheduler;
 pub mod service;
 pub mod serving;
 pub mod store;

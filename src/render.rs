@@ -34,6 +34,19 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
         None => "**Model:** none yet".into(),
     });
     lines.push(format!("**Training:** {}", training(&s.training)));
+    if !s.last_runs.is_empty() {
+        let runs: Vec<String> = s
+            .last_runs
+            .iter()
+            .map(|r| {
+                let took =
+                    r.finished_ms.map(|f| format!(", {}", duration((f - r.started_ms) as f64 / 1000.0)));
+                let bpb = r.val_bpb.map(|b| format!(", {b:.3} bits/byte")).unwrap_or_default();
+                format!("#{} {} ({}{bpb}{})", r.id, r.outcome, r.trigger, took.unwrap_or_default())
+            })
+            .collect();
+        lines.push(format!("**Last runs:** {}", runs.join("; ")));
+    }
     lines.push(format!("**Collecting from:** {}", s.collection));
     let d = &s.should_train;
     lines.push(match d.messages_until_first_training {

@@ -19,7 +19,7 @@ use crate::engine::EngineError;
 use crate::fallback;
 use crate::policy::{self, Decision, Inputs};
 use crate::serving::Serving;
-use crate::store::{Counts, RunResult, Store, StoreError};
+use crate::store::{Counts, RunResult, RunRow, Store, StoreError};
 use crate::training::{Finished, Trainer, TrainingView};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,8 @@ pub struct GuildStats {
     pub training: TrainingView,
     pub collection: String,
     pub should_train: Decision,
+    /// The guild's newest training runs, newest first.
+    pub last_runs: Vec<RunRow>,
 }
 
 /// The process-wide view for `GET /api/ml/status`.
@@ -124,6 +126,8 @@ pub struct Status {
     pub models: Vec<ModelView>,
     pub training: TrainingView,
     pub guilds: Vec<GuildStatus>,
+    /// The newest training runs of all guilds, newest first.
+    pub last_runs: Vec<RunRow>,
     pub collection: String,
     pub engine: String,
     pub uptime_seconds: u64,
@@ -287,6 +291,7 @@ impl Core {
             training: self.trainer.view(),
             collection: self.config.collect.describe(),
             should_train: self.should_train(guild_id).await?,
+            last_runs: self.store.runs(Some(guild_id), 3).await?,
         })
     }
 
@@ -310,6 +315,7 @@ impl Core {
             models,
             training: self.trainer.view(),
             guilds,
+            last_runs: self.store.runs(None, 5).await?,
             collection: self.config.collect.describe(),
             engine: format!("candle on {}", self.config.engine.device),
             uptime_seconds: self.started.elapsed().as_secs(),

@@ -13,7 +13,7 @@ pub fn all() -> Vec<poise::Command<super::Data, Error>> {
 /// How to call a command, for error messages.
 pub fn usage(prefix: &str, command: &str) -> String {
     match command {
-        "llmtrain" => format!("`{prefix}llmtrain` or `{prefix}llmtrain force`"),
+        "llmtrain" => format!("`{prefix}llmtrain`, `{prefix}llmtrain force` or `{prefix}llmtrain cancel`"),
         other => format!("`{prefix}{other}`"),
     }
 }
@@ -33,15 +33,27 @@ pub async fn llmstats(ctx: Context<'_>) -> Result<(), Error> {
 pub enum TrainOption {
     #[name = "force"]
     Force,
+    #[name = "cancel"]
+    Cancel,
 }
 
 /// Train this server's language model now (admins only).
 #[poise::command(prefix_command, slash_command, guild_only, check = "is_admin")]
 pub async fn llmtrain(
     ctx: Context<'_>,
-    #[description = "force: train even if the thresholds say it is not needed"] option: Option<TrainOption>,
+    #[description = "force: train even if the policy says it is not needed; cancel: stop the running training"]
+    option: Option<TrainOption>,
 ) -> Result<(), Error> {
     let core = &ctx.data().core;
+    if option == Some(TrainOption::Cancel) {
+        let text = if core.cancel_training() {
+            "Cancelling the running training; the current model stays."
+        } else {
+            "No training is running."
+        };
+        ctx.say(text).await?;
+        return Ok(());
+    }
     let request = TrainRequest {
         force: option == Some(TrainOption::Force),
         requested_by: Some(ctx.author().id.to_string()),

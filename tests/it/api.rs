@@ -97,6 +97,17 @@ async fn train_starts_a_run_refuses_a_second_and_serves_the_new_model() {
     assert!(body["model"]["val_bits_per_byte"].as_f64().unwrap() > 0.0);
     assert_eq!(body["training"]["last"]["outcome"], "succeeded");
 
+    let (status, body) = api.call("GET", "/api/ml/runs", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let run = &body["runs"][0];
+    assert_eq!(
+        (run["id"].as_i64(), run["trigger"].as_str(), run["outcome"].as_str()),
+        (Some(run_id), Some("api"), Some("succeeded")),
+        "{body}"
+    );
+    assert!(run["val_bpb"].as_f64().is_some() && run["steps"].as_i64().unwrap() > 0, "{body}");
+    assert_eq!(run["corpus_messages"], 1500);
+
     // Without force the policy decides: the model is fresh, so nothing is started.
     let (status, body) = api.call("POST", "/api/ml/train", Some("{}"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -48,6 +48,10 @@ async fn admins_are_told_why_training_cannot_start_and_nothing_false_is_recorded
     let reply = h.ask(h.general, h.admin, "!llmtrain sideways").await;
     assert!(reply.content.contains("I didn't understand"), "{}", reply.content);
     assert!(reply.content.contains("`!llmtrain force`"), "{}", reply.content);
+    let reply = h.ask(h.general, h.admin, "!llmtrain cancel").await;
+    assert_eq!(reply.content, "No training is running.");
+    let reply = h.ask(h.general, h.member, "!llmtrain cancel").await;
+    assert!(reply.content.contains("Only server admins"), "{}", reply.content);
     assert_eq!(h.core.store.runs(None, 10).await.unwrap(), vec![], "no run was recorded");
     h.stop().await;
 }
@@ -71,6 +75,7 @@ async fn an_admin_trains_and_mentions_then_get_generated_replies() {
     let stats = h.ask(h.general, h.member, "!llmstats").await;
     assert!(stats.content.contains("**Mode:** model"), "{}", stats.content);
     assert!(stats.content.contains("tiny preset"), "{}", stats.content);
+    assert!(stats.content.contains("**Last runs:** #1 succeeded (command"), "{}", stats.content);
 
     let reply = h.ask(h.general, h.member, &format!("<@{bot}> anyone going to the meetup?")).await;
     assert!(

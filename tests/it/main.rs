@@ -7,5 +7,6 @@ mod api;
 mod cli;
 mod discord;
 mod engine;
+mod schedule;
 mod store;
 mod support;
