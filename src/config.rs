@@ -87,6 +87,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Minutes between scheduler rounds; `None` disables scheduled retraining.
     pub schedule_minutes: Option<u64>,
+    /// Channels where new models are announced (one per guild at most; off when empty).
+    pub announce_channels: BTreeSet<String>,
 }
 
 /// How models are trained and how replies are sampled.
@@ -130,6 +132,7 @@ impl Default for Config {
             thresholds: Thresholds::default(),
             engine: EngineConfig::default(),
             schedule_minutes: Some(30),
+            announce_channels: BTreeSet::new(),
         }
     }
 }
@@ -209,6 +212,14 @@ impl Config {
             0 => None,
             n => Some(n),
         };
+
+        if let Some(list) = get("MYNAH_ANNOUNCE_CHANNELS") {
+            cfg.announce_channels = parse_ids(&list)
+                .ok_or_else(|| err("MYNAH_ANNOUNCE_CHANNELS", &list, "comma-separated channel IDs"))?
+                .into_iter()
+                .map(|id| id.to_string())
+                .collect();
+        }
 
         let e = &mut cfg.engine;
         if let Some(device) = get("MYNAH_DEVICE") {

@@ -193,6 +193,18 @@ pub struct ReplyOut {
     pub mode: Mode,
 }
 
+/// Something adapters may want to tell people about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum CoreEvent {
+    /// A new model started serving a guild.
+    ModelReady {
+        guild_id: String,
+        run_id: i64,
+        val_bits_per_byte: f64,
+        previous_val_bits_per_byte: Option<f64>,
+    },
+}
+
 /// Shared state of a running mynah, behind an `Arc`.
 #[derive(Debug)]
 pub struct Core {
@@ -200,6 +212,7 @@ pub struct Core {
     pub store: Store,
     pub serving: Serving,
     pub trainer: Arc<Trainer>,
+    events: tokio::sync::broadcast::Sender<CoreEvent>,
     device: Device,
     started: Instant,
 }
@@ -220,6 +233,7 @@ impl Core {
             store,
             serving: Serving::new(),
             trainer: Arc::new(Trainer::new()),
+            events: tokio::sync::broadcast::channel(16).0,
             device,
             started: Instant::now(),
         });
@@ -467,7 +481,15 @@ impl Core {
                 {
                     tracing::error!(error = %e, "could not record the new model");
                 }
+                let previous = self.serving.get(&guild_id).and_then(|m| m.meta.val_bits_per_byte);
                 self.serving.install(&guild_id, loaded);
+                // Nobody listening (no Discord connection) is fine.
+                let _ = self.events.send(CoreEvent::ModelReady {
+                    guild_id: guild_id.clone(),
+                    run_id,
+                    val_bits_per_byte: report.val_bits_per_byte,
+                    previous_val_bits_per_byte: previous,
+                });
                 tracing::info!(guild = %guild_id, run = run_id, val_bpb = report.val_bits_per_byte, seconds, "new model serving");
                 (
                     RunResult {
@@ -502,6 +524,11 @@ impl Core {
             seconds,
         });
         drop(slot);
+    }
+
+    /// Events from now on (new models), for announcements.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CoreEvent> {
+        self.events.subscribe()
     }
 
     /// Asks a running training to stop; `false` if none runs.

@@ -82,6 +82,9 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
                 if let Err(e) = poise::builtins::register_globally(ctx, &framework.options().commands).await {
                     tracing::warn!(error = %e, "could not register slash commands; prefix commands still work");
                 }
+                if !core.config.announce_channels.is_empty() {
+                    tokio::spawn(announce(ctx.clone(), core.clone()));
+                }
                 Ok(Data { core })
             })
         })
@@ -97,6 +100,38 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
         }
     });
     Ok(BotHandle { shard_manager, task })
+}
+
+/// Posts each new model of a guild in that guild's announcement channel.
+async fn announce(ctx: serenity::Context, core: Arc<Core>) {
+    let mut events = core.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let crate::service::CoreEvent::ModelReady {
+            guild_id,
+            run_id,
+            val_bits_per_byte,
+            previous_val_bits_per_byte,
+        } = event;
+        let channel = core.config.announce_channels.iter().find_map(|c| {
+            let id = serenity::ChannelId::new(c.parse().ok()?);
+            let guild = ctx.cache.guild(serenity::GuildId::new(guild_id.parse().ok()?))?;
+            guild.channels.contains_key(&id).then_some(id)
+        });
+        let Some(channel) = channel else { continue };
+        let was = previous_val_bits_per_byte.map(|p| format!(" (was {p:.3})")).unwrap_or_default();
+        let text = format!(
+            "I've learned some more: model run-{run_id} now answers mentions here, at {val_bits_per_byte:.3} bits per byte on held-out messages{was}."
+        );
+        let message = serenity::CreateMessage::new().content(text).allowed_mentions(no_pings());
+        if let Err(e) = channel.send_message(&ctx.http, message).await {
+            tracing::warn!(error = %e, "could not announce a new model");
+        }
+    }
 }
 
 /// The one error handler: user mistakes get a short explanation, everything else is logged

@@ -92,3 +92,34 @@ fn the_playground_runs_the_bot_from_a_script() {
     assert!(stdout.contains("still learning how this server talks"), "{stdout}");
     assert!(stdout.contains("Only server admins"), "{stdout}");
 }
+
+#[test]
+fn a_training_killed_mid_run_is_marked_interrupted_and_the_old_model_keeps_serving() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("sample.jsonl");
+    std::fs::write(&corpus, mynah::playground::SAMPLE).unwrap();
+    assert!(mynah(dir.path()).args(["corpus", "import"]).arg(&corpus).output().unwrap().status.success());
+    let out = mynah(dir.path()).args(["train", "--preset", "tiny", "--epochs", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut child = mynah(dir.path())
+        .args(["train", "--preset", "small", "--epochs", "500", "--max-minutes", "5"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines.by_ref().map_while(Result::ok).any(|l| l.contains("training guild fcc-city"));
+    assert!(started, "the second training started");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+
+    let out = mynah(dir.path()).args(["stats", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["last_runs"][0]["outcome"], "interrupted", "{status}");
+    assert_eq!(status["last_runs"][1]["outcome"], "succeeded", "{status}");
+    assert_eq!(status["mode"], "model", "the first model still serves: {status}");
+    assert_eq!(status["model"]["run"], "run-1", "{status}");
+}

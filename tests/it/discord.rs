@@ -72,6 +72,19 @@ async fn an_admin_trains_and_mentions_then_get_generated_replies() {
 
     let last = h.wait_training_done().await;
     assert_eq!(last.outcome, "succeeded", "{last:?}");
+    let announced = h
+        .server
+        .wait_for(WAIT, || {
+            h.server.bot_messages(h.general).into_iter().find(|m| m.content.starts_with("I've learned"))
+        })
+        .await
+        .expect("the new model is announced");
+    assert!(
+        announced.content.contains("model run-1") && announced.content.contains("bits per byte"),
+        "{}",
+        announced.content
+    );
+    assert_eq!(announced.request["allowed_mentions"]["parse"], json!([]));
     let stats = h.ask(h.general, h.member, "!llmstats").await;
     assert!(stats.content.contains("**Mode:** model"), "{}", stats.content);
     assert!(stats.content.contains("tiny preset"), "{}", stats.content);

@@ -69,6 +69,7 @@ impl Harness {
         cfg.discord_api_base = Some(server.base_url());
         cfg.collect = Collect::Channels([general.to_string()].into());
         cfg.admin_ids = [listed_admin].into();
+        cfg.announce_channels = [general.to_string()].into();
         let store = Store::open(&cfg.database_url).await.expect("store opens");
         let core = Core::open(cfg, store).await.expect("core opens");
         let bot = mynah::discord::start(core.clone()).await.expect("bot starts");
