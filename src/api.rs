@@ -58,7 +58,7 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(error = %inner, "engine error in API handler");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
-            ServiceError::GuildAmbiguous(_) | ServiceError::BadRequest(_) => {
+            ServiceError::GuildAmbiguous(_) | ServiceError::BadRequest(_) | ServiceError::BadBundle(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
             }
             ServiceError::Store(inner) => {
@@ -73,7 +73,17 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 /// The router, built by a function so tests can drive it without a socket.
 pub fn router(core: Arc<Core>) -> Router {
+    // Remote training hands out the whole corpus and replaces models: a token is required even
+    // on loopback, and without one configured these routes stay shut.
+    let remote = Router::new()
+        .route("/api/training/corpus", get(corpus))
+        .route(
+            "/api/training/model",
+            post(upload_model).layer(axum::extract::DefaultBodyLimit::max(crate::bundle::MAX_BUNDLE_BYTES)),
+        )
+        .route_layer(middleware::from_fn_with_state(core.clone(), require_token_always));
     Router::new()
+        .merge(remote)
         .route("/api/ml/status", get(status))
         .route("/api/ml/train", post(train).delete(cancel))
         .route("/api/ml/should-train", get(should_train))
@@ -116,6 +126,72 @@ async fn require_token(State(core): State<Arc<Core>>, req: Request, next: Next) 
         }
     }
     next.run(req).await
+}
+
+async fn require_token_always(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
+    let Some(token) = &core.config.api_token else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "remote training is off: set MYNAH_API_TOKEN on this instance to allow it",
+        )
+        .into_response();
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(token.expose()) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send Authorization: Bearer <MYNAH_API_TOKEN>",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequiredGuild {
+    guild_id: String,
+}
+
+fn required_guild(query: Result<Query<RequiredGuild>, QueryRejection>) -> Result<String, ApiError> {
+    query.map(|Query(q)| q.guild_id).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid query (guild_id is required): {e}"))
+    })
+}
+
+/// The guild's corpus as JSONL, streamed line by line.
+async fn corpus(
+    State(core): State<Arc<Core>>,
+    query: Result<Query<RequiredGuild>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let guild = required_guild(query)?;
+    let lines = core.corpus_jsonl(&guild).await?;
+    let count = lines.len();
+    let stream = futures::stream::iter(
+        lines.into_iter().map(|l| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(l + "\n"))),
+    );
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-ndjson"));
+    if let Ok(v) = axum::http::HeaderValue::from_str(&count.to_string()) {
+        headers.insert("x-mynah-messages", v);
+    }
+    Ok(response)
+}
+
+/// A model bundle (tar of a checkpoint directory) trained elsewhere.
+async fn upload_model(
+    State(core): State<Arc<Core>>,
+    query: Result<Query<RequiredGuild>, QueryRejection>,
+    body: Bytes,
+) -> ApiResult {
+    let guild = required_guild(query)?;
+    let installed = core.install_bundle(&guild, body.to_vec()).await?;
+    Ok(Json(json!({ "installed": true, "guild_id": installed.guild_id, "run_id": installed.run_id })))
 }
 
 async fn status(State(core): State<Arc<Core>>) -> ApiResult {

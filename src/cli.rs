@@ -43,6 +43,13 @@ pub enum Command {
         /// Model size: tiny, small or default (MYNAH_PRESET by default).
         #[arg(long)]
         preset: Option<String>,
+        /// Train for the mynah instance at this URL (e.g. http://host:3000): pull its corpus,
+        /// train here, push the model back.
+        #[arg(long)]
+        remote: Option<String>,
+        /// The remote instance's MYNAH_API_TOKEN.
+        #[arg(long, env = "MYNAH_REMOTE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Print one reply to TEXT, as a mention in the guild would get.
     Reply {
@@ -106,13 +113,36 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             export(&config, guild.as_deref(), output).await
         }
         Command::Stats { guild, json } => stats(config, guild.as_deref(), json).await,
-        Command::Train { guild, epochs, max_minutes, preset } => {
+        Command::Train { guild, epochs, max_minutes, preset, remote, token } => {
             let mut config = config;
             if let Some(name) = preset {
                 config.engine.preset = crate::engine::Preset::by_name(&name)
                     .with_context(|| format!("unknown preset {name:?}: use tiny, small or default"))?;
             }
-            train(config, guild, epochs, max_minutes).await
+            match remote {
+                Some(url) => {
+                    let token = token.context("--remote needs --token (or MYNAH_REMOTE_TOKEN)")?;
+                    let guild = guild.context("--remote needs --guild")?;
+                    if let Some(e) = epochs {
+                        config.engine.epochs = e as usize;
+                    }
+                    if let Some(m) = max_minutes {
+                        config.engine.max_minutes = m;
+                    }
+                    let pushed = crate::remote::train_remote(&config, &url, &token, &guild, |p| {
+                        if p.phase != "training" || p.step % 50 == 0 {
+                            eprintln!(
+                                "  {} step {}/{} loss {:.3} {:.0} tok/s",
+                                p.phase, p.step, p.total_steps, p.loss, p.tokens_per_second
+                            );
+                        }
+                    })
+                    .await?;
+                    println!("pushed: guild {} now serves run-{}", pushed.guild_id, pushed.run_id);
+                    Ok(())
+                }
+                None => train(config, guild, epochs, max_minutes).await,
+            }
         }
         Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
         Command::Bench(b) => tokio::task::spawn_blocking(move || crate::bench::run(b)).await?,

@@ -18,10 +18,13 @@
 //! - [`devserver`]: a local Discord-compatible server for tests and the playground.
 //! - [`playground`]: the terminal front-end that runs the real bot against the devserver.
 //! - [`bench`]: `mynah bench`, the latency, throughput, quality and memory figures.
+//! - [`bundle`]: model bundles (a checkpoint as one tar archive) with strict unpacking.
+//! - [`remote`]: training for another instance: pull its corpus, train here, push the model.
 //! - [`cli`]: command-line parsing and the entry points of each subcommand.
 
 pub mod api;
 pub mod bench;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod corpus;
@@ -32,6 +35,7 @@ pub mod fallback;
 pub mod models;
 pub mod playground;
 pub mod policy;
+pub mod remote;
 pub mod render;
 pub mod scheduler;
 pub mod service;

@@ -34,6 +34,8 @@ pub enum ServiceError {
     GuildAmbiguous(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the model bundle was refused: {0}")]
+    BadBundle(String),
     #[error("the training engine failed: {0}")]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -526,6 +528,96 @@ impl Core {
         drop(slot);
     }
 
+    /// The guild's corpus as JSONL lines, oldest first (for training on another machine).
+    pub async fn corpus_jsonl(&self, guild_id: &str) -> Result<Vec<String>, ServiceError> {
+        Ok(self.store.export(Some(guild_id)).await?.iter().map(Record::to_line).collect())
+    }
+
+    /// Validates a model bundle trained elsewhere and, only if it is sound, records it as a
+    /// `remote` run and makes it the guild's current model. A refused bundle changes nothing.
+    pub async fn install_bundle(
+        self: &Arc<Self>,
+        guild_id: &str,
+        bytes: Vec<u8>,
+    ) -> Result<TrainAccepted, ServiceError> {
+        check_guild_id(guild_id)?;
+        let guild_dir = self.config.models_dir.join(guild_id);
+        let tmp = guild_dir.join(format!(".incoming-{:016x}", rand::random::<u64>()));
+        let (device, check_dir) = (self.device.clone(), tmp.clone());
+        let checked = tokio::task::spawn_blocking(move || validate_bundle(&bytes, &check_dir, &device))
+            .await
+            .map_err(|e| ServiceError::BadBundle(format!("validation panicked: {e}")))?;
+        let meta = match checked {
+            Ok(meta) => meta,
+            Err(reason) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(ServiceError::BadBundle(reason));
+            }
+        };
+        let run_id = self
+            .store
+            .start_run(
+                guild_id,
+                Trigger::Remote.as_str(),
+                Some("remote"),
+                meta.epochs.ceil() as i64,
+                meta.corpus_messages as i64,
+                None,
+            )
+            .await?;
+        let run = format!("run-{run_id}");
+        let dir = guild_dir.join(&run);
+        let placed = std::fs::rename(&tmp, &dir)
+            .map_err(EngineError::Io)
+            .and_then(|_| checkpoint::set_current(&guild_dir, &run))
+            .and_then(|_| checkpoint::load(&dir, &self.device));
+        let loaded = match placed {
+            Ok(loaded) => Arc::new(loaded),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                let failed =
+                    RunResult { outcome: "failed", error: Some(e.to_string()), ..RunResult::default() };
+                self.store.finish_run(run_id, &failed).await?;
+                return Err(e.into());
+            }
+        };
+        let previous = self.serving.get(guild_id).and_then(|m| m.meta.val_bits_per_byte);
+        self.store
+            .record_model(
+                guild_id,
+                run_id,
+                &dir.display().to_string(),
+                meta.params as i64,
+                meta.val_bits_per_byte,
+                meta.corpus_messages as i64,
+            )
+            .await?;
+        self.serving.install(guild_id, loaded);
+        let result = RunResult {
+            outcome: "succeeded",
+            error: None,
+            steps: Some(meta.steps as i64),
+            tokens: Some(meta.tokens as i64),
+            train_loss: meta.train_loss.map(f64::from),
+            val_bpb: meta.val_bits_per_byte,
+        };
+        self.store.finish_run(run_id, &result).await?;
+        tracing::info!(guild = %guild_id, run = run_id, "model from a remote trainer serving");
+        let _ = self.events.send(CoreEvent::ModelReady {
+            guild_id: guild_id.to_string(),
+            run_id,
+            val_bits_per_byte: meta.val_bits_per_byte.unwrap_or(f64::NAN),
+            previous_val_bits_per_byte: previous,
+        });
+        Ok(TrainAccepted {
+            guild_id: guild_id.to_string(),
+            run_id,
+            epochs: meta.epochs.ceil() as u32,
+            corpus_messages: meta.corpus_messages,
+            decision: self.should_train(guild_id).await?,
+        })
+    }
+
     /// Events from now on (new models), for announcements.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CoreEvent> {
         self.events.subscribe()
@@ -672,6 +764,28 @@ fn train_and_save(
     )?;
     let loaded = checkpoint::load(&dir, device)?;
     Ok((loaded, trained.report))
+}
+
+/// Guild IDs name directories under `models/`: only letters, digits, `-` and `_`.
+fn check_guild_id(guild_id: &str) -> Result<(), ServiceError> {
+    if guild_id.is_empty() || !guild_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ServiceError::BadRequest(format!("guild id {guild_id:?} is not a valid guild id")));
+    }
+    Ok(())
+}
+
+/// Unpacks and fully validates a bundle in `tmp`: files, config, tokenizer, every tensor's
+/// shape, and one test generation.
+fn validate_bundle(bytes: &[u8], tmp: &std::path::Path, device: &Device) -> Result<Meta, String> {
+    std::fs::create_dir_all(tmp).map_err(|e| e.to_string())?;
+    crate::bundle::unpack(bytes, tmp).map_err(|e| e.to_string())?;
+    let loaded = checkpoint::load(tmp, device).map_err(|e| e.to_string())?;
+    let history = vec![("someone".to_string(), "hello, how is everyone?".to_string())];
+    let sampling = crate::engine::generate::Sampling { max_tokens: 8, ..Default::default() };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    crate::engine::generate::reply(&loaded.fast, &loaded.tokenizer, &history, &sampling, &mut rng)
+        .map_err(|e| format!("the test generation failed: {e}"))?;
+    Ok(loaded.meta)
 }
 
 fn chat_line(r: &Record) -> ChatLine {

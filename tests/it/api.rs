@@ -116,18 +116,28 @@ async fn train_starts_a_run_refuses_a_second_and_serves_the_new_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_training_leaves_no_model() {
+async fn a_cancelled_training_leaves_the_current_model() {
     let api = Api::with_sample(None).await;
+    // Cancelled before any model exists: still none.
     let (status, _) = api.call("POST", "/api/ml/train", Some(r#"{"force": true, "epochs": 50}"#), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (status, body) = api.call("DELETE", "/api/ml/train", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["cancelled"], true, "{body}");
-    let last = support::wait_training_done(&api.core).await;
-    assert_eq!(last.outcome, "cancelled");
+    assert_eq!(support::wait_training_done(&api.core).await.outcome, "cancelled");
     let (_, body) = api.call("GET", "/api/ml/status", None, None).await;
-    assert_eq!(body["mode"], "fallback");
-    assert_eq!(body["models"], json!([]));
+    assert_eq!((body["mode"].as_str(), &body["models"]), (Some("fallback"), &json!([])), "{body}");
+
+    // With a model serving, a cancelled retraining leaves it in place.
+    api.call("POST", "/api/ml/train", Some(r#"{"force": true, "epochs": 1}"#), None).await;
+    assert_eq!(support::wait_training_done(&api.core).await.outcome, "succeeded");
+    let (_, before) = api.call("GET", "/api/ml/status", None, None).await;
+    api.call("POST", "/api/ml/train", Some(r#"{"force": true, "epochs": 50}"#), None).await;
+    api.call("DELETE", "/api/ml/train", None, None).await;
+    assert_eq!(support::wait_training_done(&api.core).await.outcome, "cancelled");
+    let (_, after) = api.call("GET", "/api/ml/status", None, None).await;
+    assert_eq!(after["model"]["run"], before["model"]["run"], "{after}");
+    assert_eq!(after["mode"], "model");
     let (_, body) = api.call("DELETE", "/api/ml/train", None, None).await;
     assert_eq!(body["cancelled"], false);
 }

@@ -1,0 +1,115 @@
+//! Training for another mynah instance, the way to a GPU for a server without one: pull the
+//! guild's corpus over the API, train here (on CUDA when built with it), and push the model
+//! bundle back, where it is validated before it serves.
+
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::engine::checkpoint::{self, Meta};
+use crate::engine::tokenizer::ChatLine;
+use crate::engine::train::{self, Progress, TrainOptions};
+
+/// What the serving instance answered.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Pushed {
+    pub guild_id: String,
+    pub run_id: i64,
+}
+
+/// Pulls `guild`'s corpus from `base` (e.g. `http://host:3000`), trains with `config.engine`,
+/// and pushes the model back.
+pub async fn train_remote(
+    config: &Config,
+    base: &str,
+    token: &str,
+    guild: &str,
+    progress: impl FnMut(&Progress) + Send + 'static,
+) -> anyhow::Result<Pushed> {
+    let base = base.trim_end_matches('/');
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{base}/api/training/corpus"))
+        .query(&[("guild_id", guild)])
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("Failed to reach {base}"))?;
+    let status = response.status();
+    let text = response.text().await.context("Failed to read the corpus")?;
+    if !status.is_success() {
+        anyhow::bail!("{base} refused the corpus request ({status}): {}", text.trim());
+    }
+    let (records, bad) = crate::corpus::parse_all(&text, None);
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "the corpus from {base} has {} malformed lines (first: line {})",
+            bad.len(),
+            bad[0].line
+        );
+    }
+    let mut lines: Vec<ChatLine> = records
+        .iter()
+        .map(|r| ChatLine {
+            channel: r.channel_id.clone(),
+            author: r.author.clone(),
+            content: r.content.clone(),
+            time_ms: r.created_ms().unwrap_or(0),
+        })
+        .collect();
+    lines.sort_by_key(|l| l.time_ms);
+    eprintln!("pulled {} messages of guild {guild} from {base}", lines.len());
+
+    let mut opts = TrainOptions::new(config.engine.preset.clone());
+    opts.epochs = config.engine.epochs;
+    opts.max_seconds = Some(config.engine.max_minutes * 60.0);
+    let device_name = config.engine.device.clone();
+    let bundle = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let device = crate::engine::device(&device_name)?;
+        let cancel = AtomicBool::new(false);
+        let trained = train::train(&lines, &opts, &device, &cancel, progress)?;
+        let r = &trained.report;
+        let meta = Meta {
+            params: trained.config.params(),
+            trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            val_bits_per_byte: Some(r.val_bits_per_byte),
+            corpus_messages: lines.len() as u64,
+            training_seconds: r.seconds,
+            engine_version: crate::engine::ENGINE_VERSION.into(),
+            preset: format!("{} (remote, {device_name})", opts.preset.name),
+            steps: r.steps as u64,
+            epochs: r.epochs,
+            tokens: r.tokens,
+            train_loss: Some(r.train_loss),
+            ..Meta::default()
+        };
+        let dir = tempfile::tempdir()?;
+        let run = checkpoint::save(
+            dir.path(),
+            "bundle",
+            &trained.varmap,
+            &trained.config,
+            &trained.tokenizer,
+            &meta,
+        )?;
+        Ok(crate::bundle::pack(&run)?)
+    })
+    .await??;
+
+    let response = client
+        .post(format!("{base}/api/training/model"))
+        .query(&[("guild_id", guild)])
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+        .body(bundle)
+        .send()
+        .await
+        .with_context(|| format!("Failed to push the model to {base}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{base} refused the model ({status}): {}", text.trim());
+    }
+    serde_json::from_str(&text).with_context(|| format!("unexpected answer from {base}: {text}"))
+}

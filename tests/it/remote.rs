@@ -1,0 +1,116 @@
+//! Remote training: one instance serves, another pulls the corpus, trains and pushes the model.
+
+use std::sync::Arc;
+
+use mynah::config::Secret;
+use mynah::service::{Core, Mode, ReplyRequest};
+use mynah::store::Store;
+
+use crate::support;
+
+/// An instance serving the API on a free loopback port; returns its base URL.
+async fn serve(core: Arc<Core>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mynah::api::serve(core, addr, async {
+        let _ = stopped.await;
+    }));
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (format!("http://{addr}"), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = support::config(dir.path());
+    cfg.api_token = Some(Secret::new("s3cret"));
+    let store = Store::open(&cfg.database_url).await.unwrap();
+    let serving = Core::open(cfg, store).await.unwrap();
+    mynah::cli::import_text(&serving.store, support::sample(), Some("42"), true).await.unwrap();
+    let (url, _stop) = serve(serving.clone()).await;
+    let client = reqwest::Client::new();
+
+    // The corpus needs the token, even on loopback.
+    let res = client.get(format!("{url}/api/training/corpus?guild_id=42")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = client
+        .get(format!("{url}/api/training/corpus?guild_id=42"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap().lines().count(), 1500);
+
+    // The second instance: its own config and models, no database of its own needed.
+    let trainer_dir = tempfile::tempdir().unwrap();
+    let trainer_cfg = support::config(trainer_dir.path());
+    let pushed = mynah::remote::train_remote(&trainer_cfg, &url, "s3cret", "42", |_| {}).await.unwrap();
+    assert_eq!(pushed.guild_id, "42");
+
+    let status = serving.status().await.unwrap();
+    assert_eq!(status.mode, Mode::Model);
+    assert_eq!(status.model.as_ref().unwrap().run, format!("run-{}", pushed.run_id));
+    assert!(status.model.as_ref().unwrap().preset.contains("remote"));
+    let runs = serving.store.runs(Some("42"), 5).await.unwrap();
+    assert_eq!((runs[0].trigger.as_str(), runs[0].outcome.as_str()), ("remote", "succeeded"));
+    let reply = serving
+        .reply(&ReplyRequest {
+            guild_id: "42".into(),
+            author: "bob".into(),
+            text: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.mode, Mode::Model);
+
+    // A tampered bundle is refused with the reason, and nothing changes.
+    let run_dir = dir.path().join("models/42").join(format!("run-{}", pushed.run_id));
+    let tampered = tempfile::tempdir().unwrap();
+    for f in mynah::models::CHECKPOINT_FILES {
+        std::fs::copy(run_dir.join(f), tampered.path().join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tampered.path().join("config.json")).unwrap()).unwrap();
+    config["hidden_size"] = serde_json::json!(64);
+    std::fs::write(tampered.path().join("config.json"), config.to_string()).unwrap();
+    let bundle = mynah::bundle::pack(tampered.path()).unwrap();
+    let push = |body: Vec<u8>, token: &'static str| {
+        client.post(format!("{url}/api/training/model?guild_id=42")).bearer_auth(token).body(body).send()
+    };
+    let res = push(bundle.clone(), "s3cret").await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("refused"), "{body}");
+    assert_eq!(push(b"not a tar archive".to_vec(), "s3cret").await.unwrap().status(), 400);
+    assert_eq!(push(bundle, "wrong").await.unwrap().status(), 401);
+    let after = serving.status().await.unwrap();
+    assert_eq!(after.model.unwrap().run, format!("run-{}", pushed.run_id), "the current model stays");
+    assert_eq!(serving.store.runs(Some("42"), 5).await.unwrap().len(), runs.len(), "no run was recorded");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/42"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "refused bundles leave nothing behind");
+}
+
+#[tokio::test]
+async fn remote_training_is_off_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::config(dir.path());
+    let store = Store::open(&cfg.database_url).await.unwrap();
+    let core = Core::open(cfg, store).await.unwrap();
+    let (url, _stop) = serve(core).await;
+    let res = reqwest::get(format!("{url}/api/training/corpus?guild_id=42")).await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("MYNAH_API_TOKEN"));
+}
