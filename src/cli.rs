@@ -122,7 +122,10 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             match remote {
                 Some(url) => {
                     let token = token.context("--remote needs --token (or MYNAH_REMOTE_TOKEN)")?;
-                    let guild = guild.context("--remote needs --guild")?;
+                    let guild = match guild {
+                        Some(g) => g,
+                        None => crate::remote::only_guild(&url).await?,
+                    };
                     if let Some(e) = epochs {
                         config.engine.epochs = e as usize;
                     }

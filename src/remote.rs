@@ -18,6 +18,25 @@ pub struct Pushed {
     pub run_id: i64,
 }
 
+/// The only guild with messages on the instance at `base`, for `--remote` without `--guild`.
+pub async fn only_guild(base: &str) -> anyhow::Result<String> {
+    let status: serde_json::Value = reqwest::get(format!("{}/api/ml/status", base.trim_end_matches('/')))
+        .await
+        .with_context(|| format!("Failed to reach {base}"))?
+        .json()
+        .await
+        .context("unexpected answer from /api/ml/status")?;
+    let guilds: Vec<String> = status["guilds"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g["guild_id"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    match guilds.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => anyhow::bail!("{base} has no guild with messages"),
+        many => anyhow::bail!("{base} has several guilds ({}): pass --guild", many.join(", ")),
+    }
+}
+
 /// Pulls `guild`'s corpus from `base` (e.g. `http://host:3000`), trains with `config.engine`,
 /// and pushes the model back.
 pub async fn train_remote(

@@ -247,6 +247,8 @@ pub struct RunRow {
     pub train_loss: Option<f64>,
     pub val_bpb: Option<f64>,
     pub corpus_messages: Option<i64>,
+    /// Milliseconds from start to end, once the run has ended.
+    pub duration_ms: Option<i64>,
 }
 
 /// A message of the recent history of a channel, for reply prompts.
@@ -347,6 +349,9 @@ impl Store {
                     train_loss: r.try_get(11)?,
                     val_bpb: r.try_get(12)?,
                     corpus_messages: r.try_get(13)?,
+                    duration_ms: r
+                        .try_get::<Option<i64>, _>(5)?
+                        .map(|f| f - r.try_get::<i64, _>(4).unwrap_or(f)),
                 })
             })
             .collect()

@@ -52,6 +52,7 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     // The second instance: its own config and models, no database of its own needed.
     let trainer_dir = tempfile::tempdir().unwrap();
     let trainer_cfg = support::config(trainer_dir.path());
+    assert_eq!(mynah::remote::only_guild(&url).await.unwrap(), "42");
     let pushed = mynah::remote::train_remote(&trainer_cfg, &url, "s3cret", "42", |_| {}).await.unwrap();
     assert_eq!(pushed.guild_id, "42");
 
@@ -61,6 +62,7 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     assert!(status.model.as_ref().unwrap().preset.contains("remote"));
     let runs = serving.store.runs(Some("42"), 5).await.unwrap();
     assert_eq!((runs[0].trigger.as_str(), runs[0].outcome.as_str()), ("remote", "succeeded"));
+    assert!(runs[0].duration_ms.is_some() && runs[0].steps.unwrap() > 0, "{:?}", runs[0]);
     let reply = serving
         .reply(&ReplyRequest {
             guild_id: "42".into(),
