@@ -111,21 +111,27 @@ pub async fn serve(
 
 /// When `MYNAH_API_TOKEN` is set, every state-changing request needs it as a bearer token.
 async fn require_token(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
-    if let (Some(token), true) = (&core.config.api_token, req.method() != Method::GET) {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.expose()) {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token: send Authorization: Bearer <MYNAH_API_TOKEN>",
-            )
-            .into_response();
-        }
+    match &core.config.api_token {
+        Some(token) if req.method() != Method::GET && !bearer_matches(&req, token) => unauthorized(),
+        _ => next.run(req).await,
     }
-    next.run(req).await
+}
+
+fn bearer_matches(req: &Request, token: &crate::config::Secret) -> bool {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    presented == Some(token.expose())
+}
+
+fn unauthorized() -> Response {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong token: send Authorization: Bearer <MYNAH_API_TOKEN>",
+    )
+    .into_response()
 }
 
 async fn require_token_always(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {

@@ -83,15 +83,7 @@ pub fn read_corpus(path: &Path) -> anyhow::Result<Vec<ChatLine>> {
     if !bad.is_empty() {
         eprintln!("{} malformed lines skipped", bad.len());
     }
-    let mut lines: Vec<ChatLine> = records
-        .iter()
-        .map(|r| ChatLine {
-            channel: r.channel_id.clone(),
-            author: r.author.clone(),
-            content: r.content.clone(),
-            time_ms: r.created_ms().unwrap_or(0),
-        })
-        .collect();
+    let mut lines: Vec<ChatLine> = records.iter().map(crate::corpus::Record::chat_line).collect();
     lines.sort_by_key(|l| l.time_ms);
     Ok(lines)
 }

@@ -65,6 +65,16 @@ impl Record {
         parse_timestamp_ms(&self.timestamp)
     }
 
+    /// The message as the engine sees it.
+    pub fn chat_line(&self) -> crate::engine::tokenizer::ChatLine {
+        crate::engine::tokenizer::ChatLine {
+            channel: self.channel_id.clone(),
+            author: self.author.clone(),
+            content: self.content.clone(),
+            time_ms: self.created_ms().unwrap_or(0),
+        }
+    }
+
     pub fn to_line(&self) -> String {
         // Serializing a struct of strings cannot fail.
         serde_json::to_string(self).unwrap_or_default()

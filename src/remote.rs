@@ -68,15 +68,7 @@ pub async fn train_remote(
             bad[0].line
         );
     }
-    let mut lines: Vec<ChatLine> = records
-        .iter()
-        .map(|r| ChatLine {
-            channel: r.channel_id.clone(),
-            author: r.author.clone(),
-            content: r.content.clone(),
-            time_ms: r.created_ms().unwrap_or(0),
-        })
-        .collect();
+    let mut lines: Vec<ChatLine> = records.iter().map(crate::corpus::Record::chat_line).collect();
     lines.sort_by_key(|l| l.time_ms);
     eprintln!("pulled {} messages of guild {guild} from {base}", lines.len());
 

@@ -399,7 +399,7 @@ impl Core {
                 records.len()
             ))));
         }
-        let lines: Vec<ChatLine> = records.iter().map(chat_line).collect();
+        let lines: Vec<ChatLine> = records.iter().map(Record::chat_line).collect();
         let epochs = req.epochs.unwrap_or(self.config.engine.epochs as u32);
         let newest = self.store.newest_ms(&guild_id).await?;
         let run_id = self
@@ -786,15 +786,6 @@ fn validate_bundle(bytes: &[u8], tmp: &std::path::Path, device: &Device) -> Resu
     crate::engine::generate::reply(&loaded.fast, &loaded.tokenizer, &history, &sampling, &mut rng)
         .map_err(|e| format!("the test generation failed: {e}"))?;
     Ok(loaded.meta)
-}
-
-fn chat_line(r: &Record) -> ChatLine {
-    ChatLine {
-        channel: r.channel_id.clone(),
-        author: r.author.clone(),
-        content: r.content.clone(),
-        time_ms: r.created_ms().unwrap_or(0),
-    }
 }
 
 fn view(guild_id: &str, m: &Loaded) -> ModelView {

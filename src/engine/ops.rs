@@ -37,6 +37,11 @@ fn last_dim(l: &Layout) -> Result<usize> {
 
 // ---------------------------------------------------------------- RMSNorm
 
+/// `1 / sqrt(mean(row²) + eps)`.
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    1.0 / (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32 + eps).sqrt()
+}
+
 struct RmsNorm {
     eps: f32,
 }
@@ -56,7 +61,7 @@ impl CustomOp2 for RmsNorm {
         let (x, w, d) = (f32s(s1, l1)?, f32s(s2, l2)?, last_dim(l1)?);
         let mut out = vec![0f32; x.len()];
         x.par_chunks_exact(d).zip(out.par_chunks_exact_mut(d)).for_each(|(row, o)| {
-            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
+            let r = inv_rms(row, self.eps);
             for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
                 *o = v * r * g;
             }
@@ -94,7 +99,7 @@ impl CustomOp1 for RmsNormalize {
         let (x, d) = (f32s(s, l)?, last_dim(l)?);
         let mut out = vec![0f32; x.len()];
         x.par_chunks_exact(d).zip(out.par_chunks_exact_mut(d)).for_each(|(row, o)| {
-            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
+            let r = inv_rms(row, self.eps);
             for (o, &v) in o.iter_mut().zip(row) {
                 *o = v * r;
             }
@@ -126,7 +131,7 @@ impl CustomOp3 for RmsNormGradX {
         let mut out = vec![0f32; x.len()];
         x.par_chunks_exact(d).zip(dy.par_chunks_exact(d)).zip(out.par_chunks_exact_mut(d)).for_each(
             |((row, g), o)| {
-                let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / d as f32 + self.eps).sqrt();
+                let r = inv_rms(row, self.eps);
                 let dot: f32 = row.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum::<f32>() / d as f32;
                 let r3 = r * r * r;
                 for (((o, &x), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {

@@ -209,12 +209,7 @@ async fn initialize_rereads_the_models_directory() {
     let lines: Vec<_> = mynah::corpus::parse_all(support::sample(), None)
         .0
         .iter()
-        .map(|r| mynah::engine::tokenizer::ChatLine {
-            channel: r.channel_id.clone(),
-            author: r.author.clone(),
-            content: r.content.clone(),
-            time_ms: 0,
-        })
+        .map(mynah::corpus::Record::chat_line)
         .collect();
     let mut opts = mynah::engine::train::TrainOptions::new(mynah::engine::Preset::tiny());
     opts.max_seconds = Some(1.0);
