@@ -126,20 +126,7 @@ fn bench_train(
     let kn_bpb = nats / std::f64::consts::LN_2 / kn_bytes.max(1) as f64;
     let kn_seconds = kn_started.elapsed().as_secs_f64();
 
-    let meta = Meta {
-        params: trained.config.params(),
-        trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        val_bits_per_byte: Some(r.val_bits_per_byte),
-        corpus_messages: lines.len() as u64,
-        training_seconds: r.seconds,
-        engine_version: crate::engine::ENGINE_VERSION.into(),
-        preset: opts.preset.name.clone(),
-        steps: r.steps as u64,
-        epochs: r.epochs,
-        tokens: r.tokens,
-        train_loss: Some(r.train_loss),
-        ..Meta::default()
-    };
+    let meta = Meta::trained(&trained.config, r, lines.len(), opts.preset.name.clone());
     let run = format!("run-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
     let dir = checkpoint::save(out, &run, &trained.varmap, &trained.config, &trained.tokenizer, &meta)?;
     if let Some(export) = export {

@@ -81,20 +81,8 @@ pub async fn train_remote(
         let cancel = AtomicBool::new(false);
         let trained = train::train(&lines, &opts, &device, &cancel, progress)?;
         let r = &trained.report;
-        let meta = Meta {
-            params: trained.config.params(),
-            trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            val_bits_per_byte: Some(r.val_bits_per_byte),
-            corpus_messages: lines.len() as u64,
-            training_seconds: r.seconds,
-            engine_version: crate::engine::ENGINE_VERSION.into(),
-            preset: format!("{} (remote, {device_name})", opts.preset.name),
-            steps: r.steps as u64,
-            epochs: r.epochs,
-            tokens: r.tokens,
-            train_loss: Some(r.train_loss),
-            ..Meta::default()
-        };
+        let preset = format!("{} (remote, {device_name})", opts.preset.name);
+        let meta = Meta::trained(&trained.config, r, lines.len(), preset);
         let dir = tempfile::tempdir()?;
         let run = checkpoint::save(
             dir.path(),

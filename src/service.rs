@@ -733,23 +733,14 @@ fn train_and_save(
         None => train::train(&job.lines, &job.opts, device, cancel, |p| trainer.report(p))?,
     };
     let r = &trained.report;
+    let preset = match &job.base {
+        Some(_) => format!("{} from models/base", job.opts.preset.name),
+        None => job.opts.preset.name.clone(),
+    };
     let meta = Meta {
-        params: trained.config.params(),
-        trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        val_bits_per_byte: Some(r.val_bits_per_byte),
-        corpus_messages: job.lines.len() as u64,
         corpus_first: job.corpus.0,
         corpus_last: job.corpus.1,
-        training_seconds: r.seconds,
-        engine_version: crate::engine::ENGINE_VERSION.into(),
-        preset: match &job.base {
-            Some(_) => format!("{} from models/base", job.opts.preset.name),
-            None => job.opts.preset.name.clone(),
-        },
-        steps: r.steps as u64,
-        epochs: r.epochs,
-        tokens: r.tokens,
-        train_loss: Some(r.train_loss),
+        ..Meta::trained(&trained.config, r, job.lines.len(), preset)
     };
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(EngineError::Cancelled);

@@ -36,6 +36,31 @@ pub struct Meta {
     pub train_loss: Option<f32>,
 }
 
+impl Meta {
+    /// The record of a run that just trained `config` on `corpus_messages` messages.
+    pub fn trained(
+        config: &ModelConfig,
+        report: &super::train::Report,
+        corpus_messages: usize,
+        preset: String,
+    ) -> Meta {
+        Meta {
+            params: config.params(),
+            trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            val_bits_per_byte: Some(report.val_bits_per_byte),
+            corpus_messages: corpus_messages as u64,
+            training_seconds: report.seconds,
+            engine_version: super::ENGINE_VERSION.into(),
+            preset,
+            steps: report.steps as u64,
+            epochs: report.epochs,
+            tokens: report.tokens,
+            train_loss: Some(report.train_loss),
+            ..Meta::default()
+        }
+    }
+}
+
 /// A loaded checkpoint, ready to generate.
 pub struct Loaded {
     pub model: Model,
