@@ -547,13 +547,14 @@ impl Core {
         let checked = tokio::task::spawn_blocking(move || validate_bundle(&bytes, &check_dir, &device))
             .await
             .map_err(|e| ServiceError::BadBundle(format!("validation panicked: {e}")))?;
-        let meta = match checked {
-            Ok(meta) => meta,
+        let mut loaded = match checked {
+            Ok(loaded) => loaded,
             Err(reason) => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(ServiceError::BadBundle(reason));
             }
         };
+        let meta = loaded.meta.clone();
         let run_id = self
             .store
             .start_run(
@@ -567,12 +568,15 @@ impl Core {
             .await?;
         let run = format!("run-{run_id}");
         let dir = guild_dir.join(&run);
+        // The validated model is what serves: it only moves to its final directory.
         let placed = std::fs::rename(&tmp, &dir)
             .map_err(EngineError::Io)
-            .and_then(|_| checkpoint::set_current(&guild_dir, &run))
-            .and_then(|_| checkpoint::load(&dir, &self.device));
+            .and_then(|_| checkpoint::set_current(&guild_dir, &run));
         let loaded = match placed {
-            Ok(loaded) => Arc::new(loaded),
+            Ok(()) => {
+                loaded.dir = dir.clone();
+                Arc::new(loaded)
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 let failed =
@@ -767,7 +771,7 @@ fn check_guild_id(guild_id: &str) -> Result<(), ServiceError> {
 
 /// Unpacks and fully validates a bundle in `tmp`: files, config, tokenizer, every tensor's
 /// shape, and one test generation.
-fn validate_bundle(bytes: &[u8], tmp: &std::path::Path, device: &Device) -> Result<Meta, String> {
+fn validate_bundle(bytes: &[u8], tmp: &std::path::Path, device: &Device) -> Result<Loaded, String> {
     std::fs::create_dir_all(tmp).map_err(|e| e.to_string())?;
     crate::bundle::unpack(bytes, tmp).map_err(|e| e.to_string())?;
     let loaded = checkpoint::load(tmp, device).map_err(|e| e.to_string())?;
@@ -776,7 +780,7 @@ fn validate_bundle(bytes: &[u8], tmp: &std::path::Path, device: &Device) -> Resu
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     crate::engine::generate::reply(&loaded.fast, &loaded.tokenizer, &history, &sampling, &mut rng)
         .map_err(|e| format!("the test generation failed: {e}"))?;
-    Ok(loaded.meta)
+    Ok(loaded)
 }
 
 fn view(guild_id: &str, m: &Loaded) -> ModelView {
