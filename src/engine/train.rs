@@ -60,6 +60,21 @@ pub struct Progress {
     pub eta_seconds: f64,
 }
 
+impl Progress {
+    /// A phase that has no steps yet.
+    fn starting(phase: &'static str) -> Progress {
+        Progress {
+            phase,
+            step: 0,
+            total_steps: 0,
+            epoch: 0.0,
+            loss: 0.0,
+            tokens_per_second: 0.0,
+            eta_seconds: 0.0,
+        }
+    }
+}
+
 /// What a finished run achieved.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -234,15 +249,7 @@ pub fn train(
 ) -> Result<Trained, EngineError> {
     let started = Instant::now();
     let p = &opts.preset;
-    progress(&Progress {
-        phase: "tokenizer",
-        step: 0,
-        total_steps: 0,
-        epoch: 0.0,
-        loss: 0.0,
-        tokens_per_second: 0.0,
-        eta_seconds: 0.0,
-    });
+    progress(&Progress::starting("tokenizer"));
     let (train_lines, _) = split(lines, opts.val_fraction)?;
     let tok = ChatTokenizer::train(train_lines, p.vocab_size)?;
     let data = prepare(lines, &tok, opts.val_fraction)?;
@@ -302,15 +309,7 @@ pub fn train_from_base(
     // Tensors the checkpoint lacked are created fresh here; shapes are checked against cfg.
     let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))
         .map_err(|e| bad(format!("does not fit its config: {e}")))?;
-    progress(&Progress {
-        phase: "preparing",
-        step: 0,
-        total_steps: 0,
-        epoch: 0.0,
-        loss: 0.0,
-        tokens_per_second: 0.0,
-        eta_seconds: 0.0,
-    });
+    progress(&Progress::starting("preparing"));
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
     Ok(Trained { config: cfg, tokenizer: tok, ..trained })
