@@ -51,6 +51,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::AlreadyRunning { .. } | ServiceError::NothingToTrain => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
+            ServiceError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             ServiceError::Engine(crate::engine::EngineError::NotEnoughData(_)) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }

@@ -337,6 +337,7 @@ pub struct ImportSummary {
     pub imported: u64,
     pub skipped: u64,
     pub already_present: u64,
+    pub opted_out: u64,
 }
 
 /// Parses a JSONL text and stores its good lines. Bad lines are reported on stderr with their
@@ -346,8 +347,16 @@ pub async fn import_text(
     text: &str,
     guild: Option<&str>,
     strict: bool,
+    scrub: bool,
 ) -> anyhow::Result<ImportSummary> {
-    let (records, bad) = crate::corpus::parse_all(text, guild);
+    let (mut records, bad) = crate::corpus::parse_all(text, guild);
+    if scrub {
+        for r in &mut records {
+            if let std::borrow::Cow::Owned(clean) = crate::scrub::scrub(&r.content) {
+                r.content = clean;
+            }
+        }
+    }
     for b in bad.iter().take(20) {
         eprintln!("line {}: {}", b.line, b.error);
     }
@@ -362,6 +371,7 @@ pub async fn import_text(
         imported: done.inserted,
         skipped: bad.len() as u64,
         already_present: done.already_present,
+        opted_out: done.opted_out,
     })
 }
 
@@ -372,11 +382,15 @@ async fn import(config: &Config, file: &PathBuf, guild: Option<&str>, strict: bo
         std::fs::read_to_string(file).with_context(|| format!("Failed to read {}", file.display()))?
     };
     let store = Store::open(&config.database_url).await?;
-    let summary = import_text(&store, &text, guild, strict).await;
+    let summary = import_text(&store, &text, guild, strict, config.scrub).await;
     store.close().await;
     let s = summary?;
+    let opted_out = match s.opted_out {
+        0 => String::new(),
+        n => format!(", {n} left out (their authors opted out)"),
+    };
     println!(
-        "imported {}, skipped {} malformed, {} already present",
+        "imported {}, skipped {} malformed, {} already present{opted_out}",
         s.imported, s.skipped, s.already_present
     );
     Ok(())

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use crate::engine::generate::Sampling;
 use crate::engine::Preset;
 use crate::policy::Thresholds;
+use crate::ratelimit::Limits;
 
 /// A configuration value that was present but malformed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,6 +90,15 @@ pub struct Config {
     pub schedule_minutes: Option<u64>,
     /// Channels where new models are announced (one per guild at most; off when empty).
     pub announce_channels: BTreeSet<String>,
+    /// Replace credentials, e-mail addresses and phone numbers before storing a message.
+    pub scrub: bool,
+    /// Reply cool-downs and the per-channel cap.
+    pub limits: Limits,
+    /// Answer with the fallback instead of a model that still contains removed messages.
+    pub stale_fallback: bool,
+    /// Messages read back from a channel's history when it is first collected (and at most
+    /// this many when catching up after downtime); 0 reads nothing back.
+    pub backfill_messages: u64,
 }
 
 /// How models are trained and how replies are sampled.
@@ -133,6 +143,10 @@ impl Default for Config {
             engine: EngineConfig::default(),
             schedule_minutes: Some(30),
             announce_channels: BTreeSet::new(),
+            scrub: true,
+            limits: Limits::default(),
+            stale_fallback: false,
+            backfill_messages: 1000,
         }
     }
 }
@@ -207,6 +221,35 @@ impl Config {
         t.min_new_messages = number(&get, "MYNAH_TRAIN_MIN_NEW_MESSAGES", t.min_new_messages)?;
         t.min_interval_hours = number(&get, "MYNAH_TRAIN_MIN_HOURS", t.min_interval_hours)?;
         t.max_interval_hours = number(&get, "MYNAH_TRAIN_MAX_HOURS", t.max_interval_hours)?;
+        t.stale_retrain_hours = number(&get, "MYNAH_STALE_RETRAIN_HOURS", t.stale_retrain_hours)?;
+        if let Some(v) = get("MYNAH_STALE_MODELS") {
+            cfg.stale_fallback = match v.to_ascii_lowercase().as_str() {
+                "serve" => false,
+                "fallback" => true,
+                _ => return Err(err("MYNAH_STALE_MODELS", &v, "serve or fallback")),
+            };
+        }
+        if let Some(v) = get("MYNAH_SCRUB") {
+            cfg.scrub = switch(&v).ok_or_else(|| err("MYNAH_SCRUB", &v, "on or off"))?;
+        }
+        let l = &mut cfg.limits;
+        l.user_cooldown = std::time::Duration::from_secs_f64(float(
+            &get,
+            "MYNAH_USER_COOLDOWN_SECONDS",
+            l.user_cooldown.as_secs_f64(),
+            0.0,
+            86_400.0,
+        )?);
+        l.channel_cooldown = std::time::Duration::from_secs_f64(float(
+            &get,
+            "MYNAH_CHANNEL_COOLDOWN_SECONDS",
+            l.channel_cooldown.as_secs_f64(),
+            0.0,
+            86_400.0,
+        )?);
+        l.channel_per_minute =
+            number(&get, "MYNAH_CHANNEL_REPLIES_PER_MINUTE", l.channel_per_minute as u64)?.min(10_000) as u32;
+        cfg.backfill_messages = number(&get, "MYNAH_BACKFILL_MESSAGES", cfg.backfill_messages)?;
 
         cfg.schedule_minutes = match number(&get, "MYNAH_SCHEDULE_MINUTES", 30)? {
             0 => None,
@@ -295,6 +338,14 @@ fn float(
     }
 }
 
+fn switch(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Some(true),
+        "off" | "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
 /// Parses `1, 2,3` into IDs; `None` if any part is not a positive integer.
 fn parse_ids(list: &str) -> Option<Vec<u64>> {
     list.split(',')
@@ -344,6 +395,12 @@ mod tests {
             "MYNAH_TRAIN_MIN_MESSAGES"
         );
         assert_eq!(config(&[("DISCORD_API_BASE", "http://x/api/v10")]).unwrap_err().var, "DISCORD_API_BASE");
+        assert_eq!(config(&[("MYNAH_SCRUB", "maybe")]).unwrap_err().var, "MYNAH_SCRUB");
+        assert_eq!(config(&[("MYNAH_STALE_MODELS", "x")]).unwrap_err().var, "MYNAH_STALE_MODELS");
+        assert_eq!(
+            config(&[("MYNAH_USER_COOLDOWN_SECONDS", "-1")]).unwrap_err().var,
+            "MYNAH_USER_COOLDOWN_SECONDS"
+        );
     }
 
     #[test]
@@ -360,6 +417,14 @@ mod tests {
         assert_eq!(cfg.api_addr, None);
         assert_eq!(cfg.discord_api_base.as_deref(), Some("http://127.0.0.1:9"));
         assert_eq!(config(&[("MYNAH_COLLECT_CHANNELS", "ALL")]).unwrap().collect, Collect::All);
+        let cfg = config(&[
+            ("MYNAH_SCRUB", "off"),
+            ("MYNAH_STALE_MODELS", "fallback"),
+            ("MYNAH_CHANNEL_COOLDOWN_SECONDS", "0.5"),
+        ])
+        .unwrap();
+        assert!(!cfg.scrub && cfg.stale_fallback);
+        assert_eq!(cfg.limits.channel_cooldown, std::time::Duration::from_millis(500));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! - [`corpus`]: the JSONL interchange format for chat messages (parsing and rendering).
 //! - [`store`]: everything persisted in SQL (messages, training runs, models); the only module with SQL.
 //! - [`engine`]: the language model: tokenizer, transformer, training, checkpoints, sampling.
+//! - [`consent`]: which channels are collected and who opted out, cached for the hot path.
+//! - [`scrub`]: credentials, e-mail addresses and phone numbers out of messages before storage.
+//! - [`ratelimit`]: reply cool-downs per user and channel, and the per-channel cap.
 //! - [`policy`]: the single should-we-train decision with its reasons.
 //! - [`fallback`]: the keyword responder used while a guild has no model.
 //! - [`models`]: the on-disk model registry under `models/` (current-model pointers per guild).
@@ -27,6 +30,7 @@ pub mod bench;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod corpus;
 pub mod devserver;
 pub mod discord;
@@ -35,9 +39,11 @@ pub mod fallback;
 pub mod models;
 pub mod playground;
 pub mod policy;
+pub mod ratelimit;
 pub mod remote;
 pub mod render;
 pub mod scheduler;
+pub mod scrub;
 pub mod service;
 pub mod serving;
 pub mod store;

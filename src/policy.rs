@@ -14,11 +14,20 @@ pub struct Thresholds {
     pub min_interval_hours: u64,
     /// Retrain after this long even with few new messages (as long as there are some).
     pub max_interval_hours: u64,
+    /// A model that contains removed messages is retrained at the latest this long after the
+    /// first removal, whatever the other thresholds say.
+    pub stale_retrain_hours: u64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { min_corpus: 500, min_new_messages: 200, min_interval_hours: 6, max_interval_hours: 168 }
+        Self {
+            min_corpus: 500,
+            min_new_messages: 200,
+            min_interval_hours: 6,
+            max_interval_hours: 168,
+            stale_retrain_hours: 24,
+        }
     }
 }
 
@@ -31,8 +40,9 @@ pub struct Inputs {
     /// Hours since the last successful run; `None` if there never was one.
     pub hours_since_last_run: Option<f64>,
     pub has_model: bool,
-    /// The current model contains messages that have since been deleted.
-    pub model_stale: bool,
+    /// Hours since the current model first lost messages it was trained on (deleted, edited,
+    /// opted out); `None` while it has lost none.
+    pub stale_hours: Option<f64>,
     pub training_running: bool,
 }
 
@@ -44,6 +54,7 @@ pub enum Reason {
     CorpusTooSmall,
     FirstTraining,
     ModelStale,
+    ModelStalePending,
     NothingNew,
     TooSoon,
     EnoughNewMessages,
@@ -63,7 +74,20 @@ pub struct Decision {
 }
 
 pub fn should_train(i: &Inputs, t: &Thresholds) -> Decision {
-    let (should, code, reason) = decide(i, t);
+    let (should, code, reason) = match (decide(i, t), i.stale_hours) {
+        // A stale model waiting for its deadline says so rather than why nothing else is due.
+        ((false, code, reason), Some(hours))
+            if i.has_model && !matches!(code, Reason::AlreadyRunning | Reason::CorpusTooSmall) =>
+        {
+            let left = (t.stale_retrain_hours as f64 - hours).max(0.0);
+            (
+                false,
+                Reason::ModelStalePending,
+                format!("{reason}; the model contains removed messages and is retrained within {left:.1} h"),
+            )
+        }
+        (decided, _) => decided,
+    };
     Decision {
         should_train: should,
         reason,
@@ -95,8 +119,15 @@ fn decide(i: &Inputs, t: &Thresholds) -> (bool, Reason, String) {
             )
         };
     }
-    if i.model_stale {
-        return (true, ModelStale, "the current model contains deleted messages".into());
+    if let Some(stale) = i.stale_hours.filter(|&h| h >= t.stale_retrain_hours as f64) {
+        return (
+            true,
+            ModelStale,
+            format!(
+                "the model has contained removed messages for {stale:.1} h (deadline {} h)",
+                t.stale_retrain_hours
+            ),
+        );
     }
     if i.new_messages == 0 {
         return (false, NothingNew, "no new messages since the last training".into());
@@ -164,7 +195,9 @@ mod tests {
                 true,
                 Reason::FirstTraining,
             ),
-            (Inputs { model_stale: true, ..with_model(0, 1.0) }, true, Reason::ModelStale),
+            (Inputs { stale_hours: Some(24.0), ..with_model(0, 1.0) }, true, Reason::ModelStale),
+            (Inputs { stale_hours: Some(2.0), ..with_model(0, 1.0) }, false, Reason::ModelStalePending),
+            (Inputs { stale_hours: Some(2.0), ..with_model(300, 7.0) }, true, Reason::EnoughNewMessages),
             (with_model(0, 1000.0), false, Reason::NothingNew),
             (with_model(1000, 1.0), false, Reason::TooSoon),
             (with_model(200, 7.0), true, Reason::EnoughNewMessages),

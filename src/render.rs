@@ -33,6 +33,18 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
         ),
         None => "**Model:** none yet".into(),
     });
+    if let Some(stale) = s.model.as_ref().and_then(|m| m.stale.as_ref()) {
+        let since = chrono::DateTime::from_timestamp_millis(stale.since_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default();
+        lines.push(format!(
+            "**Stale:** since {since}, {} message{} it learned from {} removed (latest: {}); it is retrained per the policy below",
+            stale.removed,
+            plural(stale.removed),
+            if stale.removed == 1 { "was" } else { "were" },
+            stale.reason
+        ));
+    }
     lines.push(format!("**Training:** {}", training(&s.training)));
     if !s.last_runs.is_empty() {
         let runs: Vec<String> = s
@@ -47,7 +59,7 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
             .collect();
         lines.push(format!("**Last runs:** {}", runs.join("; ")));
     }
-    lines.push(format!("**Collecting from:** {}", s.collection));
+    lines.push(format!("**Collection:** {}", s.collection));
     let d = &s.should_train;
     lines.push(match d.messages_until_first_training {
         _ if s.training.state == "running" => {

@@ -96,6 +96,12 @@ impl Serving {
         self.broken.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
     }
 
+    /// Stops serving the guild (the bot left it).
+    pub fn remove(&self, guild: &str) {
+        self.models.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
+        self.broken.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
+    }
+
     pub fn all(&self) -> Vec<(String, Arc<Loaded>)> {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<_> = models.iter().map(|(g, m)| (g.clone(), m.clone())).collect();

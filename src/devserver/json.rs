@@ -69,6 +69,17 @@ pub fn channel(c: &Channel, position: usize) -> Value {
     })
 }
 
+/// A direct-message channel, as `POST /users/@me/channels` returns it.
+pub fn dm_channel(w: &World, c: &Channel) -> Value {
+    let recipients: Vec<Value> = c.recipient.and_then(|u| w.users.get(&u)).map(user).into_iter().collect();
+    json!({ "id": c.id.to_string(), "type": 1, "last_message_id": null, "recipients": recipients, "flags": 0 })
+}
+
+/// What `THREAD_DELETE` carries.
+pub fn deleted_thread(id: u64, guild_id: u64, parent_id: u64) -> Value {
+    json!({ "id": id.to_string(), "guild_id": guild_id.to_string(), "parent_id": parent_id.to_string(), "type": 11 })
+}
+
 pub fn member(w: &World, m: &Member) -> Value {
     let user = w.users.get(&m.user_id).map(user).unwrap_or(Value::Null);
     json!({

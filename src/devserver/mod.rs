@@ -37,6 +37,8 @@ pub struct Posted {
     pub reference: Option<u64>,
     /// The raw JSON body the bot sent, for checks on `allowed_mentions` and the like.
     pub request: Value,
+    /// Attached files: name and content.
+    pub files: Vec<(String, String)>,
 }
 
 pub(crate) struct Shared {
@@ -213,6 +215,58 @@ impl DevServer {
         }
     }
 
+    /// Several messages of a channel are deleted at once (by a moderator or a bot).
+    pub fn delete_bulk(&self, channel_id: u64, ids: &[u64]) {
+        let mut w = self.shared.world();
+        let guild_id = w.channel(channel_id).map(|c| c.guild_id);
+        for id in ids {
+            if let Some(m) = w.message_mut(*id) {
+                m.deleted = true;
+            }
+        }
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let data = serde_json::json!({
+            "ids": ids,
+            "channel_id": channel_id.to_string(),
+            "guild_id": guild_id.map(|g| g.to_string()),
+        });
+        self.shared.dispatch("MESSAGE_DELETE_BULK", data);
+    }
+
+    /// A channel is deleted, with its messages.
+    pub fn delete_channel(&self, channel_id: u64) {
+        let mut w = self.shared.world();
+        let Some(pos) = w.channels.iter().position(|c| c.id == channel_id) else { return };
+        let data = json::channel(&w.channels[pos], pos);
+        w.channels.remove(pos);
+        self.shared.dispatch("CHANNEL_DELETE", data);
+    }
+
+    /// A channel used as a thread of `parent_id` is deleted as a thread.
+    pub fn delete_thread(&self, thread_id: u64, parent_id: u64) {
+        let mut w = self.shared.world();
+        let Some(pos) = w.channels.iter().position(|c| c.id == thread_id) else { return };
+        let data = json::deleted_thread(thread_id, w.channels[pos].guild_id, parent_id);
+        w.channels.remove(pos);
+        self.shared.dispatch("THREAD_DELETE", data);
+    }
+
+    /// The bot is kicked from (or leaves) a guild.
+    pub fn remove_bot_from_guild(&self, guild_id: u64) {
+        let mut w = self.shared.world();
+        w.guilds.retain(|g| g.id != guild_id);
+        self.shared.dispatch("GUILD_DELETE", serde_json::json!({ "id": guild_id.to_string() }));
+    }
+
+    /// Messages the bot sent to `user_id` in private, oldest first.
+    pub fn direct_messages(&self, user_id: u64) -> Vec<Posted> {
+        let w = self.shared.world();
+        let Some(dm) = w.channels.iter().find(|c| c.recipient == Some(user_id)).map(|c| c.id) else {
+            return Vec::new();
+        };
+        w.messages.iter().filter(|m| m.channel_id == dm && m.request.is_some()).map(posted).collect()
+    }
+
     /// Everything the bot posted in `channel_id`, oldest first.
     pub fn bot_messages(&self, channel_id: u64) -> Vec<Posted> {
         let w = self.shared.world();
@@ -314,5 +368,13 @@ fn posted(m: &world::Msg) -> Posted {
         content: m.content.clone(),
         reference: m.reference,
         request: m.request.clone().unwrap_or(Value::Null),
+        files: m
+            .attachments
+            .iter()
+            .map(|a| {
+                let text = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                (text("filename"), text("content"))
+            })
+            .collect(),
     }
 }

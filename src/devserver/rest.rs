@@ -30,6 +30,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/oauth2/applications/@me", get(application))
         .route("/applications/@me", get(application))
         .route("/users/@me", get(current_user))
+        .route("/users/@me/channels", post(open_dm))
         .route("/channels/{channel}", get(get_channel))
         .route("/channels/{channel}/messages", get(list_messages).post(create_message))
         .route(
@@ -94,9 +95,33 @@ async fn current_user(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(dj::current_user(&shared.world().bot))
 }
 
+#[derive(Deserialize)]
+struct OpenDm {
+    recipient_id: serde_json::Value,
+}
+
+async fn open_dm(State(shared): State<Arc<Shared>>, Json(body): Json<OpenDm>) -> Reply {
+    let user = body
+        .recipient_id
+        .as_str()
+        .and_then(|s| s.parse::<u64>().ok())
+        .or_else(|| body.recipient_id.as_u64())
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "Invalid Form Body (recipient_id)", 50035))?;
+    let mut w = shared.world();
+    if !w.users.contains_key(&user) {
+        return Err(unknown("User", 10013));
+    }
+    let id = w.dm_channel(user);
+    let c = w.channel(id).ok_or_else(|| unknown("Channel", 10003))?;
+    Ok(Json(dj::dm_channel(&w, c)))
+}
+
 async fn get_channel(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>) -> Reply {
     let w = shared.world();
     let c = w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    if c.recipient.is_some() {
+        return Ok(Json(dj::dm_channel(&w, c)));
+    }
     let position = w.channels_of(c.guild_id).position(|x| x.id == channel).unwrap_or(0);
     Ok(Json(dj::channel(c, position)))
 }
@@ -201,6 +226,14 @@ async fn create_message(
     w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
     let bot = w.bot.id;
     let id = w.post(channel, bot, content, reference).id;
+    // Attachments get real snowflakes: serenity refuses an ID of 0.
+    let files: Vec<Value> = files
+        .into_iter()
+        .map(|mut f| {
+            f["id"] = json!(w.snowflake().to_string());
+            f
+        })
+        .collect();
     let m = w.message_mut(id).expect("just posted");
     m.request = Some(payload);
     m.attachments = files;

@@ -40,8 +40,11 @@ pub struct Guild {
 #[derive(Debug, Clone)]
 pub struct Channel {
     pub id: u64,
+    /// 0 for direct messages.
     pub guild_id: u64,
     pub name: String,
+    /// The other user of a direct-message channel.
+    pub recipient: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +132,17 @@ impl World {
 
     pub fn create_channel(&mut self, guild_id: u64, name: &str, id: u64) -> u64 {
         let id = if id == 0 { self.snowflake() } else { id };
-        self.channels.push(Channel { id, guild_id, name: name.to_string() });
+        self.channels.push(Channel { id, guild_id, name: name.to_string(), recipient: None });
+        id
+    }
+
+    /// The bot's direct-message channel with `user_id`, opened on first use.
+    pub fn dm_channel(&mut self, user_id: u64) -> u64 {
+        if let Some(c) = self.channels.iter().find(|c| c.recipient == Some(user_id)) {
+            return c.id;
+        }
+        let id = self.snowflake();
+        self.channels.push(Channel { id, guild_id: 0, name: String::new(), recipient: Some(user_id) });
         id
     }
 
@@ -173,7 +186,7 @@ impl World {
     /// Appends a message by `author_id`; `<@id>` tokens naming known users become mentions.
     pub fn post(&mut self, channel_id: u64, author_id: u64, content: String, reference: Option<u64>) -> &Msg {
         let id = self.snowflake();
-        let guild_id = self.channel(channel_id).map(|c| c.guild_id);
+        let guild_id = self.channel(channel_id).filter(|c| c.recipient.is_none()).map(|c| c.guild_id);
         let mentions = mentioned_ids(&content).into_iter().filter(|u| self.users.contains_key(u)).collect();
         self.messages.push(Msg {
             id,

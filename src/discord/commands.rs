@@ -1,19 +1,31 @@
 //! The bot's commands, each a small adapter over the service; available with the prefix and as
 //! slash commands.
 
+use std::time::{Duration, Instant};
+
 use poise::serenity_prelude as serenity;
 
-use super::{Context, Error};
+use super::backfill::{self, Filter};
+use super::{no_pings, Context, Error};
 use crate::service::{ServiceError, TrainRequest, Trigger};
 
+/// How long an `llmforgetme` waits for its confirmation.
+const FORGET_CONFIRM_WITHIN: Duration = Duration::from_secs(300);
+/// The size of one file of `llmmydata` (Discord accepts 10 MiB per upload for bots).
+const DATA_FILE_BYTES: usize = 8 * 1024 * 1024;
+
 pub fn all() -> Vec<poise::Command<super::Data, Error>> {
-    vec![llmstats(), llmtrain()]
+    vec![llmstats(), llmtrain(), llmchannel(), llmoptout(), llmoptin(), llmforgetme(), llmmydata()]
 }
 
 /// How to call a command, for error messages.
 pub fn usage(prefix: &str, command: &str) -> String {
     match command {
         "llmtrain" => format!("`{prefix}llmtrain`, `{prefix}llmtrain force` or `{prefix}llmtrain cancel`"),
+        "llmchannel" | "add" | "remove" | "list" => {
+            format!("`{prefix}llmchannel add #channel`, `{prefix}llmchannel remove #channel` or `{prefix}llmchannel list`")
+        }
+        "llmforgetme" => format!("`{prefix}llmforgetme`, then `{prefix}llmforgetme confirm`"),
         other => format!("`{prefix}{other}`"),
     }
 }
@@ -112,4 +124,276 @@ async fn is_admin(ctx: Context<'_>) -> Result<bool, Error> {
         }
     };
     Ok(permissions.manage_guild())
+}
+
+/// Choose the channels mynah learns from (admins only).
+#[poise::command(
+    prefix_command,
+    slash_command,
+    guild_only,
+    check = "is_admin",
+    subcommands("channel_add", "channel_remove", "channel_list"),
+    subcommand_required
+)]
+pub async fn llmchannel(_ctx: Context<'_>) -> Result<(), Error> {
+    Ok(())
+}
+
+/// Start collecting a channel (this one if none is named) and read back its recent history.
+#[poise::command(prefix_command, slash_command, guild_only, check = "is_admin", rename = "add")]
+async fn channel_add(
+    ctx: Context<'_>,
+    #[description = "The channel (default: this one)"] channel: Option<serenity::ChannelId>,
+) -> Result<(), Error> {
+    let Some((guild, channel)) = guild_channel(ctx, channel).await? else { return Ok(()) };
+    ctx.defer().await?;
+    let core = &ctx.data().core;
+    let change = core
+        .set_channel(&guild.to_string(), &channel.to_string(), true, Some(&ctx.author().id.to_string()))
+        .await?;
+    let filter = Filter::new(ctx.framework().options(), &core.config.prefix);
+    let read = backfill::run_logged(ctx.serenity_context(), ctx.data(), &filter, guild, channel).await;
+    let mut text = if change.was_collected {
+        format!("<#{channel}> was already collected; it stays collected.")
+    } else {
+        format!(
+            "Collecting <#{channel}> from now on. Members can opt out with `{}llmoptout`.",
+            core.config.prefix
+        )
+    };
+    if let Some(r) = read.filter(|r| r.stored > 0) {
+        text.push_str(&format!(" I read back {} earlier messages.", r.stored));
+    }
+    ctx.say(text).await?;
+    Ok(())
+}
+
+/// Stop collecting a channel (this one if none is named) and delete what was stored from it.
+#[poise::command(prefix_command, slash_command, guild_only, check = "is_admin", rename = "remove")]
+async fn channel_remove(
+    ctx: Context<'_>,
+    #[description = "The channel (default: this one)"] channel: Option<serenity::ChannelId>,
+) -> Result<(), Error> {
+    let Some((guild, channel)) = guild_channel(ctx, channel).await? else { return Ok(()) };
+    let core = &ctx.data().core;
+    let change = core
+        .set_channel(&guild.to_string(), &channel.to_string(), false, Some(&ctx.author().id.to_string()))
+        .await?;
+    let text = match (change.was_collected, change.purged) {
+        (false, 0) => format!("<#{channel}> is not collected."),
+        (_, 0) => format!("Stopped collecting <#{channel}>."),
+        (_, n) => format!(
+            "Stopped collecting <#{channel}> and deleted the {n} messages I had stored from it. \
+             The current model is marked stale until it is retrained."
+        ),
+    };
+    ctx.say(text).await?;
+    Ok(())
+}
+
+/// List the channels mynah collects in this server.
+#[poise::command(prefix_command, slash_command, guild_only, check = "is_admin", rename = "list")]
+async fn channel_list(ctx: Context<'_>) -> Result<(), Error> {
+    let known: Vec<String> = ctx
+        .guild()
+        .map(|g| g.channels.values().filter(|c| backfill::is_text(c)).map(|c| c.id.to_string()).collect())
+        .unwrap_or_default();
+    let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
+    let core = &ctx.data().core;
+    let list = core.channels(&guild, &known);
+    let text = if list.channels.is_empty() {
+        format!(
+            "No channel is collected here. `{}llmchannel add #channel` opts one in. (Default: {}.)",
+            core.config.prefix, list.default
+        )
+    } else {
+        let lines: Vec<String> = list
+            .channels
+            .iter()
+            .map(|c| match c.source {
+                crate::consent::Source::Admin => format!("- <#{}> (opted in by an admin)", c.channel_id),
+                crate::consent::Source::Default => format!("- <#{}> (MYNAH_COLLECT_CHANNELS)", c.channel_id),
+            })
+            .collect();
+        format!("Collected channels:\n{}", lines.join("\n"))
+    };
+    // Channel mentions ping nobody; they are what makes the list readable.
+    ctx.say(crate::text::clamp(&text, 2000)).await?;
+    Ok(())
+}
+
+/// The channel named (or the current one), if it belongs to this server; says so if not.
+async fn guild_channel(
+    ctx: Context<'_>,
+    channel: Option<serenity::ChannelId>,
+) -> Result<Option<(serenity::GuildId, serenity::ChannelId)>, Error> {
+    let Some(guild) = ctx.guild_id() else { return Ok(None) };
+    let channel = channel.unwrap_or(ctx.channel_id());
+    let known =
+        ctx.guild().map(|g| g.channels.contains_key(&channel) || g.threads.iter().any(|t| t.id == channel));
+    if known == Some(false) {
+        ctx.say("That channel is not in this server.").await?;
+        return Ok(None);
+    }
+    Ok(Some((guild, channel)))
+}
+
+/// Stop mynah from storing or learning from your messages here, and delete what it stored.
+#[poise::command(prefix_command, slash_command, guild_only)]
+pub async fn llmoptout(ctx: Context<'_>) -> Result<(), Error> {
+    let (guild, user) = ids(ctx);
+    let core = &ctx.data().core;
+    let purged = core.opt_out(&guild, &user).await?;
+    let stale = if purged.messages > 0 {
+        " The current model is marked stale and is retrained without them."
+    } else {
+        ""
+    };
+    let text = format!(
+        "You're opted out: I won't store or learn from your messages in this server, and I deleted the {} I had.{stale} `{}llmoptin` undoes this.",
+        purged.messages, core.config.prefix
+    );
+    ctx.send(private_reply(text)).await?;
+    Ok(())
+}
+
+/// Let mynah learn from your messages here again (after llmoptout).
+#[poise::command(prefix_command, slash_command, guild_only)]
+pub async fn llmoptin(ctx: Context<'_>) -> Result<(), Error> {
+    let (guild, user) = ids(ctx);
+    let text = if ctx.data().core.opt_in(&guild, &user).await? {
+        "You're opted back in: your new messages in collected channels are stored and learned from again."
+    } else {
+        "You weren't opted out; nothing changed."
+    };
+    ctx.send(private_reply(text.to_string())).await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poise::ChoiceParameter)]
+pub enum Confirm {
+    #[name = "confirm"]
+    Confirm,
+}
+
+/// Delete every message of yours that mynah stored in this server (asks for a confirmation).
+#[poise::command(prefix_command, slash_command, guild_only)]
+pub async fn llmforgetme(
+    ctx: Context<'_>,
+    #[description = "confirm: go ahead (after a first llmforgetme)"] confirm: Option<Confirm>,
+) -> Result<(), Error> {
+    let (guild, user) = ids(ctx);
+    let core = &ctx.data().core;
+    let key = (ctx.guild_id().map(|g| g.get()).unwrap_or(0), ctx.author().id.get());
+    let asked = {
+        let mut pending = ctx.data().forget_requests.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|_, at| at.elapsed() < FORGET_CONFIRM_WITHIN);
+        match confirm {
+            Some(Confirm::Confirm) => pending.remove(&key).is_some(),
+            None => {
+                pending.insert(key, Instant::now());
+                false
+            }
+        }
+    };
+    let text = if asked {
+        let purged = core.forget_user(&guild, &user).await?;
+        format!(
+            "Done: I deleted the {} messages of yours I had stored in this server. New messages are still collected; `{}llmoptout` stops that too.",
+            purged.messages, core.config.prefix
+        )
+    } else {
+        let stored = core.my_data(&guild, &user).await?.lines.len();
+        let again = if confirm.is_some() {
+            "There is no pending request (they expire after 5 minutes). "
+        } else {
+            ""
+        };
+        format!(
+            "{again}This deletes all {stored} messages of yours that I stored in this server, for good. \
+             To go ahead, run `{}llmforgetme confirm` within 5 minutes.",
+            core.config.prefix
+        )
+    };
+    ctx.send(private_reply(text)).await?;
+    Ok(())
+}
+
+/// Get the messages of yours that mynah stored in this server, as a JSONL file sent privately.
+#[poise::command(prefix_command, slash_command, guild_only)]
+pub async fn llmmydata(ctx: Context<'_>) -> Result<(), Error> {
+    let (guild, user) = ids(ctx);
+    let data = ctx.data().core.my_data(&guild, &user).await?;
+    let status = if data.opted_out { " You are opted out of collection." } else { "" };
+    if data.lines.is_empty() {
+        ctx.send(private_reply(format!("I have no messages of yours stored in this server.{status}")))
+            .await?;
+        return Ok(());
+    }
+    let files = data_files(&data.lines, &format!("mynah-{guild}-{user}"));
+    let text = format!(
+        "The {} messages of yours I stored in this server, one JSON object a line.{status}",
+        data.lines.len()
+    );
+    if let Context::Application(_) = ctx {
+        // Ephemeral: only the asker sees it.
+        let mut reply = private_reply(text);
+        for f in files {
+            reply = reply.attachment(f);
+        }
+        ctx.send(reply).await?;
+        return Ok(());
+    }
+    let mut sent = true;
+    for (i, f) in files.into_iter().enumerate() {
+        let content = if i == 0 { text.clone() } else { "(continued)".into() };
+        let message =
+            serenity::CreateMessage::new().content(content).add_file(f).allowed_mentions(no_pings());
+        if let Err(e) = ctx.author().direct_message(ctx, message).await {
+            tracing::info!(error = %e, "could not send a user their data by DM");
+            sent = false;
+            break;
+        }
+    }
+    let text = if sent {
+        format!("I sent you your {} stored messages in a direct message.", data.lines.len())
+    } else {
+        "I couldn't send you a direct message (are DMs from server members turned off?). \
+         Nothing was posted here; try again once DMs are open, or use the slash command `/llmmydata`."
+            .to_string()
+    };
+    ctx.say(text).await?;
+    Ok(())
+}
+
+/// JSONL lines as attachments of at most [`DATA_FILE_BYTES`] each.
+fn data_files(lines: &[String], stem: &str) -> Vec<serenity::CreateAttachment> {
+    let mut chunks: Vec<String> = vec![String::new()];
+    for line in lines {
+        let last = chunks.len() - 1;
+        if !chunks[last].is_empty() && chunks[last].len() + line.len() + 1 > DATA_FILE_BYTES {
+            chunks.push(String::new());
+        }
+        let last = chunks.len() - 1;
+        chunks[last].push_str(line);
+        chunks[last].push('\n');
+    }
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = if n == 1 { format!("{stem}.jsonl") } else { format!("{stem}-{}.jsonl", i + 1) };
+            serenity::CreateAttachment::bytes(c.into_bytes(), name)
+        })
+        .collect()
+}
+
+/// A reply only the author sees when the command came as a slash command.
+fn private_reply(text: String) -> poise::CreateReply {
+    poise::CreateReply::default().content(text).ephemeral(true).allowed_mentions(no_pings())
+}
+
+fn ids(ctx: Context<'_>) -> (String, String) {
+    (ctx.guild_id().map(|g| g.to_string()).unwrap_or_default(), ctx.author().id.to_string())
 }

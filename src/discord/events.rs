@@ -1,17 +1,69 @@
-//! Gateway events: collecting messages and answering mentions.
+//! Gateway events: collecting messages, answering mentions, and mirroring deletions and edits
+//! into the corpus.
 
 use poise::serenity_prelude as serenity;
 
-use super::{no_pings, Data, Error};
+use super::{backfill, no_pings, Data, Error};
 use crate::corpus::Record;
-use crate::service::{Incoming, ReplyRequest};
+use crate::service::{Incoming, ReplyRequest, ServiceError};
 
 pub async fn handle(
     framework: poise::FrameworkContext<'_, Data, Error>,
     event: &serenity::FullEvent,
 ) -> Result<(), Error> {
-    if let serenity::FullEvent::Message { new_message } = event {
-        on_message(framework, new_message).await?;
+    let core = &framework.user_data.core;
+    use serenity::FullEvent as E;
+    match event {
+        E::Message { new_message } => on_message(framework, new_message).await?,
+        E::MessageDelete { deleted_message_id, guild_id: Some(guild), .. } => {
+            let purged = core.messages_deleted(&guild.to_string(), &[deleted_message_id.to_string()]).await?;
+            tracing::debug!(removed = purged.messages, "message deleted on Discord");
+        }
+        E::MessageDeleteBulk { multiple_deleted_messages_ids, guild_id: Some(guild), .. } => {
+            let ids: Vec<String> = multiple_deleted_messages_ids.iter().map(|id| id.to_string()).collect();
+            let purged = core.messages_deleted(&guild.to_string(), &ids).await?;
+            tracing::debug!(removed = purged.messages, "messages deleted in bulk on Discord");
+        }
+        E::MessageUpdate { event, .. } => {
+            // Updates without content are embeds being resolved, not edits.
+            if let (Some(guild), Some(content)) = (event.guild_id, &event.content) {
+                let edited_at = event
+                    .edited_timestamp
+                    .and_then(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| chrono::Utc::now().to_rfc3339());
+                core.message_edited(&guild.to_string(), &event.id.to_string(), content, &edited_at).await?;
+            }
+        }
+        E::ChannelDelete { channel, .. } => {
+            core.channel_deleted(&channel.guild_id.to_string(), &channel.id.to_string()).await?;
+        }
+        E::ThreadDelete { thread, .. } => {
+            core.channel_deleted(&thread.guild_id.to_string(), &thread.id.to_string()).await?;
+        }
+        E::GuildDelete { incomplete, .. } if !incomplete.unavailable => {
+            core.guild_removed(&incomplete.id.to_string()).await?;
+        }
+        E::GuildCreate { guild, .. } => {
+            // Each connection (and reconnection) announces the guilds: catch up on what was
+            // said meanwhile, in the background.
+            let channels: Vec<serenity::ChannelId> = guild
+                .channels
+                .values()
+                .filter(|c| {
+                    backfill::is_text(c) && core.consent.collects(&guild.id.to_string(), &c.id.to_string())
+                })
+                .map(|c| c.id)
+                .collect();
+            let (ctx, data, guild_id) =
+                (framework.serenity_context.clone(), framework.user_data.clone(), guild.id);
+            let options = backfill::Filter::new(framework.options, &core.config.prefix);
+            tokio::spawn(async move {
+                for channel in channels {
+                    backfill::run_logged(&ctx, &data, &options, guild_id, channel).await;
+                }
+            });
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -33,37 +85,50 @@ async fn on_message(
     let incoming = Incoming {
         record: record(ctx, guild_id, msg),
         author_is_bot: false,
-        is_command: is_command(&msg.content, &core.config.prefix, framework.options),
+        is_command: backfill::Filter::new(framework.options, &core.config.prefix).is_command(&msg.content),
     };
     match core.ingest(&incoming).await {
         Ok(outcome) => tracing::debug!(message = %msg.id, ?outcome, "ingest"),
         Err(e) => tracing::error!(message = %msg.id, error = %e, "could not store a message"),
     }
     let me = ctx.cache.current_user().id;
-    if !incoming.is_command && msg.mentions.iter().any(|u| u.id == me) {
-        if let Err(e) = msg.channel_id.broadcast_typing(&ctx.http).await {
-            tracing::debug!(error = %e, "typing indicator failed");
-        }
-        let request = ReplyRequest {
-            guild_id: guild_id.to_string(),
-            channel_id: Some(msg.channel_id.to_string()),
-            message_id: Some(msg.id.to_string()),
-            author: incoming.record.author.clone(),
-            text: msg.content.clone(),
-            bot_user_id: Some(me.to_string()),
-        };
-        let reply = core.reply(&request).await?;
-        let reply = serenity::CreateMessage::new()
-            .content(reply.text)
-            .reference_message(msg)
-            .allowed_mentions(no_pings());
-        msg.channel_id.send_message(&ctx.http, reply).await?;
+    if incoming.is_command || !msg.mentions.iter().any(|u| u.id == me) {
+        return Ok(());
     }
+    if let Err(limited) = core.admit_reply(&msg.channel_id.to_string(), &msg.author.id.to_string()) {
+        tracing::debug!(message = %msg.id, ?limited, "mention not answered: rate limited");
+        return Ok(());
+    }
+    if let Err(e) = msg.channel_id.broadcast_typing(&ctx.http).await {
+        tracing::debug!(error = %e, "typing indicator failed");
+    }
+    let request = ReplyRequest {
+        guild_id: guild_id.to_string(),
+        channel_id: Some(msg.channel_id.to_string()),
+        message_id: Some(msg.id.to_string()),
+        author: incoming.record.author.clone(),
+        text: msg.content.clone(),
+        bot_user_id: Some(me.to_string()),
+    };
+    let reply = match core.reply(&request).await {
+        Ok(reply) => reply,
+        Err(ServiceError::ShuttingDown) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let reply = serenity::CreateMessage::new()
+        .content(reply.text)
+        .reference_message(msg)
+        .allowed_mentions(no_pings());
+    msg.channel_id.send_message(&ctx.http, reply).await?;
     Ok(())
 }
 
 /// The message as a corpus record, with the channel's name from the cache when known.
-fn record(ctx: &serenity::Context, guild_id: serenity::GuildId, msg: &serenity::Message) -> Record {
+pub(super) fn record(
+    ctx: &serenity::Context,
+    guild_id: serenity::GuildId,
+    msg: &serenity::Message,
+) -> Record {
     let channel = ctx
         .cache
         .guild(guild_id)
@@ -79,16 +144,4 @@ fn record(ctx: &serenity::Context, guild_id: serenity::GuildId, msg: &serenity::
         content: msg.content.clone(),
         timestamp: msg.timestamp.to_rfc3339().unwrap_or_default(),
     }
-}
-
-/// Whether `content` invokes one of the bot's commands (these are not chat to learn from).
-fn is_command(content: &str, prefix: &str, options: &poise::FrameworkOptions<Data, Error>) -> bool {
-    let Some(rest) = content.strip_prefix(prefix) else {
-        return false;
-    };
-    let word = rest.split_whitespace().next().unwrap_or("");
-    options
-        .commands
-        .iter()
-        .any(|c| c.name.eq_ignore_ascii_case(word) || c.aliases.iter().any(|a| a.eq_ignore_ascii_case(word)))
 }

@@ -2,20 +2,33 @@
 //! into [`crate::service::Core`], results become messages. Every message it sends parses no
 //! mentions, so nothing the bot says can ping anyone.
 
+mod backfill;
 mod commands;
 mod events;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use poise::serenity_prelude as serenity;
 
 use crate::service::Core;
 
-/// Shared state handed to every command and event.
+/// Shared state handed to every command and event (cheap to clone for background tasks).
+#[derive(Clone)]
 pub struct Data {
     pub core: Arc<Core>,
+    /// Channels whose history is being read back now, as (guild, channel).
+    backfilling: Arc<Mutex<HashSet<(u64, u64)>>>,
+    /// `llmforgetme` asked, waiting for its confirmation: (guild, user) → when.
+    forget_requests: Arc<Mutex<HashMap<(u64, u64), Instant>>>,
+}
+
+impl Data {
+    pub fn new(core: Arc<Core>) -> Data {
+        Data { core, backfilling: Arc::default(), forget_requests: Arc::default() }
+    }
 }
 
 pub type Error = anyhow::Error;
@@ -85,7 +98,7 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
                 if !core.config.announce_channels.is_empty() {
                     tokio::spawn(announce(ctx.clone(), core.clone()));
                 }
-                Ok(Data { core })
+                Ok(Data::new(core))
             })
         })
         .build();

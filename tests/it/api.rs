@@ -29,7 +29,7 @@ impl Api {
 
     async fn with_sample(token: Option<&str>) -> Api {
         let api = Api::new(token).await;
-        mynah::cli::import_text(&api.core.store, support::sample(), Some("42"), true).await.unwrap();
+        mynah::cli::import_text(&api.core.store, support::sample(), Some("42"), true, true).await.unwrap();
         api
     }
 
@@ -237,6 +237,7 @@ async fn post_routes_need_the_token_when_one_is_set() {
         &api.core.store,
         &support::sample().lines().take(100).collect::<Vec<_>>().join("\n"),
         Some("42"),
+        true,
         true,
     )
     .await

@@ -23,7 +23,7 @@ async fn llmstats_answers_with_real_counts() {
     assert!(reply.content.contains("fallback"), "{}", reply.content);
     assert!(reply.content.contains("**Model:** none yet"), "{}", reply.content);
     assert!(reply.content.contains("**Training:** idle"), "{}", reply.content);
-    assert!(reply.content.contains("1 opted-in channel"), "{}", reply.content);
+    assert!(reply.content.contains("**Collection:** this channel is collected"), "{}", reply.content);
     assert!(reply.content.contains("497 more messages until the first training"), "{}", reply.content);
     assert_eq!(reply.request["allowed_mentions"]["parse"], json!([]), "{}", reply.request);
     h.stop().await;
@@ -59,7 +59,7 @@ async fn admins_are_told_why_training_cannot_start_and_nothing_false_is_recorded
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_trains_and_mentions_then_get_generated_replies() {
     let h = Harness::start().await;
-    mynah::cli::import_text(&h.core.store, crate::support::sample(), Some(&h.guild.to_string()), true)
+    mynah::cli::import_text(&h.core.store, crate::support::sample(), Some(&h.guild.to_string()), true, true)
         .await
         .unwrap();
     let bot = h.server.bot_id();

@@ -18,8 +18,8 @@ async fn each_guild_replies_only_with_its_own_model() {
     cfg.engine.max_minutes = 0.25;
     let store = Store::open(&cfg.database_url).await.unwrap();
     let core = Core::open(cfg, store).await.unwrap();
-    mynah::cli::import_text(&core.store, support::sample(), Some("1001"), true).await.unwrap();
-    mynah::cli::import_text(&core.store, RU, Some("2002"), true).await.unwrap();
+    mynah::cli::import_text(&core.store, support::sample(), Some("1001"), true, true).await.unwrap();
+    mynah::cli::import_text(&core.store, RU, Some("2002"), true, true).await.unwrap();
     assert!(has_cyrillic(RU));
 
     for guild in ["1001", "2002"] {

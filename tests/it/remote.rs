@@ -33,7 +33,7 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     cfg.api_token = Some(Secret::new("s3cret"));
     let store = Store::open(&cfg.database_url).await.unwrap();
     let serving = Core::open(cfg, store).await.unwrap();
-    mynah::cli::import_text(&serving.store, support::sample(), Some("42"), true).await.unwrap();
+    mynah::cli::import_text(&serving.store, support::sample(), Some("42"), true, true).await.unwrap();
     let (url, _stop) = serve(serving.clone()).await;
     let client = reqwest::Client::new();
 

@@ -13,10 +13,10 @@ async fn the_scheduler_trains_one_due_guild_at_a_time_in_turn() {
     let core = Core::open(support::config(dir.path()), store).await.unwrap();
     let small: String = support::sample().lines().take(300).map(|l| format!("{l}\n")).collect();
     for guild in ["1001", "1002"] {
-        mynah::cli::import_text(&core.store, support::sample(), Some(guild), true).await.unwrap();
+        mynah::cli::import_text(&core.store, support::sample(), Some(guild), true, true).await.unwrap();
     }
     // Below the first-training threshold: never scheduled.
-    mynah::cli::import_text(&core.store, &small, Some("1003"), true).await.unwrap();
+    mynah::cli::import_text(&core.store, &small, Some("1003"), true, true).await.unwrap();
 
     let mut scheduler = Scheduler::default();
     assert_eq!(scheduler.tick(&core).await.unwrap().as_deref(), Some("1001"));

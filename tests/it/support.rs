@@ -29,6 +29,8 @@ pub fn config(dir: &std::path::Path) -> Config {
     cfg.engine.preset = mynah::engine::Preset::tiny();
     cfg.engine.epochs = 1;
     cfg.engine.max_minutes = 0.5;
+    // Tests mention the bot in quick succession; the cool-down tests set their own limits.
+    cfg.limits = mynah::ratelimit::Limits::off();
     cfg
 }
 
@@ -50,6 +52,11 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test configuration changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
         let server = DevServer::start().await.expect("devserver starts");
         let guild = server.create_guild("Test Guild");
         let general = server.create_channel(guild, "general");
@@ -70,6 +77,7 @@ impl Harness {
         cfg.collect = Collect::Channels([general.to_string()].into());
         cfg.admin_ids = [listed_admin].into();
         cfg.announce_channels = [general.to_string()].into();
+        tweak(&mut cfg);
         let store = Store::open(&cfg.database_url).await.expect("store opens");
         let core = Core::open(cfg, store).await.expect("core opens");
         let bot = mynah::discord::start(core.clone()).await.expect("bot starts");

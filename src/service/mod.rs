@@ -1,16 +1,22 @@
 //! The operations the Discord commands, the HTTP API and the CLI share: stats, status, the
 //! training request, should-train, (re)initialisation, ingest and replies. Adapters translate
 //! their input into these calls and the results into their own output; nothing here knows about
-//! Discord or HTTP.
+//! Discord or HTTP. `privacy` holds the consent and deletion operations.
+
+mod privacy;
+
+pub use privacy::{ChannelChange, ChannelList, MyData};
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::consent::Consent;
 use crate::corpus::Record;
 use crate::engine::checkpoint::{self, Loaded, Meta};
 use crate::engine::tokenizer::ChatLine;
@@ -18,8 +24,9 @@ use crate::engine::train::{self, Report, TrainOptions};
 use crate::engine::EngineError;
 use crate::fallback;
 use crate::policy::{self, Decision, Inputs};
+use crate::ratelimit::{Limited, Limiter};
 use crate::serving::Serving;
-use crate::store::{Counts, RunResult, RunRow, Store, StoreError};
+use crate::store::{Counts, RunResult, RunRow, Staleness, Store, StoreError};
 use crate::training::{Finished, Trainer, TrainingView};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,8 @@ pub enum ServiceError {
     GuildAmbiguous(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("mynah is shutting down")]
+    ShuttingDown,
     #[error("the model bundle was refused: {0}")]
     BadBundle(String),
     #[error("the training engine failed: {0}")]
@@ -101,6 +110,8 @@ pub struct ModelView {
     pub val_bits_per_byte: Option<f64>,
     pub corpus_messages: u64,
     pub training_seconds: f64,
+    /// Set once messages the model was trained on were removed (deleted, edited, opted out).
+    pub stale: Option<Staleness>,
 }
 
 /// Everything `!llmstats` and `mynah stats` show for one guild.
@@ -160,6 +171,7 @@ pub enum Ingested {
     Stored,
     Duplicate,
     NotCollected,
+    OptedOut,
     FromBot,
     Command,
     Empty,
@@ -214,9 +226,23 @@ pub struct Core {
     pub store: Store,
     pub serving: Serving,
     pub trainer: Arc<Trainer>,
+    pub consent: Consent,
+    limiter: Limiter,
     events: tokio::sync::broadcast::Sender<CoreEvent>,
     device: Device,
     started: Instant,
+    /// Set by [`Core::shutdown`]: no new replies or trainings start.
+    closing: AtomicBool,
+    replies_in_flight: AtomicUsize,
+}
+
+/// Counts a reply as in flight until dropped, so shutdown can wait for it.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Core {
@@ -230,14 +256,21 @@ impl Core {
                 "training runs were interrupted by a stop; marked interrupted"
             );
         }
+        let consent =
+            Consent::new(config.collect.clone(), store.channel_settings().await?, store.opt_outs().await?);
+        consent.set_forgotten(store.forget_marks().await?);
         let core = Arc::new(Core {
+            limiter: Limiter::new(config.limits),
             config: Arc::new(config),
             store,
             serving: Serving::new(),
             trainer: Arc::new(Trainer::new()),
+            consent,
             events: tokio::sync::broadcast::channel(16).0,
             device,
             started: Instant::now(),
+            closing: AtomicBool::new(false),
+            replies_in_flight: AtomicUsize::new(0),
         });
         core.load_models().await;
         Ok(core)
@@ -252,14 +285,43 @@ impl Core {
         }
     }
 
-    fn mode_of(&self, guild_id: &str) -> (Mode, String, Option<ModelView>) {
+    async fn mode_of(&self, guild_id: &str) -> Result<(Mode, String, Option<ModelView>), ServiceError> {
         if let Some(m) = self.serving.get(guild_id) {
-            let view = view(guild_id, &m);
-            return (Mode::Model, format!("replies come from model {}", view.run), Some(view));
+            let view = self.view(guild_id, &m).await?;
+            let mode = match &view.stale {
+                Some(s) if self.config.stale_fallback => (
+                    Mode::Fallback,
+                    format!(
+                        "model {} contains removed messages ({}), and MYNAH_STALE_MODELS=fallback keeps it silent until it is retrained",
+                        view.run, s.reason
+                    ),
+                ),
+                Some(s) => (
+                    Mode::Model,
+                    format!("replies come from model {}, which is stale: {}", view.run, s.reason),
+                ),
+                None => (Mode::Model, format!("replies come from model {}", view.run)),
+            };
+            return Ok((mode.0, mode.1, Some(view)));
         }
-        match self.serving.broken(guild_id) {
+        Ok(match self.serving.broken(guild_id) {
             Some(reason) => (Mode::Fallback, format!("the model is unusable: {reason}"), None),
             None => (Mode::Fallback, "no model has been trained yet".into(), None),
+        })
+    }
+
+    /// The model's public description, with its staleness from the store.
+    async fn view(&self, guild_id: &str, m: &Loaded) -> Result<ModelView, ServiceError> {
+        let mut v = view(guild_id, m);
+        v.stale = self.store.staleness(guild_id, &v.run).await?;
+        Ok(v)
+    }
+
+    /// The staleness of the guild's serving model, if it has one and it is stale.
+    async fn staleness(&self, guild_id: &str) -> Result<Option<Staleness>, ServiceError> {
+        match self.serving.get(guild_id) {
+            Some(m) => Ok(self.store.staleness(guild_id, &run_name(&m)).await?),
+            None => Ok(None),
         }
     }
 
@@ -279,7 +341,10 @@ impl Core {
             hours_since_last_run: last
                 .map(|run| (crate::store::now_ms() - run.finished_ms) as f64 / 3_600_000.0),
             has_model: self.serving.get(guild_id).is_some(),
-            model_stale: false,
+            stale_hours: self
+                .staleness(guild_id)
+                .await?
+                .map(|s| (crate::store::now_ms() - s.since_ms).max(0) as f64 / 3_600_000.0),
             training_running: self.trainer.is_running(),
         };
         Ok(policy::should_train(&inputs, &self.config.thresholds))
@@ -297,7 +362,7 @@ impl Core {
 
     pub async fn stats(&self, guild_id: &str, channel_id: Option<&str>) -> Result<GuildStats, ServiceError> {
         let counts = self.store.counts(guild_id, channel_id).await?;
-        let (mode, mode_reason, model) = self.mode_of(guild_id);
+        let (mode, mode_reason, model) = self.mode_of(guild_id).await?;
         Ok(GuildStats {
             guild_id: guild_id.to_string(),
             counts,
@@ -305,7 +370,16 @@ impl Core {
             mode_reason,
             model,
             training: self.trainer.view(),
-            collection: self.config.collect.describe(),
+            collection: match channel_id {
+                Some(c) if self.consent.collects(guild_id, c) => format!(
+                    "this channel is collected; `{}llmoptout` keeps your messages out",
+                    self.config.prefix
+                ),
+                Some(_) => {
+                    format!("this channel is not collected (admins: `{}llmchannel add`)", self.config.prefix)
+                }
+                None => format!("default: {}", self.consent.describe_default()),
+            },
             should_train: self.should_train(guild_id).await?,
             last_runs: self.store.runs(Some(guild_id), 3).await?,
         })
@@ -314,7 +388,7 @@ impl Core {
     pub async fn status(&self) -> Result<Status, ServiceError> {
         let mut guilds = Vec::new();
         for g in self.store.guild_summaries().await? {
-            let (mode, mode_reason, _) = self.mode_of(&g.guild_id);
+            let (mode, mode_reason, _) = self.mode_of(&g.guild_id).await?;
             guilds.push(GuildStatus {
                 guild_id: g.guild_id,
                 messages: g.messages,
@@ -324,7 +398,10 @@ impl Core {
                 mode_reason,
             });
         }
-        let models: Vec<ModelView> = self.serving.all().iter().map(|(g, m)| view(g, m)).collect();
+        let mut models = Vec::new();
+        for (g, m) in self.serving.all() {
+            models.push(self.view(&g, &m).await?);
+        }
         Ok(Status {
             mode: if models.is_empty() { Mode::Fallback } else { Mode::Model },
             model: if models.len() == 1 { models.first().cloned() } else { None },
@@ -332,7 +409,10 @@ impl Core {
             training: self.trainer.view(),
             guilds,
             last_runs: self.store.runs(None, 5).await?,
-            collection: self.config.collect.describe(),
+            collection: format!(
+                "default: {}; admins' choices per channel apply",
+                self.consent.describe_default()
+            ),
             engine: format!("candle on {}", self.config.engine.device),
             uptime_seconds: self.started.elapsed().as_secs(),
             version: crate::VERSION,
@@ -375,6 +455,9 @@ impl Core {
             if !(m > 0.0 && m <= 10_000.0) {
                 return Err(ServiceError::BadRequest(format!("max_minutes must be above 0, not {m}")));
             }
+        }
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
         }
         let guild_id = self.resolve_guild(req.guild_id.as_deref()).await?;
         if guild_id.is_empty() || !guild_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -632,17 +715,23 @@ impl Core {
         self.trainer.cancel()
     }
 
-    /// Applies the collection rules to a message seen on Discord and stores it if they allow.
+    /// Applies the collection rules to a message seen on Discord and stores it, scrubbed, if
+    /// they allow.
     pub async fn ingest(&self, m: &Incoming) -> Result<Ingested, ServiceError> {
+        let r = &m.record;
         let outcome = if m.author_is_bot {
             Ingested::FromBot
         } else if m.is_command {
             Ingested::Command
-        } else if m.record.content.trim().is_empty() {
+        } else if r.content.trim().is_empty() {
             Ingested::Empty
-        } else if !self.config.collect.includes(&m.record.channel_id) {
+        } else if !self.consent.collects(&r.guild_id, &r.channel_id) {
             Ingested::NotCollected
-        } else if self.store.insert_message(&m.record).await? {
+        } else if self.consent.is_opted_out(&r.guild_id, &r.author_id)
+            || self.consent.is_forgotten(&r.guild_id, &r.author_id, r.created_ms().unwrap_or(i64::MAX))
+        {
+            Ingested::OptedOut
+        } else if self.store.insert_message(&self.scrubbed(r)).await? {
             Ingested::Stored
         } else {
             Ingested::Duplicate
@@ -650,9 +739,56 @@ impl Core {
         Ok(outcome)
     }
 
+    /// The record as it may be stored: scrubbed unless scrubbing is off.
+    pub fn scrubbed(&self, r: &Record) -> Record {
+        if !self.config.scrub {
+            return r.clone();
+        }
+        Record { content: crate::scrub::scrub(&r.content).into_owned(), ..r.clone() }
+    }
+
+    /// Whether a mention by `user` in `channel` may be answered now (cool-downs and the
+    /// per-channel cap); counts it if so.
+    pub fn admit_reply(&self, channel: &str, user: &str) -> Result<(), Limited> {
+        self.limiter.admit(channel, user, Instant::now())
+    }
+
+    /// Stops taking work and winds down: no new trainings or replies, the running training is
+    /// cancelled and recorded, replies in flight finish; waits at most `grace` for all that.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        if self.cancel_training() {
+            tracing::info!("cancelled the running training; the current model stays");
+        }
+        let mut watch = self.trainer.subscribe();
+        while watch.borrow_and_update().state != "idle" {
+            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+                tracing::warn!("the training did not stop in time");
+                break;
+            }
+        }
+        while self.replies_in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
     /// The reply to a mention: generated by the guild's model if it has one, else the fallback.
     pub async fn reply(&self, req: &ReplyRequest) -> Result<ReplyOut, ServiceError> {
-        if let Some(model) = self.serving.get(&req.guild_id) {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(ServiceError::ShuttingDown);
+        }
+        self.replies_in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.replies_in_flight);
+        let usable = match self.serving.get(&req.guild_id) {
+            Some(_) if self.config.stale_fallback && self.staleness(&req.guild_id).await?.is_some() => None,
+            model => model,
+        };
+        if let Some(model) = usable {
             match self.generate(model, req).await {
                 Ok(Some(text)) => {
                     return Ok(ReplyOut { text: crate::text::for_discord(&text), mode: Mode::Model })
@@ -662,8 +798,14 @@ impl Core {
             }
         }
         let stats = self.stats(&req.guild_id, None).await?;
-        let note =
-            self.serving.broken(&req.guild_id).map(|reason| format!("my model is unusable ({reason})"));
+        let note = match self.serving.broken(&req.guild_id) {
+            Some(reason) => Some(format!("my model is unusable ({reason})")),
+            None if stats.model.is_some() => Some(
+                "my model still contains messages that were removed, so it stays quiet until it is retrained"
+                    .into(),
+            ),
+            None => None,
+        };
         let progress = fallback::Progress {
             messages: stats.counts.messages,
             until_first_training: stats.should_train.messages_until_first_training,
@@ -783,10 +925,16 @@ fn validate_bundle(bytes: &[u8], tmp: &std::path::Path, device: &Device) -> Resu
     Ok(loaded)
 }
 
+/// The run directory's name (`run-12`), which identifies a model.
+fn run_name(m: &Loaded) -> String {
+    m.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 fn view(guild_id: &str, m: &Loaded) -> ModelView {
     ModelView {
         guild_id: guild_id.to_string(),
-        run: m.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        run: run_name(m),
+        stale: None,
         params: m.meta.params,
         preset: m.meta.preset.clone(),
         trained_at: m.meta.trained_at.clone(),

@@ -1,6 +1,11 @@
 //! Everything persisted in SQL: chat messages, training runs and models. SQLite in WAL mode by
 //! default (`DATABASE_URL`); the schema lives in `migrations/` and is applied at open.
-//! This is the only module that contains SQL.
+//! This is the only module that contains SQL; `privacy` holds the queries of consent and
+//! deletion.
+
+mod privacy;
+
+pub use privacy::{ChannelSetting, Purged, Staleness};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -29,7 +34,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A cheap, clonable handle on the database.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Writes go through one connection: SQLite has one writer anyway, and queueing here
+    /// instead of on its lock keeps bursts of ingest from timing out.
     pool: SqlitePool,
+    /// Reads (replies, stats, exports) never wait behind writes: WAL lets them run alongside.
+    read: SqlitePool,
 }
 
 /// Message counts for one guild (and optionally one of its channels).
@@ -55,6 +64,9 @@ pub struct GuildSummary {
 pub struct Inserted {
     pub inserted: u64,
     pub already_present: u64,
+    /// Left out because their author opted out of collection in that guild, or asked to be
+    /// forgotten after writing them.
+    pub opted_out: u64,
 }
 
 /// The last successful training run of a guild, as the policy needs it.
@@ -87,15 +99,18 @@ impl Store {
             options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
         };
         // An in-memory database exists per connection, so it must have exactly one.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 4 })
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let read = if memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new().max_connections(4).connect_with(options).await?
+        };
+        Ok(Store { pool, read })
     }
 
     pub async fn close(&self) {
+        self.read.close().await;
         self.pool.close().await;
     }
 
@@ -106,14 +121,23 @@ impl Store {
         insert(&mut conn, r, now_ms()).await
     }
 
-    /// Stores many messages in one transaction (all or nothing).
+    /// Stores many messages in one transaction (all or nothing), leaving out those of authors
+    /// who opted out.
     pub async fn insert_many(&self, records: &[Record]) -> Result<Inserted> {
+        let opted_out: std::collections::HashSet<(String, String)> =
+            self.opt_outs().await?.into_iter().collect();
+        let forgotten: std::collections::HashMap<(String, String), i64> =
+            self.forget_marks().await?.into_iter().collect();
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         let mut out = Inserted::default();
         for r in records {
             r.validate()?;
-            if insert(&mut tx, r, now).await? {
+            let who = (r.guild_id.clone(), r.author_id.clone());
+            let written = r.created_ms()?;
+            if opted_out.contains(&who) || forgotten.get(&who).is_some_and(|&t| written <= t) {
+                out.opted_out += 1;
+            } else if insert(&mut tx, r, now).await? {
                 out.inserted += 1;
             } else {
                 out.already_present += 1;
@@ -127,26 +151,14 @@ impl Store {
     pub async fn export(&self, guild: Option<&str>) -> Result<Vec<Record>> {
         let rows = sqlx::query(
             "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at
-             FROM messages WHERE (?1 IS NULL OR guild_id = ?1)
+             FROM messages m WHERE (?1 IS NULL OR guild_id = ?1)
+               AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.guild_id = m.guild_id AND o.user_id = m.author_id)
              ORDER BY guild_id, created_ms, rowid",
         )
         .bind(guild)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(Record {
-                    id: row.try_get(0)?,
-                    guild_id: row.try_get(1)?,
-                    channel_id: row.try_get(2)?,
-                    channel: row.try_get(3)?,
-                    author_id: row.try_get(4)?,
-                    author: row.try_get(5)?,
-                    content: row.try_get(6)?,
-                    timestamp: row.try_get(7)?,
-                })
-            })
-            .collect()
+        rows.iter().map(record_from_row).collect()
     }
 
     pub async fn counts(&self, guild: &str, channel: Option<&str>) -> Result<Counts> {
@@ -157,7 +169,7 @@ impl Store {
         )
         .bind(guild)
         .bind(channel)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?;
         Ok(Counts {
             messages: count(row.try_get(0)?),
@@ -174,7 +186,7 @@ impl Store {
             "SELECT guild_id, COUNT(*), COUNT(DISTINCT author_id), COUNT(DISTINCT channel_id)
              FROM messages GROUP BY guild_id ORDER BY guild_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -194,7 +206,7 @@ impl Store {
             sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE guild_id = ? AND created_ms > ?")
                 .bind(guild)
                 .bind(after_ms)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.read)
                 .await?;
         Ok(count(n))
     }
@@ -206,7 +218,7 @@ impl Store {
              ORDER BY finished_ms DESC LIMIT 1",
         )
         .bind(guild)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.map(|row| {
             Ok(LastRun {
@@ -330,7 +342,7 @@ impl Store {
         )
         .bind(guild)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -407,7 +419,7 @@ impl Store {
         .bind(channel)
         .bind(except)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let mut out: Vec<Recent> = rows
             .into_iter()
@@ -421,7 +433,7 @@ impl Store {
     pub async fn newest_ms(&self, guild: &str) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar("SELECT MAX(created_ms) FROM messages WHERE guild_id = ?")
             .bind(guild)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await?)
     }
 }
@@ -446,6 +458,21 @@ async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Resu
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A message row selected as `id, guild_id, channel_id, channel_name, author_id, author_name,
+/// content, created_at`.
+fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Record> {
+    Ok(Record {
+        id: row.try_get(0)?,
+        guild_id: row.try_get(1)?,
+        channel_id: row.try_get(2)?,
+        channel: row.try_get(3)?,
+        author_id: row.try_get(4)?,
+        author: row.try_get(5)?,
+        content: row.try_get(6)?,
+        timestamp: row.try_get(7)?,
+    })
 }
 
 fn count(n: i64) -> u64 {
@@ -504,7 +531,7 @@ mod tests {
             record("3", "c2", "a", "2020-01-01T00:02:00Z"),
         ];
         let done = store.insert_many(&batch).await.unwrap();
-        assert_eq!(done, Inserted { inserted: 3, already_present: 0 });
+        assert_eq!(done, Inserted { inserted: 3, already_present: 0, opted_out: 0 });
         let c = store.counts("g1", Some("c1")).await.unwrap();
         assert_eq!((c.messages, c.authors, c.channels, c.channel_messages), (3, 2, 2, Some(2)));
         assert_eq!(store.counts("other", None).await.unwrap().messages, 0);

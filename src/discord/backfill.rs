@@ -1,0 +1,169 @@
+//! Reading a collected channel's history back from Discord: its recent past when it is first
+//! collected, and whatever was said (or deleted) while the bot was away after a restart or a
+//! lost connection. Each channel remembers how far it was read (`channel_sync`), so catching up
+//! reads only the new part.
+
+use std::collections::HashSet;
+
+use poise::serenity_prelude as serenity;
+
+use super::{events, Data, Error};
+use crate::service::Incoming;
+
+/// What one backfill did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub read: u64,
+    pub stored: u64,
+    /// Stored messages that Discord no longer has (deleted while the bot was away).
+    pub purged: u64,
+}
+
+/// Tells commands from chat, the same way for live messages and history.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    prefix: String,
+    commands: Vec<String>,
+}
+
+impl Filter {
+    pub fn new(options: &poise::FrameworkOptions<Data, Error>, prefix: &str) -> Filter {
+        let commands = options
+            .commands
+            .iter()
+            .flat_map(|c| std::iter::once(&c.name).chain(c.aliases.iter()))
+            .map(|n| n.to_lowercase())
+            .collect();
+        Filter { prefix: prefix.to_string(), commands }
+    }
+
+    /// Whether `content` invokes one of the bot's commands (these are not chat to learn from).
+    pub fn is_command(&self, content: &str) -> bool {
+        let Some(rest) = content.strip_prefix(&self.prefix) else {
+            return false;
+        };
+        let word = rest.split_whitespace().next().unwrap_or("").to_lowercase();
+        self.commands.contains(&word)
+    }
+}
+
+/// Channels whose messages are chat: text, announcement and thread channels.
+pub fn is_text(c: &serenity::GuildChannel) -> bool {
+    use serenity::ChannelType as T;
+    matches!(c.kind, T::Text | T::News | T::PublicThread | T::PrivateThread | T::NewsThread)
+}
+
+/// Runs a backfill unless one already runs for the channel; failures are logged only (the
+/// next connection tries again).
+pub async fn run_logged(
+    ctx: &serenity::Context,
+    data: &Data,
+    filter: &Filter,
+    guild: serenity::GuildId,
+    channel: serenity::ChannelId,
+) -> Option<Report> {
+    let key = (guild.get(), channel.get());
+    if !data.backfilling.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+        return None;
+    }
+    let result = run(ctx, data, filter, guild, channel).await;
+    data.backfilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    match result {
+        Ok(report) => {
+            if report != Report::default() {
+                tracing::info!(%guild, %channel, ?report, "caught up with the channel's history");
+            }
+            Some(report)
+        }
+        Err(e) => {
+            tracing::warn!(%guild, %channel, error = %e, "could not read the channel's history");
+            None
+        }
+    }
+}
+
+/// Walks the channel back from its newest message to where the last backfill stopped (or
+/// `MYNAH_BACKFILL_MESSAGES` messages), storing what is missing.
+async fn run(
+    ctx: &serenity::Context,
+    data: &Data,
+    filter: &Filter,
+    guild: serenity::GuildId,
+    channel: serenity::ChannelId,
+) -> anyhow::Result<Report> {
+    let core = &data.core;
+    let limit = core.config.backfill_messages;
+    let (g, c) = (guild.to_string(), channel.to_string());
+    if limit == 0 {
+        return Ok(Report::default());
+    }
+    let synced = core.store.synced_through(&g, &c).await?;
+    let mut report = Report::default();
+    let mut present = HashSet::new();
+    let mut newest: Option<u64> = None;
+    let mut before: Option<serenity::MessageId> = None;
+    // Whether the walk met the previous sync point (or the channel's first message), so every
+    // message in between was seen.
+    let mut complete = false;
+    'pages: while report.read < limit {
+        let mut page = serenity::GetMessages::new().limit(100);
+        if let Some(b) = before {
+            page = page.before(b);
+        }
+        let messages = channel.messages(&ctx.http, page).await?;
+        if messages.is_empty() {
+            complete = true;
+            break;
+        }
+        for m in &messages {
+            let id = m.id.get();
+            if synced.is_some_and(|s| id <= s) {
+                complete = true;
+                break 'pages;
+            }
+            newest.get_or_insert(id);
+            present.insert(id);
+            report.read += 1;
+            if m.author.bot || m.webhook_id.is_some() {
+                continue;
+            }
+            let incoming = Incoming {
+                record: events::record(ctx, guild, m),
+                author_is_bot: false,
+                is_command: filter.is_command(&m.content),
+            };
+            if core.ingest(&incoming).await? == crate::service::Ingested::Stored {
+                report.stored += 1;
+            }
+            if report.read >= limit {
+                break 'pages;
+            }
+        }
+        before = messages.last().map(|m| m.id);
+        if messages.len() < 100 {
+            complete = true;
+            break;
+        }
+    }
+    if let (true, Some(s), Some(n)) = (complete, synced, newest) {
+        report.purged = core.reconcile_channel(&g, &c, s, n, &present).await?.messages;
+    }
+    if let Some(n) = newest.filter(|&n| synced.is_none_or(|s| n > s)) {
+        core.store.set_synced_through(&g, &c, n).await?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_told_from_chat() {
+        let f = Filter { prefix: "!".into(), commands: vec!["llmstats".into(), "llmtrain".into()] };
+        assert!(f.is_command("!llmstats"));
+        assert!(f.is_command("!LLMTRAIN force"));
+        assert!(!f.is_command("!hello there"));
+        assert!(!f.is_command("llmstats"));
+    }
+}

@@ -1,0 +1,207 @@
+//! Consent and deletion: admins choose the collected channels, users opt out, forget
+//! themselves or take their data, and removals on Discord are mirrored. Whatever removes
+//! messages a serving model was trained on marks that model stale.
+
+use serde::Serialize;
+
+use super::{run_name, Core, ServiceError};
+use crate::consent::ChannelState;
+use crate::corpus::Record;
+use crate::store::Purged;
+
+/// The answer to `llmchannel add|remove`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelChange {
+    pub channel_id: String,
+    pub was_collected: bool,
+    pub collected: bool,
+    /// Messages removed because the channel stopped being collected.
+    pub purged: u64,
+}
+
+/// The answer to `llmchannel list`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelList {
+    pub default: String,
+    pub channels: Vec<ChannelState>,
+}
+
+/// A user's stored messages in a guild, as JSONL lines, and their collection status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MyData {
+    pub lines: Vec<String>,
+    pub opted_out: bool,
+}
+
+impl Core {
+    /// Opts a channel in or out. Opting out also removes what was collected there: an admin
+    /// taking a channel out of training wants its messages out of the next model too.
+    pub async fn set_channel(
+        &self,
+        guild: &str,
+        channel: &str,
+        collect: bool,
+        by: Option<&str>,
+    ) -> Result<ChannelChange, ServiceError> {
+        let was_collected = self.consent.collects(guild, channel);
+        self.store.set_channel(guild, channel, collect, by).await?;
+        self.consent.set_channel(guild, channel, collect);
+        let purged = if collect {
+            Purged::default()
+        } else {
+            let p = self.store.purge_channel(guild, channel).await?;
+            self.removed(guild, &p, "a channel was taken out of collection").await?;
+            p
+        };
+        tracing::info!(guild, channel, collect, purged = purged.messages, "channel collection changed");
+        Ok(ChannelChange {
+            channel_id: channel.to_string(),
+            was_collected,
+            collected: collect,
+            purged: purged.messages,
+        })
+    }
+
+    /// The guild's collected channels among `known` (its channels, as Discord lists them).
+    pub fn channels(&self, guild: &str, known: &[String]) -> ChannelList {
+        ChannelList {
+            default: self.consent.describe_default(),
+            channels: self.consent.collected_channels(guild, known),
+        }
+    }
+
+    /// The user's messages are no longer stored nor trained on; what was stored is removed.
+    pub async fn opt_out(&self, guild: &str, user: &str) -> Result<Purged, ServiceError> {
+        // The cache first: a message arriving during the purge must not slip in after it.
+        self.consent.set_opted_out(guild, user, true);
+        let purged = self.store.opt_out(guild, user).await?;
+        self.removed(guild, &purged, "a user opted out").await?;
+        Ok(purged)
+    }
+
+    /// `false` if the user had not opted out.
+    pub async fn opt_in(&self, guild: &str, user: &str) -> Result<bool, ServiceError> {
+        let was = self.store.opt_in(guild, user).await?;
+        self.consent.set_opted_out(guild, user, false);
+        Ok(was)
+    }
+
+    /// Removes everything the user wrote in the guild so far, for good: reading a channel's
+    /// history back never restores it. Collection goes on unless they opt out.
+    pub async fn forget_user(&self, guild: &str, user: &str) -> Result<Purged, ServiceError> {
+        let (mark, purged) = self.store.forget_author(guild, user).await?;
+        self.consent.set_forgotten([((guild.to_string(), user.to_string()), mark)]);
+        self.removed(guild, &purged, "a user asked to be forgotten").await?;
+        tracing::info!(guild, removed = purged.messages, "a user's messages were forgotten");
+        Ok(purged)
+    }
+
+    pub async fn my_data(&self, guild: &str, user: &str) -> Result<MyData, ServiceError> {
+        let records = self.store.author_messages(guild, user).await?;
+        Ok(MyData {
+            lines: records.iter().map(Record::to_line).collect(),
+            opted_out: self.consent.is_opted_out(guild, user),
+        })
+    }
+
+    /// Messages deleted on Discord (one, or a bulk deletion).
+    pub async fn messages_deleted(&self, guild: &str, ids: &[String]) -> Result<Purged, ServiceError> {
+        let purged = self.store.purge_messages(guild, ids).await?;
+        self.removed(guild, &purged, "messages were deleted on Discord").await?;
+        Ok(purged)
+    }
+
+    /// A message edited on Discord: the stored copy takes the new text (scrubbed); the old text
+    /// counts as removed.
+    pub async fn message_edited(
+        &self,
+        guild: &str,
+        id: &str,
+        content: &str,
+        edited_at: &str,
+    ) -> Result<bool, ServiceError> {
+        let content =
+            if self.config.scrub { crate::scrub::scrub(content).into_owned() } else { content.to_string() };
+        let Some(created_ms) = self.store.update_content(guild, id, &content, edited_at).await? else {
+            return Ok(false);
+        };
+        self.mark_if_seen(guild, |until| u64::from(created_ms <= until), "a message was edited on Discord")
+            .await?;
+        Ok(true)
+    }
+
+    /// A channel or thread was deleted on Discord.
+    pub async fn channel_deleted(&self, guild: &str, channel: &str) -> Result<Purged, ServiceError> {
+        let purged = self.store.purge_channel(guild, channel).await?;
+        self.removed(guild, &purged, "a channel was deleted on Discord").await?;
+        Ok(purged)
+    }
+
+    /// The bot was removed from a guild: its messages, settings and models go. Nobody there
+    /// can talk to the model any more, and it was made of their messages.
+    pub async fn guild_removed(&self, guild: &str) -> Result<Purged, ServiceError> {
+        super::check_guild_id(guild)?;
+        let purged = self.store.purge_guild(guild).await?;
+        self.consent.forget_guild(guild);
+        self.serving.remove(guild);
+        let dir = self.config.models_dir.join(guild);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::error!(guild, error = %e, "could not delete the models of a guild the bot left");
+            }
+        }
+        tracing::info!(guild, removed = purged.messages, "left a guild; its data was deleted");
+        Ok(purged)
+    }
+
+    /// Messages that reached Discord while the bot was away: the stored messages of a channel
+    /// in `(after, through]` that Discord no longer has were deleted meanwhile.
+    pub async fn reconcile_channel(
+        &self,
+        guild: &str,
+        channel: &str,
+        after: u64,
+        through: u64,
+        present: &std::collections::HashSet<u64>,
+    ) -> Result<Purged, ServiceError> {
+        let stored = self.store.channel_ids_between(guild, channel, after, through).await?;
+        let gone: Vec<String> =
+            stored.into_iter().filter(|id| id.parse::<u64>().is_ok_and(|n| !present.contains(&n))).collect();
+        if gone.is_empty() {
+            return Ok(Purged::default());
+        }
+        self.messages_deleted(guild, &gone).await
+    }
+
+    async fn removed(&self, guild: &str, purged: &Purged, reason: &str) -> Result<(), ServiceError> {
+        if purged.messages == 0 {
+            return Ok(());
+        }
+        self.mark_if_seen(guild, |until| purged.seen_by(until), reason).await
+    }
+
+    /// Marks the guild's serving model stale if `seen` (given the time of the newest message
+    /// the model was trained on) counts any removed message it learned from.
+    async fn mark_if_seen(
+        &self,
+        guild: &str,
+        seen: impl Fn(i64) -> u64,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        if let Some(model) = self.serving.get(guild) {
+            let seen = seen(model_until_ms(&model));
+            if seen > 0 {
+                self.store.mark_stale(guild, &run_name(&model), reason, seen).await?;
+                tracing::info!(guild, seen, reason, "the serving model is stale");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The time of the newest message a model was trained on (its training time when unknown:
+/// nothing newer than that can have been in it).
+fn model_until_ms(m: &crate::engine::checkpoint::Loaded) -> i64 {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis());
+    m.meta.corpus_last.as_deref().and_then(parse).or_else(|| parse(&m.meta.trained_at)).unwrap_or(i64::MAX)
+}

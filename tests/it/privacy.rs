@@ -1,0 +1,214 @@
+//! Consent, privacy and safety end to end: the real bot against the devserver.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Harness, WAIT};
+
+/// Waits until `check` holds, polling the bot's database.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn contents(h: &Harness) -> Vec<String> {
+    h.core.store.export(Some(&h.guild.to_string())).await.unwrap().into_iter().map(|r| r.content).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_choose_the_collected_channels() {
+    let h = Harness::start().await;
+    let reply = h.ask(h.offtopic, h.member, "!llmchannel add").await;
+    assert!(reply.content.contains("Only server admins"), "{}", reply.content);
+
+    h.server.say(h.offtopic, h.member, "said before anyone opted this channel in");
+    let reply = h.ask(h.offtopic, h.admin, "!llmchannel add").await;
+    assert!(
+        reply.content.starts_with(&format!("Collecting <#{}> from now on", h.offtopic)),
+        "{}",
+        reply.content
+    );
+    assert!(reply.content.contains("I read back 1 earlier messages"), "{}", reply.content);
+    assert_eq!(contents(&h).await, vec!["said before anyone opted this channel in"]);
+    h.server.say(h.offtopic, h.member, "and now it is collected");
+    h.wait_stored(2).await;
+
+    let reply = h.ask(h.general, h.listed_admin, "!llmchannel list").await;
+    assert!(
+        reply.content.contains(&format!("<#{}> (MYNAH_COLLECT_CHANNELS)", h.general)),
+        "{}",
+        reply.content
+    );
+    assert!(
+        reply.content.contains(&format!("<#{}> (opted in by an admin)", h.offtopic)),
+        "{}",
+        reply.content
+    );
+
+    let reply = h.ask(h.general, h.admin, &format!("!llmchannel remove <#{}>", h.offtopic)).await;
+    assert!(reply.content.contains("deleted the 2 messages"), "{}", reply.content);
+    assert_eq!(h.stored().await, 0);
+    h.server.say(h.offtopic, h.member, "not collected any more");
+    let reply = h.ask(h.general, h.admin, "!llmchannel remove 123").await;
+    assert_eq!(reply.content, "That channel is not in this server.");
+    let reply = h.ask(h.general, h.admin, "!llmchannel").await;
+    assert!(reply.content.contains("add") && reply.content.contains("remove"), "{}", reply.content);
+    assert_eq!(h.stored().await, 0);
+
+    let settings = h.core.store.channel_settings().await.unwrap();
+    assert_eq!(settings.len(), 1, "persisted: {settings:?}");
+    assert_eq!((settings[0].collect, settings[0].changed_by.clone()), (false, Some(h.admin.to_string())));
+    for m in h.server.bot_messages(h.general) {
+        assert_eq!(m.request["allowed_mentions"]["parse"], json!([]), "{}", m.request);
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_get_their_data_forget_themselves_and_opt_out() {
+    let h = Harness::start().await;
+    for text in ["one", "two", "three"] {
+        h.server.say(h.general, h.member, text);
+    }
+    h.server.say(h.general, h.admin, "an admin's message");
+    h.wait_stored(4).await;
+
+    let reply = h.ask(h.general, h.member, "!llmmydata").await;
+    assert_eq!(reply.content, "I sent you your 3 stored messages in a direct message.");
+    let dms = h.server.direct_messages(h.member);
+    assert_eq!(dms.len(), 1);
+    let (name, body) = &dms[0].files[0];
+    assert_eq!(name, &format!("mynah-{}-{}.jsonl", h.guild, h.member));
+    let lines: Vec<serde_json::Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["author_id"] == json!(h.member.to_string())));
+    assert_eq!(lines[0]["content"], "one");
+    assert!(h.server.bot_messages(h.general).iter().all(|m| m.files.is_empty()), "nothing posted publicly");
+
+    let reply = h.ask(h.general, h.member, "!llmforgetme confirm").await;
+    assert!(reply.content.contains("There is no pending request"), "{}", reply.content);
+    let reply = h.ask(h.general, h.member, "!llmforgetme").await;
+    assert!(reply.content.contains("This deletes all 3 messages"), "{}", reply.content);
+    assert_eq!(h.stored().await, 4, "nothing is deleted before the confirmation");
+    let reply = h.ask(h.general, h.member, "!llmforgetme confirm").await;
+    assert!(reply.content.starts_with("Done: I deleted the 3 messages"), "{}", reply.content);
+    assert_eq!(contents(&h).await, vec!["an admin's message"]);
+
+    h.server.say(h.general, h.member, "still collected after forgetting");
+    h.wait_stored(2).await;
+    let reply = h.ask(h.general, h.member, "!llmoptout").await;
+    assert!(reply.content.starts_with("You're opted out"), "{}", reply.content);
+    assert!(reply.content.contains("I deleted the 1 I had"), "{}", reply.content);
+    h.server.say(h.general, h.member, "this must not be stored");
+    h.ask(h.general, h.member, "!llmstats").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(contents(&h).await, vec!["an admin's message"]);
+    let reply = h.ask(h.general, h.member, "!llmmydata").await;
+    assert_eq!(
+        reply.content,
+        "I have no messages of yours stored in this server. You are opted out of collection."
+    );
+
+    let reply = h.ask(h.general, h.member, "!llmoptin").await;
+    assert!(reply.content.starts_with("You're opted back in"), "{}", reply.content);
+    h.server.say(h.general, h.member, "stored again");
+    h.wait_stored(2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_edits_and_departures_on_discord_are_mirrored() {
+    let h = Harness::start().await;
+    let ids: Vec<u64> =
+        ["a", "b", "c", "d", "e"].iter().map(|t| h.server.say(h.general, h.member, t)).collect();
+    h.wait_stored(5).await;
+    h.server.delete(ids[0]);
+    h.wait_stored(4).await;
+    h.server.delete_bulk(h.general, &[ids[1], ids[2]]);
+    h.wait_stored(2).await;
+    h.server.edit(ids[3], "d, now with my address bob@example.com");
+    until("the edit is stored", async || {
+        contents(&h).await.contains(&"d, now with my address [email]".to_string())
+    })
+    .await;
+
+    let thread = h.server.create_channel(h.guild, "a-thread");
+    h.ask(h.general, h.admin, &format!("!llmchannel add <#{thread}>")).await;
+    h.server.say(thread, h.member, "in the thread");
+    h.wait_stored(3).await;
+    h.server.delete_thread(thread, h.general);
+    h.wait_stored(2).await;
+    h.server.delete_channel(h.general);
+    h.wait_stored(0).await;
+
+    h.server.say(h.offtopic, h.member, "before leaving");
+    h.ask(h.offtopic, h.admin, "!llmchannel add").await;
+    h.wait_stored(1).await;
+    h.server.remove_bot_from_guild(h.guild);
+    h.wait_stored(0).await;
+    until("the guild's settings are gone", async || {
+        h.core.store.channel_settings().await.unwrap().is_empty()
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_emails_and_phone_numbers_are_scrubbed_at_ingest() {
+    let h = Harness::start().await;
+    h.server.say(
+        h.general,
+        h.member,
+        "oops MTA4NjYxNzE4ODkyNjkzNTE0MA.GxYzAb.abcdefghijklmnopqrstuvwxyz0123456789AB is my bot token",
+    );
+    h.server.say(h.general, h.member, "write to jane@example.org or call +1 555 123 4567");
+    h.wait_stored(2).await;
+    let mut stored = contents(&h).await;
+    stored.sort();
+    assert_eq!(stored, vec!["oops [token] is my bot token", "write to [email] or call [phone]"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_over_the_cool_downs_get_no_reply() {
+    let h = Harness::start_with(|c| {
+        c.limits = mynah::ratelimit::Limits {
+            user_cooldown: Duration::from_secs(60),
+            channel_cooldown: Duration::ZERO,
+            channel_per_minute: 2,
+        }
+    })
+    .await;
+    let bot = h.server.bot_id();
+    let mention = format!("<@{bot}> hi");
+    h.ask(h.general, h.member, &mention).await;
+    h.server.say(h.general, h.member, &mention);
+    h.ask(h.general, h.admin, &mention).await;
+    h.server.say(h.general, h.listed_admin, &mention);
+    // Commands are not rate limited; their answer also shows the mentions were handled.
+    h.ask(h.general, h.member, "!llmstats").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let replies = h.server.bot_messages(h.general).iter().filter(|m| m.reference.is_some()).count();
+    assert_eq!(replies, 2, "two mention replies; the other mentions were ignored silently");
+    h.ask(h.offtopic, h.listed_admin, &mention).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_reconnects_after_a_dropped_gateway_and_catches_up() {
+    let h = Harness::start().await;
+    h.server.say(h.general, h.member, "before the drop");
+    h.wait_stored(1).await;
+    h.server.disconnect_all();
+    h.server.say(h.general, h.member, "said while the bot was away");
+    assert!(h.server.wait_until_ready(Duration::from_secs(60)).await, "the bot reconnected");
+    h.wait_stored(2).await;
+    let bot = h.server.bot_id();
+    let reply = h.ask(h.general, h.member, &format!("<@{bot}> are you back?")).await;
+    assert!(!reply.content.is_empty());
+    h.stop().await;
+}
