@@ -300,10 +300,11 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
         }
     };
     tracing::info!("shutting down");
+    let begun = std::time::Instant::now();
+    // New HTTP requests and scheduled runs stop first; then the core refuses new work, cancels
+    // the training (recorded as cancelled) and lets replies in flight be sent.
     let _ = stop.send(true);
-    if core.cancel_training() {
-        tracing::info!("cancelled the running training; the current model stays");
-    }
+    core.shutdown(std::time::Duration::from_secs(4)).await;
     if let Some(bot) = bot {
         bot.shutdown().await;
     }
@@ -311,6 +312,7 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
         let _ = task.await;
     }
     store.close().await;
+    tracing::info!(seconds = begun.elapsed().as_secs_f64(), "stopped");
     outcome
 }
 

@@ -287,6 +287,11 @@ impl DevServer {
         self.wait_for(timeout, || self.bot_messages(channel_id).into_iter().find(|p| p.id > after)).await
     }
 
+    /// How many bot sessions are identified now.
+    pub fn sessions(&self) -> usize {
+        self.shared.ready_sessions.load(Ordering::SeqCst)
+    }
+
     /// Waits until a bot session has identified and received READY and its guilds.
     pub async fn wait_until_ready(&self, timeout: Duration) -> bool {
         self.wait_for(timeout, || (self.shared.ready_sessions.load(Ordering::SeqCst) > 0).then_some(()))

@@ -95,6 +95,8 @@ async fn on_message(
     if incoming.is_command || !msg.mentions.iter().any(|u| u.id == me) {
         return Ok(());
     }
+    // Held until the reply is sent, so a shutdown lets it go out.
+    let Ok(_sending) = core.begin_reply() else { return Ok(()) };
     if let Err(limited) = core.admit_reply(&msg.channel_id.to_string(), &msg.author.id.to_string()) {
         tracing::debug!(message = %msg.id, ?limited, "mention not answered: rate limited");
         return Ok(());

@@ -109,6 +109,11 @@ impl Store {
         Ok(Store { pool, read })
     }
 
+    /// SQLite's own consistency check: `ok`, or what is wrong.
+    pub async fn integrity_check(&self) -> Result<String> {
+        Ok(sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&self.read).await?)
+    }
+
     pub async fn close(&self) {
         self.read.close().await;
         self.pool.close().await;

@@ -9,6 +9,7 @@ mod discord;
 mod engine;
 mod privacy;
 mod remote;
+mod resilience;
 mod schedule;
 mod store;
 mod support;

@@ -212,3 +212,54 @@ async fn the_bot_reconnects_after_a_dropped_gateway_and_catches_up() {
     assert!(!reply.content.is_empty());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_learned_from_removed_messages_is_stale_until_retrained() {
+    let h = Harness::start_with(|c| {
+        c.stale_fallback = true;
+        c.thresholds.stale_retrain_hours = 0;
+    })
+    .await;
+    let guild = h.guild.to_string();
+    mynah::cli::import_text(&h.core.store, crate::support::sample(), Some(&guild), true, true).await.unwrap();
+    let first = h.server.say(h.general, h.member, "this one will be deleted later");
+    h.server.say(h.general, h.member, "this one stays");
+    h.wait_stored(1502).await;
+    let reply = h.ask(h.general, h.admin, "!llmtrain force").await;
+    assert!(reply.content.starts_with("Training started"), "{}", reply.content);
+    assert_eq!(h.wait_training_done().await.outcome, "succeeded");
+    assert!(h.core.status().await.unwrap().models[0].stale.is_none());
+
+    h.server.delete(first);
+    h.wait_stored(1501).await;
+    until("the model is stale", async || h.core.status().await.unwrap().models[0].stale.is_some()).await;
+    let status = serde_json::to_value(h.core.status().await.unwrap()).unwrap();
+    assert_eq!(status["models"][0]["stale"]["removed"], 1, "{status}");
+    assert_eq!(status["models"][0]["stale"]["reason"], "messages were deleted on Discord", "{status}");
+    let decision = h.core.should_train(&guild).await.unwrap();
+    assert_eq!(
+        (decision.should_train, decision.code),
+        (true, mynah::policy::Reason::ModelStale),
+        "{decision:?}"
+    );
+
+    let stats = h.ask(h.general, h.member, "!llmstats").await;
+    assert!(stats.content.contains("**Stale:** since"), "{}", stats.content);
+    assert!(stats.content.contains("**Mode:** fallback"), "{}", stats.content);
+    let bot = h.server.bot_id();
+    let reply = h.ask(h.general, h.member, &format!("<@{bot}> hello?")).await;
+    assert!(reply.content.contains("removed"), "a fallback reply that says why: {}", reply.content);
+
+    // Deleting a message the model never saw changes nothing more (the mention is stored too).
+    let later = h.server.say(h.general, h.member, "after training");
+    h.wait_stored(1503).await;
+    h.server.delete(later);
+    h.wait_stored(1502).await;
+    assert_eq!(h.core.status().await.unwrap().models[0].stale.as_ref().unwrap().removed, 1);
+
+    h.ask(h.general, h.admin, "!llmtrain").await;
+    assert_eq!(h.wait_training_done().await.outcome, "succeeded");
+    let status = h.core.status().await.unwrap();
+    assert!(status.models[0].stale.is_none() && status.mode == mynah::service::Mode::Model, "{status:?}");
+    h.stop().await;
+}
