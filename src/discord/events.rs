@@ -87,10 +87,25 @@ async fn on_message(
         author_is_bot: false,
         is_command: backfill::Filter::new(framework.options, &core.config.prefix).is_command(&msg.content),
     };
-    match core.ingest(&incoming).await {
-        Ok(outcome) => tracing::debug!(message = %msg.id, ?outcome, "ingest"),
-        Err(e) => tracing::error!(message = %msg.id, error = %e, "could not store a message"),
-    }
+    let ingest = async {
+        match core.ingest(&incoming).await {
+            Ok(outcome) => tracing::debug!(message = %msg.id, ?outcome, "ingest"),
+            Err(e) => tracing::error!(message = %msg.id, error = %e, "could not store a message"),
+        }
+    };
+    // The reply does not wait for the write: under a burst of ingest it would queue behind it.
+    let (_, answered) = tokio::join!(ingest, answer(framework, msg, &incoming));
+    answered
+}
+
+/// Replies to `msg` if it mentions the bot (and the cool-downs allow).
+async fn answer(
+    framework: poise::FrameworkContext<'_, Data, Error>,
+    msg: &serenity::Message,
+    incoming: &Incoming,
+) -> Result<(), Error> {
+    let ctx = framework.serenity_context;
+    let core = &framework.user_data.core;
     let me = ctx.cache.current_user().id;
     if incoming.is_command || !msg.mentions.iter().any(|u| u.id == me) {
         return Ok(());
@@ -105,7 +120,7 @@ async fn on_message(
         tracing::debug!(error = %e, "typing indicator failed");
     }
     let request = ReplyRequest {
-        guild_id: guild_id.to_string(),
+        guild_id: incoming.record.guild_id.clone(),
         channel_id: Some(msg.channel_id.to_string()),
         message_id: Some(msg.id.to_string()),
         author: incoming.record.author.clone(),

@@ -226,3 +226,32 @@ async fn sigterm_cancels_training_cleanly_and_exits_within_seconds() {
     let log = std::fs::read_to_string(w.dir.path().join("term.log")).unwrap();
     assert!(log.contains("stopped"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_10_000_messages_is_stored_completely_while_mentions_are_answered() {
+    let h = crate::support::Harness::start().await;
+    let bot = h.server.bot_id();
+    let started = Instant::now();
+    let mut mentions = Vec::new();
+    for i in 0..10_000 {
+        h.server.say(h.general, h.member, &format!("burst message {i}"));
+        if i % 2_500 == 1_000 {
+            mentions.push(h.server.say(h.general, h.admin, &format!("<@{bot}> still there?")));
+        }
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for m in &mentions {
+        let reply = h.server.wait_for_bot_message(h.general, *m, Duration::from_secs(60)).await;
+        assert!(reply.is_some(), "a mention during the burst was answered");
+    }
+    let want = 10_000 + mentions.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while h.stored().await != want {
+        assert!(Instant::now() < deadline, "stored {} of {want}", h.stored().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("10 000 messages stored in {:.1} s (debug build)", started.elapsed().as_secs_f64());
+    h.stop().await;
+}

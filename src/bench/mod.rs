@@ -1,6 +1,9 @@
 //! `mynah bench`: the figures the project holds itself to, measured on this machine: reply
 //! latency, training throughput and wall time with held-out bits per byte against a Kneser–Ney
-//! baseline, and resident memory while serving. Never run as timed tests.
+//! baseline, resident memory while serving, and the ingest rate of a gateway burst
+//! (`ingest`). Never run as timed tests.
+
+pub mod ingest;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -53,6 +56,12 @@ pub enum Bench {
         #[arg(long, default_value_t = 100)]
         runs: usize,
     },
+    /// A burst of messages over the local gateway into the real bot: the ingest rate, and mention
+    /// reply latency during the burst next to an idle bot.
+    Ingest {
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+    },
     /// Peak resident memory while serving replies with a model.
     Memory {
         #[arg(long)]
@@ -69,6 +78,7 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory { model, replies } => bench_memory(&model, replies),
+        Bench::Ingest { .. } => anyhow::bail!("bench ingest runs on the async runtime (see cli::run)"),
     }
 }
 
@@ -177,7 +187,7 @@ fn export_for_torch(
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
