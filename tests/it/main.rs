@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod discord;
 mod engine;
+mod fuzz;
 mod privacy;
 mod remote;
 mod resilience;
