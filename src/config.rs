@@ -437,6 +437,28 @@ mod tests {
     }
 
     #[test]
+    fn env_example_documents_every_variable_with_a_valid_value() {
+        let example = include_str!("../.env.example");
+        let vars: HashMap<String, String> = example
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let cfg = Config::from_lookup(|name| vars.get(name).cloned()).unwrap();
+        assert_eq!(cfg.limits, Limits::default(), "the example shows the defaults");
+        let source = include_str!("config.rs");
+        for quoted in source.split('"').skip(1).step_by(2) {
+            let is_var =
+                (quoted.starts_with("MYNAH_") || quoted.starts_with("DISCORD_") || quoted == "DATABASE_URL")
+                    && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit());
+            if is_var {
+                assert!(vars.contains_key(quoted), "{quoted} is read but not in .env.example");
+            }
+        }
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let cfg = config(&[("DISCORD_TOKEN", "very-secret")]).unwrap();
         assert!(!format!("{cfg:?}").contains("very-secret"));

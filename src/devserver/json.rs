@@ -188,6 +188,9 @@ pub fn message(w: &World, m: &Msg) -> Value {
             v["member"] = partial;
         }
     }
+    if let Some(w) = m.webhook_id {
+        v["webhook_id"] = json!(w.to_string());
+    }
     if let Some(r) = m.reference {
         v["message_reference"] = json!({
             "message_id": r.to_string(),

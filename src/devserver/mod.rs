@@ -181,6 +181,18 @@ impl DevServer {
         msg.id
     }
 
+    /// A webhook posts in `channel_id` under `user_id`'s name (as integrations and bridges do).
+    pub fn say_as_webhook(&self, channel_id: u64, user_id: u64, content: &str) -> u64 {
+        let mut w = self.shared.world();
+        let hook = w.snowflake();
+        let id = w.post(channel_id, user_id, content.to_string(), None).id;
+        let Some(m) = w.message_mut(id) else { return id };
+        m.webhook_id = Some(hook);
+        let m = m.clone();
+        self.shared.dispatch("MESSAGE_CREATE", json::message(&w, &m));
+        id
+    }
+
     /// Sends a message's `MESSAGE_CREATE` again, as a gateway replay would.
     pub fn replay(&self, message_id: u64) {
         let w = self.shared.world();

@@ -59,6 +59,8 @@ pub struct Msg {
     pub mentions: Vec<u64>,
     pub reference: Option<u64>,
     pub attachments: Vec<Value>,
+    /// Posted through a webhook (whose ID this is) rather than by a user.
+    pub webhook_id: Option<u64>,
     pub deleted: bool,
     /// For messages the bot posted: the JSON body it sent (allowed_mentions and all).
     pub request: Option<Value>,
@@ -199,6 +201,7 @@ impl World {
             mentions,
             reference,
             attachments: Vec::new(),
+            webhook_id: None,
             deleted: false,
             request: None,
         });

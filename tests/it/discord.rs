@@ -132,6 +132,9 @@ async fn only_human_chat_in_collected_channels_is_stored() {
     h.ask(h.general, h.member, "!llmstats").await;
     h.server.say(h.offtopic, h.member, "off-topic chatter");
     h.server.say(h.general, h.other_bot, "beep boop, I am a bot");
+    let bot = h.server.bot_id();
+    h.server.say_as_webhook(h.general, h.member, &format!("<@{bot}> a bridged message from a webhook"));
+    h.server.say(h.general, h.other_bot, &format!("<@{bot}> bots mentioning the bot get no reply"));
     h.server.say(h.general, h.member, "a real message");
     h.wait_stored(1).await;
     // Give the ignored messages time to be (wrongly) stored before checking they were not.
@@ -144,6 +147,10 @@ async fn only_human_chat_in_collected_channels_is_stored() {
     assert_eq!(exported[0].author, "bob");
     // The bot's own replies came back over the gateway too, and were not stored either.
     assert!(!h.server.bot_messages(h.general).is_empty());
+    assert!(
+        h.server.bot_messages(h.general).iter().all(|m| m.reference.is_none()),
+        "mentions by a bot or a webhook got no reply"
+    );
     assert!(reply.content.contains("**Messages collected:** 1"), "{}", reply.content);
     h.stop().await;
 }
