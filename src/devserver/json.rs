@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::world::{Channel, Guild, Member, Msg, User, World};
+use super::world::{Channel, Guild, Interaction, Member, Msg, User, World};
 
 /// `MANAGE_GUILD`, the permission that makes a member an admin for mynah.
 pub const MANAGE_GUILD: u64 = 1 << 5;
@@ -95,6 +95,63 @@ pub fn member(w: &World, m: &Member) -> Value {
         "pending": false,
         "communication_disabled_until": null,
     })
+}
+
+/// `INTERACTION_CREATE` for a slash command: `options` in Discord's shape; channel options
+/// are resolved from the world, as Discord does.
+pub fn interaction(w: &World, it: &Interaction, name: &str, options: &Value) -> Value {
+    let mut channels = serde_json::Map::new();
+    resolve_channels(w, options, &mut channels);
+    let mut member = w.member(it.guild_id, it.user_id).map(|m| member(w, m)).unwrap_or(Value::Null);
+    member["permissions"] = json!(w.permissions(it.guild_id, it.user_id).to_string());
+    let command_id =
+        w.commands.iter().find(|c| c["name"] == name).and_then(|c| c["id"].as_str()).unwrap_or("1");
+    let channel = w.channel(it.channel_id);
+    json!({
+        "id": it.id.to_string(),
+        "application_id": w.application_id.to_string(),
+        "type": 2,
+        "data": {
+            "id": command_id,
+            "name": name,
+            "type": 1,
+            "options": options,
+            "resolved": { "channels": channels },
+        },
+        "guild_id": it.guild_id.to_string(),
+        "channel_id": it.channel_id.to_string(),
+        "channel": {
+            "id": it.channel_id.to_string(),
+            "type": 0,
+            "name": channel.map(|c| c.name.clone()),
+            "permissions": (u64::MAX >> 1).to_string(),
+        },
+        "member": member,
+        "token": it.token,
+        "version": 1,
+        "app_permissions": (u64::MAX >> 1).to_string(),
+        "locale": "en-US",
+        "guild_locale": "en-US",
+        "entitlements": [],
+        "authorizing_integration_owners": {},
+        "context": 0,
+        "attachment_size_limit": 10_485_760,
+    })
+}
+
+fn resolve_channels(w: &World, options: &Value, out: &mut serde_json::Map<String, Value>) {
+    for o in options.as_array().into_iter().flatten() {
+        if o["type"] == 7 {
+            let id = o["value"].as_str().and_then(|v| v.parse::<u64>().ok());
+            if let Some(c) = id.and_then(|id| w.channel(id)) {
+                out.insert(
+                    c.id.to_string(),
+                    json!({ "id": c.id.to_string(), "name": c.name, "type": 0, "permissions": (u64::MAX >> 1).to_string() }),
+                );
+            }
+        }
+        resolve_channels(w, &o["options"], out);
+    }
 }
 
 /// The guild fields common to `GET /guilds/{id}` and `GUILD_CREATE`.
@@ -279,5 +336,18 @@ mod tests {
         let _: s::CurrentApplicationInfo = parses(application(&w));
         let _: s::Ready = parses(ready(&w, "ws://x/gateway"));
         let _: s::GuildChannel = parses(channel(w.channels_of(g.id).next().unwrap(), 0));
+        let c = w.channels_of(g.id).next().unwrap().id;
+        let it = Interaction {
+            id: 77,
+            token: "t".into(),
+            guild_id: g.id,
+            channel_id: c,
+            user_id: g.members[0].user_id,
+        };
+        let options = json!([{ "type": 1, "name": "add", "options": [{ "type": 7, "name": "channel", "value": c.to_string() }] }]);
+        let parsed: s::Interaction = parses(interaction(&w, &it, "llmchannel", &options));
+        let command = parsed.command().unwrap();
+        assert!(command.member.unwrap().permissions.unwrap().manage_guild());
+        assert_eq!(command.data.resolved.channels.len(), 1);
     }
 }

@@ -39,6 +39,8 @@ pub struct Posted {
     pub request: Value,
     /// Attached files: name and content.
     pub files: Vec<(String, String)>,
+    /// Only the invoking user sees it (an ephemeral slash-command answer).
+    pub ephemeral: bool,
 }
 
 pub(crate) struct Shared {
@@ -191,6 +193,36 @@ impl DevServer {
         let m = m.clone();
         self.shared.dispatch("MESSAGE_CREATE", json::message(&w, &m));
         id
+    }
+
+    /// `user_id` runs the slash command `name` in `channel_id`; `options` in Discord's shape
+    /// (`[{"type": 3, "name": "option", "value": "force"}]`). Returns the interaction's ID.
+    pub fn slash(&self, channel_id: u64, user_id: u64, name: &str, options: Value) -> u64 {
+        let mut w = self.shared.world();
+        let id = w.snowflake();
+        let guild_id = w.channel(channel_id).map(|c| c.guild_id).unwrap_or(0);
+        let it = world::Interaction {
+            id,
+            token: format!("interaction-token-{id}"),
+            guild_id,
+            channel_id,
+            user_id,
+        };
+        let data = json::interaction(&w, &it, name, &options);
+        w.interactions.push(it);
+        self.shared.dispatch("INTERACTION_CREATE", data);
+        id
+    }
+
+    /// The bot's answers to an interaction (the response and any follow-ups), oldest first.
+    pub fn interaction_answers(&self, interaction_id: u64) -> Vec<Posted> {
+        let w = self.shared.world();
+        w.messages.iter().filter(|m| m.interaction == Some(interaction_id)).map(posted).collect()
+    }
+
+    /// Waits for the bot's first answer to an interaction.
+    pub async fn wait_for_answer(&self, interaction_id: u64, timeout: Duration) -> Option<Posted> {
+        self.wait_for(timeout, || self.interaction_answers(interaction_id).into_iter().next()).await
     }
 
     /// Sends a message's `MESSAGE_CREATE` again, as a gateway replay would.
@@ -393,5 +425,6 @@ fn posted(m: &world::Msg) -> Posted {
                 (text("filename"), text("content"))
             })
             .collect(),
+        ephemeral: m.ephemeral,
     }
 }

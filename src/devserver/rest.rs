@@ -46,7 +46,11 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/applications/{app}/guilds/{guild}/commands", put(set_commands).get(get_commands))
         .layer(middleware::from_fn_with_state(shared.clone(), require_bot_token))
         // Discord serves the gateway URL without authentication.
-        .route("/gateway", get(gateway_url));
+        .route("/gateway", get(gateway_url))
+        // Interaction responses are authenticated by the interaction's token in the path.
+        .route("/interactions/{id}/{token}/callback", post(interaction_callback))
+        .route("/webhooks/{app}/{token}", post(interaction_followup))
+        .route("/webhooks/{app}/{token}/messages/@original", axum::routing::patch(edit_original));
     Router::new()
         .nest("/api/v10", api)
         .route("/gateway", get(super::gateway::upgrade))
@@ -344,4 +348,109 @@ async fn set_commands(State(shared): State<Arc<Shared>>, body: Bytes) -> Reply {
 
 async fn get_commands(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(Value::Array(shared.world().commands.clone()))
+}
+
+/// Posts the bot's answer to an interaction in its channel, as the invoking user would see it.
+fn post_answer(shared: &Shared, it: &super::world::Interaction, payload: Value, files: Vec<Value>) -> Value {
+    let mut w = shared.world();
+    let content = payload.get("content").and_then(Value::as_str).unwrap_or("").to_string();
+    let ephemeral = payload.get("flags").and_then(Value::as_u64).is_some_and(|f| f & 64 != 0);
+    let files: Vec<Value> = files
+        .into_iter()
+        .map(|mut f| {
+            f["id"] = json!(w.snowflake().to_string());
+            f
+        })
+        .collect();
+    let bot = w.bot.id;
+    let id = w.post(it.channel_id, bot, content, None).id;
+    let Some(m) = w.message_mut(id) else { return Value::Null };
+    m.request = Some(payload);
+    m.attachments = files;
+    m.interaction = Some(it.id);
+    m.ephemeral = ephemeral;
+    let m = m.clone();
+    let v = dj::message(&w, &m);
+    drop(w);
+    shared.changed.notify_waiters();
+    v
+}
+
+fn find_interaction(
+    shared: &Shared,
+    token: &str,
+) -> Result<super::world::Interaction, (StatusCode, Json<Value>)> {
+    shared
+        .world()
+        .interactions
+        .iter()
+        .find(|i| i.token == token)
+        .cloned()
+        .ok_or_else(|| unknown("Interaction", 10062))
+}
+
+async fn interaction_callback(
+    State(shared): State<Arc<Shared>>,
+    Path((id, token)): Path<(u64, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let it = match find_interaction(&shared, &token) {
+        Ok(it) if it.id == id => it,
+        Ok(_) => return unknown("Interaction", 10062).into_response(),
+        Err(e) => return e.into_response(),
+    };
+    let (payload, files) = match message_body(&headers, body).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    match payload.get("type").and_then(Value::as_u64) {
+        // A message now; the deferred kinds (5, 6) post nothing yet.
+        Some(4) => {
+            post_answer(&shared, &it, payload.get("data").cloned().unwrap_or(json!({})), files);
+        }
+        Some(5 | 6) => {}
+        other => {
+            let e = format!("Invalid Form Body (type: {other:?})");
+            return fail(StatusCode::BAD_REQUEST, &e, 50035).into_response();
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn interaction_followup(
+    State(shared): State<Arc<Shared>>,
+    Path((_app, token)): Path<(u64, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let it = find_interaction(&shared, &token)?;
+    let (payload, files) = message_body(&headers, body).await?;
+    Ok(Json(post_answer(&shared, &it, payload, files)))
+}
+
+async fn edit_original(
+    State(shared): State<Arc<Shared>>,
+    Path((_app, token)): Path<(u64, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let it = find_interaction(&shared, &token)?;
+    let (payload, files) = message_body(&headers, body).await?;
+    let existing = shared.world().messages.iter().find(|m| m.interaction == Some(it.id)).map(|m| m.id);
+    let Some(id) = existing else {
+        // Editing a deferred response is its first real message.
+        return Ok(Json(post_answer(&shared, &it, payload, files)));
+    };
+    let mut w = shared.world();
+    let m = w.message_mut(id).ok_or_else(|| unknown("Message", 10008))?;
+    if let Some(content) = payload.get("content").and_then(Value::as_str) {
+        m.content = content.to_string();
+    }
+    m.request = Some(payload);
+    let m = m.clone();
+    let v = dj::message(&w, &m);
+    drop(w);
+    shared.changed.notify_waiters();
+    Ok(Json(v))
 }

@@ -64,6 +64,20 @@ pub struct Msg {
     pub deleted: bool,
     /// For messages the bot posted: the JSON body it sent (allowed_mentions and all).
     pub request: Option<Value>,
+    /// For the bot's answers to a slash command: the interaction's ID.
+    pub interaction: Option<u64>,
+    /// Only the invoking user sees it (an ephemeral interaction response).
+    pub ephemeral: bool,
+}
+
+/// A slash command a user invoked, waiting for or holding the bot's answer.
+#[derive(Debug, Clone)]
+pub struct Interaction {
+    pub id: u64,
+    pub token: String,
+    pub guild_id: u64,
+    pub channel_id: u64,
+    pub user_id: u64,
 }
 
 #[derive(Debug)]
@@ -79,6 +93,7 @@ pub struct World {
     pub typing: Vec<u64>,
     pub unknown_routes: Vec<String>,
     pub commands: Vec<Value>,
+    pub interactions: Vec<Interaction>,
     last_id: u64,
 }
 
@@ -95,6 +110,7 @@ impl World {
             typing: Vec::new(),
             unknown_routes: Vec::new(),
             commands: Vec::new(),
+            interactions: Vec::new(),
             last_id: 0,
         };
         w.application_id = w.snowflake();
@@ -173,6 +189,16 @@ impl World {
         self.channels.iter().filter(move |c| c.guild_id == guild_id)
     }
 
+    /// A member's permissions in the guild: everyone's, their roles', everything for the owner.
+    pub fn permissions(&self, guild_id: u64, user_id: u64) -> u64 {
+        let Some(g) = self.guild(guild_id) else { return 0 };
+        if g.owner_id == user_id {
+            return u64::MAX >> 1;
+        }
+        let roles = self.member(guild_id, user_id).map(|m| m.roles.clone()).unwrap_or_default();
+        g.roles.iter().filter(|r| roles.contains(&r.id)).fold(super::json::EVERYONE, |p, r| p | r.permissions)
+    }
+
     pub fn member(&self, guild_id: u64, user_id: u64) -> Option<&Member> {
         self.guild(guild_id)?.members.iter().find(|m| m.user_id == user_id)
     }
@@ -204,6 +230,8 @@ impl World {
             webhook_id: None,
             deleted: false,
             request: None,
+            interaction: None,
+            ephemeral: false,
         });
         &self.messages[self.messages.len() - 1]
     }

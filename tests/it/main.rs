@@ -12,5 +12,6 @@ mod privacy;
 mod remote;
 mod resilience;
 mod schedule;
+mod slash;
 mod store;
 mod support;
