@@ -233,20 +233,8 @@ impl Config {
             cfg.scrub = switch(&v).ok_or_else(|| err("MYNAH_SCRUB", &v, "on or off"))?;
         }
         let l = &mut cfg.limits;
-        l.user_cooldown = std::time::Duration::from_secs_f64(float(
-            &get,
-            "MYNAH_USER_COOLDOWN_SECONDS",
-            l.user_cooldown.as_secs_f64(),
-            0.0,
-            86_400.0,
-        )?);
-        l.channel_cooldown = std::time::Duration::from_secs_f64(float(
-            &get,
-            "MYNAH_CHANNEL_COOLDOWN_SECONDS",
-            l.channel_cooldown.as_secs_f64(),
-            0.0,
-            86_400.0,
-        )?);
+        l.user_cooldown = seconds(&get, "MYNAH_USER_COOLDOWN_SECONDS", l.user_cooldown)?;
+        l.channel_cooldown = seconds(&get, "MYNAH_CHANNEL_COOLDOWN_SECONDS", l.channel_cooldown)?;
         l.channel_per_minute =
             number(&get, "MYNAH_CHANNEL_REPLIES_PER_MINUTE", l.channel_per_minute as u64)?.min(10_000) as u32;
         cfg.backfill_messages = number(&get, "MYNAH_BACKFILL_MESSAGES", cfg.backfill_messages)?;
@@ -336,6 +324,15 @@ fn float(
             _ => Err(err(var, &v, "a number in its documented range (see .env.example)")),
         },
     }
+}
+
+/// A duration in (fractional) seconds, up to a day.
+fn seconds(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    Ok(std::time::Duration::from_secs_f64(float(get, var, default.as_secs_f64(), 0.0, 86_400.0)?))
 }
 
 fn switch(v: &str) -> Option<bool> {

@@ -418,29 +418,20 @@ async fn interaction_callback(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn interaction_followup(
-    State(shared): State<Arc<Shared>>,
-    Path((_app, token)): Path<(u64, String)>,
-    headers: HeaderMap,
+/// Follow-ups (`edit` false) and edits of the original answer, both addressed by the token.
+async fn interaction_webhook(
+    shared: &Shared,
+    token: &str,
+    headers: &HeaderMap,
     body: Bytes,
+    edit: bool,
 ) -> Reply {
-    let it = find_interaction(&shared, &token)?;
-    let (payload, files) = message_body(&headers, body).await?;
-    Ok(Json(post_answer(&shared, &it, payload, files)))
-}
-
-async fn edit_original(
-    State(shared): State<Arc<Shared>>,
-    Path((_app, token)): Path<(u64, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
-    let it = find_interaction(&shared, &token)?;
-    let (payload, files) = message_body(&headers, body).await?;
+    let it = find_interaction(shared, token)?;
+    let (payload, files) = message_body(headers, body).await?;
     let existing = shared.world().messages.iter().find(|m| m.interaction == Some(it.id)).map(|m| m.id);
-    let Some(id) = existing else {
-        // Editing a deferred response is its first real message.
-        return Ok(Json(post_answer(&shared, &it, payload, files)));
+    let Some(id) = existing.filter(|_| edit) else {
+        // A follow-up, or the edit of a deferred response: either is a new message.
+        return Ok(Json(post_answer(shared, &it, payload, files)));
     };
     let mut w = shared.world();
     let m = w.message_mut(id).ok_or_else(|| unknown("Message", 10008))?;
@@ -453,4 +444,22 @@ async fn edit_original(
     drop(w);
     shared.changed.notify_waiters();
     Ok(Json(v))
+}
+
+async fn interaction_followup(
+    State(shared): State<Arc<Shared>>,
+    Path((_app, token)): Path<(u64, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    interaction_webhook(&shared, &token, &headers, body, false).await
+}
+
+async fn edit_original(
+    State(shared): State<Arc<Shared>>,
+    Path((_app, token)): Path<(u64, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    interaction_webhook(&shared, &token, &headers, body, true).await
 }

@@ -158,7 +158,7 @@ impl Store {
             "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at
              FROM messages m WHERE (?1 IS NULL OR guild_id = ?1)
                AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.guild_id = m.guild_id AND o.user_id = m.author_id)
-             ORDER BY guild_id, created_ms, rowid",
+             ORDER BY guild_id, created_ms, length(id), id",
         )
         .bind(guild)
         .fetch_all(&self.read)
@@ -418,7 +418,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, author_name, content FROM messages
              WHERE guild_id = ? AND channel_id = ? AND (?3 IS NULL OR id != ?3)
-             ORDER BY created_ms DESC, rowid DESC LIMIT ?4",
+             ORDER BY created_ms DESC, length(id) DESC, id DESC LIMIT ?4",
         )
         .bind(guild)
         .bind(channel)
@@ -464,6 +464,9 @@ async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Resu
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+// Messages written in the same millisecond keep Discord's order: snowflakes compare as
+// numbers, which for decimal strings is by length first.
 
 /// A message row selected as `id, guild_id, channel_id, channel_name, author_id, author_name,
 /// content, created_at`.

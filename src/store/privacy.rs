@@ -97,15 +97,16 @@ impl Store {
 
     /// Records the opt-out and purges the user's messages in the guild, in one transaction.
     pub async fn opt_out(&self, guild: &str, user: &str) -> Result<Purged> {
+        let mark =
+            "INSERT INTO opt_outs (guild_id, user_id, since_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
+        self.mark_and_purge_author(mark, guild, user, now_ms()).await
+    }
+
+    /// Runs `mark` (an insert taking guild, user and time) and deletes the user's messages of
+    /// the guild, in one transaction.
+    async fn mark_and_purge_author(&self, mark: &str, guild: &str, user: &str, now: i64) -> Result<Purged> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO opt_outs (guild_id, user_id, since_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(guild)
-        .bind(user)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(mark).bind(guild).bind(user).bind(now).execute(&mut *tx).await?;
         let times: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM messages WHERE guild_id = ? AND author_id = ? RETURNING created_ms",
         )
@@ -148,25 +149,9 @@ impl Store {
     /// come back; returns the mark's time with what was removed.
     pub async fn forget_author(&self, guild: &str, user: &str) -> Result<(i64, Purged)> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO forget_marks (guild_id, user_id, before_ms) VALUES (?, ?, ?)
-             ON CONFLICT (guild_id, user_id) DO UPDATE SET before_ms = excluded.before_ms",
-        )
-        .bind(guild)
-        .bind(user)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let times: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM messages WHERE guild_id = ? AND author_id = ? RETURNING created_ms",
-        )
-        .bind(guild)
-        .bind(user)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((now, Purged::from_times(&times)))
+        let mark = "INSERT INTO forget_marks (guild_id, user_id, before_ms) VALUES (?, ?, ?)
+                    ON CONFLICT (guild_id, user_id) DO UPDATE SET before_ms = excluded.before_ms";
+        Ok((now, self.mark_and_purge_author(mark, guild, user, now).await?))
     }
 
     /// Every (guild, user) → time before which their messages stay forgotten.
@@ -237,7 +222,7 @@ impl Store {
     pub async fn author_messages(&self, guild: &str, user: &str) -> Result<Vec<Record>> {
         let rows = sqlx::query(
             "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at
-             FROM messages WHERE guild_id = ? AND author_id = ? ORDER BY created_ms, rowid",
+             FROM messages WHERE guild_id = ? AND author_id = ? ORDER BY created_ms, length(id), id",
         )
         .bind(guild)
         .bind(user)
