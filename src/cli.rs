@@ -280,6 +280,10 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
             stopped_rx.clone(),
         )
     });
+    let retention = config.retention_days.map(|days| {
+        tracing::info!(days, "messages older than the retention period are deleted hourly");
+        crate::scheduler::spawn_retention(core.clone(), stopped_rx.clone())
+    });
     let bot = if config.discord_token.is_some() {
         Some(crate::discord::start(core.clone()).await?)
     } else {
@@ -309,7 +313,7 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
     if let Some(bot) = bot {
         bot.shutdown().await;
     }
-    if let Some(task) = scheduler {
+    for task in [scheduler, retention].into_iter().flatten() {
         let _ = task.await;
     }
     store.close().await;

@@ -99,6 +99,8 @@ pub struct Config {
     /// Messages read back from a channel's history when it is first collected (and at most
     /// this many when catching up after downtime); 0 reads nothing back.
     pub backfill_messages: u64,
+    /// Messages older than this many days are deleted (`None`: kept until removed otherwise).
+    pub retention_days: Option<u64>,
 }
 
 /// How models are trained and how replies are sampled.
@@ -147,6 +149,7 @@ impl Default for Config {
             limits: Limits::default(),
             stale_fallback: false,
             backfill_messages: 1000,
+            retention_days: None,
         }
     }
 }
@@ -238,6 +241,10 @@ impl Config {
         l.channel_per_minute =
             number(&get, "MYNAH_CHANNEL_REPLIES_PER_MINUTE", l.channel_per_minute as u64)?.min(10_000) as u32;
         cfg.backfill_messages = number(&get, "MYNAH_BACKFILL_MESSAGES", cfg.backfill_messages)?;
+        cfg.retention_days = match number(&get, "MYNAH_RETENTION_DAYS", 0)? {
+            0 => None,
+            n => Some(n.min(100_000)),
+        };
 
         cfg.schedule_minutes = match number(&get, "MYNAH_SCHEDULE_MINUTES", 30)? {
             0 => None,

@@ -1,6 +1,7 @@
-//! The in-process retraining scheduler: every few minutes it asks the one retraining policy
-//! about each guild and starts at most one training at a time across the process, taking the
-//! guilds that are due in turn (the one that waited longest first).
+//! The in-process periodic jobs. The retraining scheduler: every few minutes it asks the one
+//! retraining policy about each guild and starts at most one training at a time across the
+//! process, taking the guilds that are due in turn (the one that waited longest first). And
+//! retention: hourly deletion of messages older than `MYNAH_RETENTION_DAYS`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,22 +58,47 @@ impl Scheduler {
 }
 
 /// Runs the scheduler every `every` until `stop` turns true.
-pub fn spawn(
-    core: Arc<Core>,
+pub fn spawn(core: Arc<Core>, every: Duration, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    // Rounds never overlap (see `periodic`); the mutex only lets each round own the state.
+    let scheduler = Arc::new(tokio::sync::Mutex::new(Scheduler::default()));
+    periodic(every, stop, move || {
+        let (core, scheduler) = (core.clone(), scheduler.clone());
+        async move {
+            if let Err(e) = scheduler.lock().await.tick(&core).await {
+                tracing::warn!(error = %e, "scheduler round failed");
+            }
+        }
+    })
+}
+
+/// Applies the retention period every hour until `stop` turns true.
+pub fn spawn_retention(core: Arc<Core>, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    periodic(Duration::from_secs(3600), stop, move || {
+        let core = core.clone();
+        async move {
+            if let Err(e) = core.apply_retention().await {
+                tracing::warn!(error = %e, "retention round failed");
+            }
+        }
+    })
+}
+
+/// Runs `round` now and then every `every`, one at a time, until `stop` turns true.
+fn periodic<F, Fut>(
     every: Duration,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+    mut round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
-        let mut scheduler = Scheduler::default();
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => {
-                    if let Err(e) = scheduler.tick(&core).await {
-                        tracing::warn!(error = %e, "scheduler round failed");
-                    }
-                }
+                _ = interval.tick() => round().await,
                 // The guard `wait_for` returns must not live across the next await.
                 _ = async { drop(stop.wait_for(|s| *s).await) } => return,
             }

@@ -154,6 +154,21 @@ impl Core {
         Ok(purged)
     }
 
+    /// Deletes messages older than `MYNAH_RETENTION_DAYS` (if set); returns how many went.
+    pub async fn apply_retention(&self) -> Result<u64, ServiceError> {
+        let Some(days) = self.config.retention_days else { return Ok(0) };
+        let before = crate::store::now_ms() - days as i64 * 86_400_000;
+        let mut removed = 0;
+        for (guild, purged) in self.store.purge_older_than(before).await? {
+            removed += purged.messages;
+            self.removed(&guild, &purged, "messages passed the retention period").await?;
+        }
+        if removed > 0 {
+            tracing::info!(removed, days, "old messages deleted (retention)");
+        }
+        Ok(removed)
+    }
+
     /// Messages that reached Discord while the bot was away: the stored messages of a channel
     /// in `(after, through]` that Discord no longer has were deleted meanwhile.
     pub async fn reconcile_channel(

@@ -218,6 +218,19 @@ impl Store {
         .await?)
     }
 
+    /// Removes the messages written before `before_ms`, per guild (retention).
+    pub async fn purge_older_than(&self, before_ms: i64) -> Result<Vec<(String, Purged)>> {
+        let rows = sqlx::query("DELETE FROM messages WHERE created_ms < ? RETURNING guild_id, created_ms")
+            .bind(before_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut by_guild: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for r in rows {
+            by_guild.entry(r.try_get(0)?).or_default().push(r.try_get(1)?);
+        }
+        Ok(by_guild.into_iter().map(|(g, times)| (g, Purged::from_times(&times))).collect())
+    }
+
     /// A user's stored messages in a guild, oldest first.
     pub async fn author_messages(&self, guild: &str, user: &str) -> Result<Vec<Record>> {
         let rows = sqlx::query(
@@ -364,6 +377,15 @@ mod tests {
         assert!(store.forget_marks().await.unwrap()[0].1 >= mark);
         let again = store.insert_many(&[record("10", "c1", "ann", 1)]).await.unwrap();
         assert_eq!((again.inserted, again.opted_out), (0, 1), "forgotten messages stay out of imports");
+    }
+
+    #[tokio::test]
+    async fn retention_removes_old_messages_per_guild() {
+        let store = store_with_messages().await;
+        let purged = store.purge_older_than(1_577_836_980_000).await.unwrap();
+        assert_eq!(purged.len(), 1);
+        assert_eq!((purged[0].0.as_str(), purged[0].1.messages), ("g", 2));
+        assert_eq!(store.counts("g", None).await.unwrap().messages, 2);
     }
 
     #[tokio::test]

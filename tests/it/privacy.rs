@@ -263,3 +263,22 @@ async fn a_model_that_learned_from_removed_messages_is_stale_until_retrained() {
     assert!(status.models[0].stale.is_none() && status.mode == mynah::service::Mode::Model, "{status:?}");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn messages_past_the_retention_period_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::support::config(dir.path());
+    cfg.retention_days = Some(30);
+    let store = mynah::store::Store::open(&cfg.database_url).await.unwrap();
+    let core = mynah::service::Core::open(cfg, store).await.unwrap();
+    // The sample is from 2015-2016; one fresh message stays.
+    mynah::cli::import_text(&core.store, crate::support::sample(), Some("7"), true, true).await.unwrap();
+    let fresh = format!(
+        r#"{{"id":"1","guild_id":"7","channel_id":"c","channel":"c","author_id":"a","author":"a","content":"recent","timestamp":"{}"}}"#,
+        chrono::Utc::now().to_rfc3339()
+    );
+    mynah::cli::import_text(&core.store, &fresh, None, true, true).await.unwrap();
+    assert_eq!(core.apply_retention().await.unwrap(), 1500);
+    let left: Vec<String> = core.store.export(None).await.unwrap().into_iter().map(|r| r.content).collect();
+    assert_eq!(left, vec!["recent"]);
+}
