@@ -63,6 +63,16 @@ impl Consent {
         self.state(guild, channel).collected
     }
 
+    /// Whether a message in `channel` is collected: a thread follows the channel it belongs to
+    /// (`parent`) unless an admin decided about the thread itself.
+    pub fn collects_message(&self, guild: &str, channel: &str, parent: Option<&str>) -> bool {
+        let state = self.state(guild, channel);
+        match parent {
+            Some(p) if state.source == Source::Default => self.collects(guild, p),
+            _ => state.collected,
+        }
+    }
+
     pub fn state(&self, guild: &str, channel: &str) -> ChannelState {
         let decided = read(&self.channels).get(&(guild.to_string(), channel.to_string())).copied();
         match decided {
@@ -158,6 +168,9 @@ mod tests {
         assert_eq!(listed, vec!["1", "3"]);
         c.set_channel("g", "1", false);
         assert!(!c.collects("g", "1"));
+        assert!(c.collects_message("g", "thread", Some("3")), "threads follow their channel");
+        c.set_channel("g", "thread", false);
+        assert!(!c.collects_message("g", "thread", Some("3")), "unless decided otherwise");
         c.forget_guild("g");
         assert!(c.collects("g", "1"), "back to the default");
     }

@@ -1,6 +1,7 @@
 //! The corpus interchange format: JSONL, one chat message per line, exactly the shape of
 //! `shared/corpus/*.jsonl`:
-//! `{"id","guild_id","channel_id","channel","author_id","author","content","timestamp"}`.
+//! `{"id","guild_id","channel_id","channel","author_id","author","content","timestamp"}`, plus
+//! `parent_channel_id` for messages in threads.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,9 @@ pub struct Record {
     pub content: String,
     /// RFC 3339, kept exactly as received so export reproduces it.
     pub timestamp: String,
+    /// For a message in a thread: the channel the thread belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_channel_id: Option<String>,
 }
 
 /// Why one line could not be used.

@@ -53,7 +53,7 @@ pub fn roles(g: &Guild) -> Vec<Value> {
 }
 
 pub fn channel(c: &Channel, position: usize) -> Value {
-    json!({
+    let mut v = json!({
         "id": c.id.to_string(),
         "type": 0,
         "guild_id": c.guild_id.to_string(),
@@ -66,7 +66,20 @@ pub fn channel(c: &Channel, position: usize) -> Value {
         "rate_limit_per_user": 0,
         "parent_id": null,
         "flags": 0,
-    })
+    });
+    if let Some(parent) = c.parent_id {
+        v["type"] = json!(11);
+        v["parent_id"] = json!(parent.to_string());
+        v["thread_metadata"] = json!({
+            "archived": false,
+            "auto_archive_duration": 1440,
+            "archive_timestamp": "2024-01-01T00:00:00.000000+00:00",
+            "locked": false,
+        });
+        v["message_count"] = json!(0);
+        v["member_count"] = json!(1);
+    }
+    v
 }
 
 /// A direct-message channel, as `POST /users/@me/channels` returns it.
@@ -208,7 +221,7 @@ pub fn guild_create(w: &World, g: &Guild) -> Value {
     v["voice_states"] = json!([]);
     v["members"] = json!(g.members.iter().map(|m| member(w, m)).collect::<Vec<_>>());
     v["channels"] = json!(channels);
-    v["threads"] = json!([]);
+    v["threads"] = json!(w.threads_of(g.id).enumerate().map(|(i, c)| channel(c, i)).collect::<Vec<_>>());
     v["presences"] = json!([]);
     v["stage_instances"] = json!([]);
     v["guild_scheduled_events"] = json!([]);
@@ -337,6 +350,13 @@ mod tests {
         let _: s::Ready = parses(ready(&w, "ws://x/gateway"));
         let _: s::GuildChannel = parses(channel(w.channels_of(g.id).next().unwrap(), 0));
         let c = w.channels_of(g.id).next().unwrap().id;
+        let mut w2 = world();
+        let parent = w2.channels_of(w2.guilds[0].id).next().unwrap().id;
+        let t = w2.create_thread(parent, "a thread").unwrap();
+        let thread: s::GuildChannel = parses(channel(w2.channel(t).unwrap(), 0));
+        assert_eq!(thread.kind, s::ChannelType::PublicThread);
+        let guild: s::Guild = parses(guild_create(&w2, &w2.guilds[0]));
+        assert_eq!(guild.threads.len(), 1);
         let it = Interaction {
             id: 77,
             token: "t".into(),

@@ -148,6 +148,17 @@ impl DevServer {
         id
     }
 
+    /// A public thread in `parent_id` (announced with `THREAD_CREATE`); `None` if there is no
+    /// such channel.
+    pub fn create_thread(&self, parent_id: u64, name: &str) -> Option<u64> {
+        let mut w = self.shared.world();
+        let id = w.create_thread(parent_id, name)?;
+        let mut data = w.channel(id).map(|c| json::channel(c, 0)).unwrap_or_default();
+        data["newly_created"] = serde_json::json!(true);
+        self.shared.dispatch("THREAD_CREATE", data);
+        Some(id)
+    }
+
     /// A human user (not yet in any guild).
     pub fn create_user(&self, name: &str) -> u64 {
         self.shared.world().create_user(name, false)

@@ -45,6 +45,8 @@ pub struct Channel {
     pub name: String,
     /// The other user of a direct-message channel.
     pub recipient: Option<u64>,
+    /// For a thread: the channel it belongs to.
+    pub parent_id: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,8 +152,28 @@ impl World {
 
     pub fn create_channel(&mut self, guild_id: u64, name: &str, id: u64) -> u64 {
         let id = if id == 0 { self.snowflake() } else { id };
-        self.channels.push(Channel { id, guild_id, name: name.to_string(), recipient: None });
+        self.channels.push(Channel {
+            id,
+            guild_id,
+            name: name.to_string(),
+            recipient: None,
+            parent_id: None,
+        });
         id
+    }
+
+    /// A public thread in `parent_id`.
+    pub fn create_thread(&mut self, parent_id: u64, name: &str) -> Option<u64> {
+        let guild_id = self.channel(parent_id)?.guild_id;
+        let id = self.snowflake();
+        self.channels.push(Channel {
+            id,
+            guild_id,
+            name: name.to_string(),
+            recipient: None,
+            parent_id: Some(parent_id),
+        });
+        Some(id)
     }
 
     /// The bot's direct-message channel with `user_id`, opened on first use.
@@ -160,7 +182,13 @@ impl World {
             return c.id;
         }
         let id = self.snowflake();
-        self.channels.push(Channel { id, guild_id: 0, name: String::new(), recipient: Some(user_id) });
+        self.channels.push(Channel {
+            id,
+            guild_id: 0,
+            name: String::new(),
+            recipient: Some(user_id),
+            parent_id: None,
+        });
         id
     }
 
@@ -185,8 +213,13 @@ impl World {
         self.channels.iter().find(|c| c.id == id)
     }
 
+    /// The guild's channels, threads left out (Discord lists those apart).
     pub fn channels_of(&self, guild_id: u64) -> impl Iterator<Item = &Channel> {
-        self.channels.iter().filter(move |c| c.guild_id == guild_id)
+        self.channels.iter().filter(move |c| c.guild_id == guild_id && c.parent_id.is_none())
+    }
+
+    pub fn threads_of(&self, guild_id: u64) -> impl Iterator<Item = &Channel> {
+        self.channels.iter().filter(move |c| c.guild_id == guild_id && c.parent_id.is_some())
     }
 
     /// A member's permissions in the guild: everyone's, their roles', everything for the owner.

@@ -46,11 +46,15 @@ pub async fn handle(
         E::GuildCreate { guild, .. } => {
             // Each connection (and reconnection) announces the guilds: catch up on what was
             // said meanwhile, in the background.
+            let g = guild.id.to_string();
             let channels: Vec<serenity::ChannelId> = guild
                 .channels
                 .values()
+                .chain(guild.threads.iter())
+                .filter(|c| backfill::is_text(c))
                 .filter(|c| {
-                    backfill::is_text(c) && core.consent.collects(&guild.id.to_string(), &c.id.to_string())
+                    let parent = c.parent_id.filter(|_| c.thread_metadata.is_some()).map(|p| p.to_string());
+                    core.consent.collects_message(&g, &c.id.to_string(), parent.as_deref())
                 })
                 .map(|c| c.id)
                 .collect();
@@ -146,10 +150,15 @@ pub(super) fn record(
     guild_id: serenity::GuildId,
     msg: &serenity::Message,
 ) -> Record {
-    let channel = ctx
+    // Threads are cached apart from channels; their messages remember their channel.
+    let (channel, parent) = ctx
         .cache
         .guild(guild_id)
-        .and_then(|g| g.channels.get(&msg.channel_id).map(|c| c.name.clone()))
+        .and_then(|g| {
+            let thread = g.threads.iter().find(|t| t.id == msg.channel_id);
+            let c = g.channels.get(&msg.channel_id).or(thread)?;
+            Some((c.name.clone(), thread.and_then(|t| t.parent_id).map(|p| p.to_string())))
+        })
         .unwrap_or_default();
     Record {
         id: msg.id.to_string(),
@@ -160,5 +169,6 @@ pub(super) fn record(
         author: msg.author.global_name.clone().unwrap_or_else(|| msg.author.name.clone()),
         content: msg.content.clone(),
         timestamp: msg.timestamp.to_rfc3339().unwrap_or_default(),
+        parent_channel_id: parent,
     }
 }

@@ -725,7 +725,7 @@ impl Core {
             Ingested::Command
         } else if r.content.trim().is_empty() {
             Ingested::Empty
-        } else if !self.consent.collects(&r.guild_id, &r.channel_id) {
+        } else if !self.consent.collects_message(&r.guild_id, &r.channel_id, r.parent_channel_id.as_deref()) {
             Ingested::NotCollected
         } else if self.consent.is_opted_out(&r.guild_id, &r.author_id)
             || self.consent.is_forgotten(&r.guild_id, &r.author_id, r.created_ms().unwrap_or(i64::MAX))

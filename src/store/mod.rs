@@ -155,7 +155,8 @@ impl Store {
     /// Every stored message of `guild` (or of all guilds), oldest first, as JSONL records.
     pub async fn export(&self, guild: Option<&str>) -> Result<Vec<Record>> {
         let rows = sqlx::query(
-            "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at
+            "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at,
+                    parent_channel_id
              FROM messages m WHERE (?1 IS NULL OR guild_id = ?1)
                AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.guild_id = m.guild_id AND o.user_id = m.author_id)
              ORDER BY guild_id, created_ms, length(id), id",
@@ -446,8 +447,8 @@ impl Store {
 async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO messages (guild_id, id, channel_id, channel_name, author_id, author_name,
-                               content, created_at, created_ms, ingested_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               content, created_at, created_ms, ingested_ms, parent_channel_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (guild_id, id) DO NOTHING",
     )
     .bind(&r.guild_id)
@@ -460,6 +461,7 @@ async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Resu
     .bind(&r.timestamp)
     .bind(r.created_ms()?)
     .bind(now)
+    .bind(&r.parent_channel_id)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -469,7 +471,7 @@ async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Resu
 // numbers, which for decimal strings is by length first.
 
 /// A message row selected as `id, guild_id, channel_id, channel_name, author_id, author_name,
-/// content, created_at`.
+/// content, created_at, parent_channel_id`.
 fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Record> {
     Ok(Record {
         id: row.try_get(0)?,
@@ -480,6 +482,7 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Record> {
         author: row.try_get(5)?,
         content: row.try_get(6)?,
         timestamp: row.try_get(7)?,
+        parent_channel_id: row.try_get(8)?,
     })
 }
 
@@ -505,6 +508,7 @@ mod tests {
             author: format!("user-{author}"),
             content: format!("message {id}"),
             timestamp: ts.into(),
+            parent_channel_id: None,
         }
     }
 

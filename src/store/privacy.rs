@@ -162,10 +162,11 @@ impl Store {
         rows.into_iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
     }
 
-    /// Removes a channel's (or thread's) messages.
+    /// Removes a channel's (or thread's) messages, its threads' included.
     pub async fn purge_channel(&self, guild: &str, channel: &str) -> Result<Purged> {
         let times: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM messages WHERE guild_id = ? AND channel_id = ? RETURNING created_ms",
+            "DELETE FROM messages WHERE guild_id = ?1 AND (channel_id = ?2 OR parent_channel_id = ?2)
+             RETURNING created_ms",
         )
         .bind(guild)
         .bind(channel)
@@ -234,7 +235,8 @@ impl Store {
     /// A user's stored messages in a guild, oldest first.
     pub async fn author_messages(&self, guild: &str, user: &str) -> Result<Vec<Record>> {
         let rows = sqlx::query(
-            "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at
+            "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at,
+                    parent_channel_id
              FROM messages WHERE guild_id = ? AND author_id = ? ORDER BY created_ms, length(id), id",
         )
         .bind(guild)
@@ -334,6 +336,7 @@ mod tests {
             author: author.into(),
             content: format!("message {id}"),
             timestamp: format!("2020-01-01T00:{minute:02}:00Z"),
+            parent_channel_id: None,
         }
     }
 

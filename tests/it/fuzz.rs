@@ -31,6 +31,7 @@ fn line() -> impl Strategy<Value = String> {
             author: who,
             content: text,
             timestamp: "2024-05-01T10:00:00Z".into(),
+            parent_channel_id: None,
         }
         .to_line()
     });

@@ -136,12 +136,19 @@ async fn deletions_edits_and_departures_on_discord_are_mirrored() {
     })
     .await;
 
-    let thread = h.server.create_channel(h.guild, "a-thread");
-    h.ask(h.general, h.admin, &format!("!llmchannel add <#{thread}>")).await;
+    // Threads of a collected channel are collected, and go with it.
+    let thread = h.server.create_thread(h.general, "a-thread").unwrap();
     h.server.say(thread, h.member, "in the thread");
     h.wait_stored(3).await;
+    let stored = h.core.store.export(Some(&h.guild.to_string())).await.unwrap();
+    let in_thread = stored.iter().find(|r| r.content == "in the thread").unwrap();
+    assert_eq!(in_thread.parent_channel_id, Some(h.general.to_string()));
+    assert_eq!(in_thread.channel, "a-thread");
     h.server.delete_thread(thread, h.general);
     h.wait_stored(2).await;
+    let other = h.server.create_thread(h.general, "b-thread").unwrap();
+    h.server.say(other, h.member, "in another thread");
+    h.wait_stored(3).await;
     h.server.delete_channel(h.general);
     h.wait_stored(0).await;
 
