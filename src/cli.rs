@@ -66,6 +66,10 @@ pub enum Command {
     /// Measure reply latency, training throughput and quality, and memory (see README).
     #[command(subcommand)]
     Bench(crate::bench::Bench),
+    /// Act on a user's request received outside Discord (by e-mail, say): the same operations
+    /// as their own commands.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Show what has been collected and learned.
     Stats {
         /// Only this guild.
@@ -74,6 +78,31 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Print the user's stored messages in the guild as JSONL (like !llmmydata).
+    Data {
+        #[arg(long)]
+        guild: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Delete everything the user wrote in the guild, for good (like !llmforgetme).
+    Forget {
+        #[arg(long)]
+        guild: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Stop collecting the user's messages in the guild and delete them (like !llmoptout).
+    OptOut {
+        #[arg(long)]
+        guild: String,
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -148,6 +177,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
         }
         Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
+        Command::User(cmd) => user(config, cmd).await,
         Command::Bench(crate::bench::Bench::Ingest { messages }) => crate::bench::ingest::run(messages).await,
         Command::Bench(b) => tokio::task::spawn_blocking(move || crate::bench::run(b)).await?,
     }
@@ -319,6 +349,35 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!(seconds = begun.elapsed().as_secs_f64(), "stopped");
     outcome
+}
+
+async fn user(config: Config, cmd: UserCommand) -> anyhow::Result<()> {
+    with_core(config, async |core| match cmd {
+        UserCommand::Data { guild, user } => {
+            let data = core.my_data(&guild, &user).await?;
+            let mut out = std::io::stdout().lock();
+            for line in &data.lines {
+                writeln!(out, "{line}")?;
+            }
+            let status = if data.opted_out { "; opted out" } else { "" };
+            eprintln!("{} stored messages of user {user} in guild {guild}{status}", data.lines.len());
+            Ok(())
+        }
+        UserCommand::Forget { guild, user } => {
+            let purged = core.forget_user(&guild, &user).await?;
+            println!(
+                "deleted {} messages of user {user} in guild {guild}; reading history back will not restore them",
+                purged.messages
+            );
+            Ok(())
+        }
+        UserCommand::OptOut { guild, user } => {
+            let purged = core.opt_out(&guild, &user).await?;
+            println!("user {user} is opted out in guild {guild}; deleted {} stored messages", purged.messages);
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Ctrl-C, or SIGTERM from a container runtime.

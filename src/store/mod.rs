@@ -444,11 +444,16 @@ impl Store {
     }
 }
 
+/// Stores one message unless it is there already, or its author opted out or asked to be
+/// forgotten. The service checks consent in memory first; this makes the store the guarantee,
+/// also for changes another process (`mynah user …`) made meanwhile.
 async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO messages (guild_id, id, channel_id, channel_name, author_id, author_name,
                                content, created_at, created_ms, ingested_ms, parent_channel_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+         WHERE NOT EXISTS (SELECT 1 FROM opt_outs WHERE guild_id = ?1 AND user_id = ?5)
+           AND NOT EXISTS (SELECT 1 FROM forget_marks WHERE guild_id = ?1 AND user_id = ?5 AND before_ms >= ?9)
          ON CONFLICT (guild_id, id) DO NOTHING",
     )
     .bind(&r.guild_id)

@@ -380,6 +380,9 @@ mod tests {
         assert!(store.forget_marks().await.unwrap()[0].1 >= mark);
         let again = store.insert_many(&[record("10", "c1", "ann", 1)]).await.unwrap();
         assert_eq!((again.inserted, again.opted_out), (0, 1), "forgotten messages stay out of imports");
+        assert!(!store.insert_message(&record("10", "c1", "ann", 1)).await.unwrap(), "and out of ingest");
+        store.opt_out("g", "bob").await.unwrap();
+        assert!(!store.insert_message(&record("20", "c1", "bob", 9)).await.unwrap(), "opted out: not stored");
     }
 
     #[tokio::test]

@@ -123,3 +123,27 @@ fn a_training_killed_mid_run_is_marked_interrupted_and_the_old_model_keeps_servi
     assert_eq!(status["mode"], "model", "the first model still serves: {status}");
     assert_eq!(status["model"]["run"], "run-1", "{status}");
 }
+
+#[test]
+fn an_operator_handles_a_users_request_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("sample.jsonl");
+    std::fs::write(&corpus, mynah::playground::SAMPLE).unwrap();
+    assert!(mynah(dir.path()).args(["corpus", "import"]).arg(&corpus).output().unwrap().status.success());
+    let briguy = ["--guild", "fcc-city", "--user", "5586531515522ed4b3e2399f"];
+    let out = mynah(dir.path()).args(["user", "data"]).args(briguy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(lines > 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"author\":\"briguy75\""));
+
+    let out = mynah(dir.path()).args(["user", "forget"]).args(briguy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("deleted {lines} messages")));
+    let out = mynah(dir.path()).args(["user", "data"]).args(briguy).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    // Importing the same corpus again does not bring them back.
+    assert!(mynah(dir.path()).args(["corpus", "import"]).arg(&corpus).output().unwrap().status.success());
+    let out = mynah(dir.path()).args(["user", "data"]).args(briguy).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
