@@ -38,6 +38,34 @@ impl Room {
         }
     }
 
+    /// Channel mentions as a Discord client shows them: `#name`.
+    fn readable(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find("<#") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            let name = after[digits.len()..]
+                .starts_with('>')
+                .then(|| digits.parse().ok().and_then(|id| self.server.channel_name(id)))
+                .flatten();
+            match name {
+                Some(name) => {
+                    out.push('#');
+                    out.push_str(&name);
+                    rest = &after[digits.len() + 1..];
+                }
+                None => {
+                    out.push_str("<#");
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
     fn channel_named(&self, name: &str) -> Option<u64> {
         match name.trim_start_matches('#') {
             "general" => Some(GENERAL_ID),
@@ -171,7 +199,7 @@ async fn prompt_loop(room: &Room, prefix: &str) -> anyhow::Result<()> {
         if expects_reply {
             match room.server.wait_for_bot_message(channel, sent, REPLY_WAIT).await {
                 Some(reply) => {
-                    for line in reply.content.lines() {
+                    for line in room.readable(&reply.content).lines() {
                         println!("  {}: {line}", room.bot_name);
                     }
                 }

@@ -249,9 +249,13 @@ pub async fn llmoptout(ctx: Context<'_>) -> Result<(), Error> {
     } else {
         ""
     };
+    let deleted = match purged.messages {
+        0 => "I had none stored".to_string(),
+        n => format!("I deleted the {n} I had"),
+    };
     let text = format!(
-        "You're opted out: I won't store or learn from your messages in this server, and I deleted the {} I had.{stale} `{}llmoptin` undoes this.",
-        purged.messages, core.config.prefix
+        "You're opted out: I won't store or learn from your messages in this server, and {deleted}.{stale} `{}llmoptin` undoes this.",
+        core.config.prefix
     );
     ctx.send(private_reply(text)).await?;
     Ok(())
