@@ -141,6 +141,10 @@ impl Core {
     /// can talk to the model any more, and it was made of their messages.
     pub async fn guild_removed(&self, guild: &str) -> Result<Purged, ServiceError> {
         super::check_guild_id(guild)?;
+        // A model being trained for the guild would otherwise arrive after the purge.
+        if self.trainer.view().guild_id.as_deref() == Some(guild) {
+            self.cancel_training();
+        }
         let purged = self.store.purge_guild(guild).await?;
         self.consent.forget_guild(guild);
         self.serving.remove(guild);
