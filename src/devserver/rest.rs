@@ -226,10 +226,25 @@ async fn create_message(
         .pointer("/message_reference/message_id")
         .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string())))
         .and_then(|s| s.parse::<u64>().ok());
+    shared.world().channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    let v = post_bot_message(&shared, channel, content, reference, payload, files, None);
+    // Discord echoes the bot's own messages over the gateway too.
+    shared.dispatch("MESSAGE_CREATE", v.clone());
+    Ok(Json(v))
+}
+
+/// Records a message the bot posted (`answer`: the interaction it answers, and whether only
+/// its user sees it) and returns it as Discord would.
+fn post_bot_message(
+    shared: &Shared,
+    channel: u64,
+    content: String,
+    reference: Option<u64>,
+    payload: Value,
+    files: Vec<Value>,
+    answer: Option<(u64, bool)>,
+) -> Value {
     let mut w = shared.world();
-    w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
-    let bot = w.bot.id;
-    let id = w.post(channel, bot, content, reference).id;
     // Attachments get real snowflakes: serenity refuses an ID of 0.
     let files: Vec<Value> = files
         .into_iter()
@@ -238,14 +253,34 @@ async fn create_message(
             f
         })
         .collect();
-    let m = w.message_mut(id).expect("just posted");
+    let bot = w.bot.id;
+    let id = w.post(channel, bot, content, reference).id;
+    let Some(m) = w.message_mut(id) else { return Value::Null };
     m.request = Some(payload);
     m.attachments = files;
+    m.interaction = answer.map(|a| a.0);
+    m.ephemeral = answer.is_some_and(|a| a.1);
     let m = m.clone();
     let v = dj::message(&w, &m);
     drop(w);
-    // Discord echoes the bot's own messages over the gateway too.
-    shared.dispatch("MESSAGE_CREATE", v.clone());
+    shared.changed.notify_waiters();
+    v
+}
+
+/// Applies an edit's new content and body to the message `id` and returns it.
+fn apply_edit(shared: &Shared, id: u64, payload: Value, edited_at: Option<String>) -> Reply {
+    let mut w = shared.world();
+    let m = w.message_mut(id).ok_or_else(|| unknown("Message", 10008))?;
+    if let Some(content) = payload.get("content").and_then(Value::as_str) {
+        m.content = content.to_string();
+    }
+    if edited_at.is_some() {
+        m.edited_timestamp = edited_at;
+    }
+    m.request = Some(payload);
+    let m = m.clone();
+    let v = dj::message(&w, &m);
+    drop(w);
     shared.changed.notify_waiters();
     Ok(Json(v))
 }
@@ -257,25 +292,17 @@ async fn edit_message(
     body: Bytes,
 ) -> Reply {
     let (payload, _) = message_body(&headers, body).await?;
-    let mut w = shared.world();
-    let bot = w.bot.id;
-    let m = w
-        .message_mut(message)
-        .filter(|m| m.channel_id == channel && !m.deleted)
-        .ok_or_else(|| unknown("Message", 10008))?;
-    if m.author_id != bot {
-        return Err(fail(StatusCode::FORBIDDEN, "Cannot edit a message authored by another user", 50005));
+    {
+        let w = shared.world();
+        let m = w
+            .message(message)
+            .filter(|m| m.channel_id == channel && !m.deleted)
+            .ok_or_else(|| unknown("Message", 10008))?;
+        if m.author_id != w.bot.id {
+            return Err(fail(StatusCode::FORBIDDEN, "Cannot edit a message authored by another user", 50005));
+        }
     }
-    if let Some(content) = payload.get("content").and_then(Value::as_str) {
-        m.content = content.to_string();
-    }
-    m.edited_timestamp = Some(super::world::now_rfc3339());
-    m.request = Some(payload);
-    let m = m.clone();
-    let v = dj::message(&w, &m);
-    drop(w);
-    shared.changed.notify_waiters();
-    Ok(Json(v))
+    apply_edit(&shared, message, payload, Some(super::world::now_rfc3339()))
 }
 
 async fn delete_message(
@@ -352,28 +379,9 @@ async fn get_commands(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 /// Posts the bot's answer to an interaction in its channel, as the invoking user would see it.
 fn post_answer(shared: &Shared, it: &super::world::Interaction, payload: Value, files: Vec<Value>) -> Value {
-    let mut w = shared.world();
     let content = payload.get("content").and_then(Value::as_str).unwrap_or("").to_string();
     let ephemeral = payload.get("flags").and_then(Value::as_u64).is_some_and(|f| f & 64 != 0);
-    let files: Vec<Value> = files
-        .into_iter()
-        .map(|mut f| {
-            f["id"] = json!(w.snowflake().to_string());
-            f
-        })
-        .collect();
-    let bot = w.bot.id;
-    let id = w.post(it.channel_id, bot, content, None).id;
-    let Some(m) = w.message_mut(id) else { return Value::Null };
-    m.request = Some(payload);
-    m.attachments = files;
-    m.interaction = Some(it.id);
-    m.ephemeral = ephemeral;
-    let m = m.clone();
-    let v = dj::message(&w, &m);
-    drop(w);
-    shared.changed.notify_waiters();
-    v
+    post_bot_message(shared, it.channel_id, content, None, payload, files, Some((it.id, ephemeral)))
 }
 
 fn find_interaction(
@@ -433,17 +441,7 @@ async fn interaction_webhook(
         // A follow-up, or the edit of a deferred response: either is a new message.
         return Ok(Json(post_answer(shared, &it, payload, files)));
     };
-    let mut w = shared.world();
-    let m = w.message_mut(id).ok_or_else(|| unknown("Message", 10008))?;
-    if let Some(content) = payload.get("content").and_then(Value::as_str) {
-        m.content = content.to_string();
-    }
-    m.request = Some(payload);
-    let m = m.clone();
-    let v = dj::message(&w, &m);
-    drop(w);
-    shared.changed.notify_waiters();
-    Ok(Json(v))
+    apply_edit(shared, id, payload, None)
 }
 
 async fn interaction_followup(
