@@ -58,7 +58,6 @@ pub fn is_text(c: &serenity::GuildChannel) -> bool {
 pub async fn run_logged(
     ctx: &serenity::Context,
     data: &Data,
-    filter: &Filter,
     guild: serenity::GuildId,
     channel: serenity::ChannelId,
 ) -> Option<Report> {
@@ -66,7 +65,7 @@ pub async fn run_logged(
     if !data.backfilling.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
         return None;
     }
-    let result = run(ctx, data, filter, guild, channel).await;
+    let result = run(ctx, data, guild, channel).await;
     data.backfilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
     match result {
         Ok(report) => {
@@ -87,7 +86,6 @@ pub async fn run_logged(
 async fn run(
     ctx: &serenity::Context,
     data: &Data,
-    filter: &Filter,
     guild: serenity::GuildId,
     channel: serenity::ChannelId,
 ) -> anyhow::Result<Report> {
@@ -130,7 +128,7 @@ async fn run(
             let incoming = Incoming {
                 record: events::record(ctx, guild, m),
                 author_is_bot: false,
-                is_command: filter.is_command(&m.content),
+                is_command: data.filter.is_command(&m.content),
             };
             if core.ingest(&incoming).await? == crate::service::Ingested::Stored {
                 report.stored += 1;

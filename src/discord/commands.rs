@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use poise::serenity_prelude as serenity;
 
-use super::backfill::{self, Filter};
+use super::backfill;
 use super::{no_pings, Context, Error};
 use crate::service::{ServiceError, TrainRequest, Trigger};
 
@@ -151,8 +151,7 @@ async fn channel_add(
     let change = core
         .set_channel(&guild.to_string(), &channel.to_string(), true, Some(&ctx.author().id.to_string()))
         .await?;
-    let filter = Filter::new(ctx.framework().options(), &core.config.prefix);
-    let read = backfill::run_logged(ctx.serenity_context(), ctx.data(), &filter, guild, channel).await;
+    let read = backfill::run_logged(ctx.serenity_context(), ctx.data(), guild, channel).await;
     let mut text = if change.was_collected {
         format!("<#{channel}> was already collected; it stays collected.")
     } else {

@@ -60,10 +60,9 @@ pub async fn handle(
                 .collect();
             let (ctx, data, guild_id) =
                 (framework.serenity_context.clone(), framework.user_data.clone(), guild.id);
-            let options = backfill::Filter::new(framework.options, &core.config.prefix);
             tokio::spawn(async move {
                 for channel in channels {
-                    backfill::run_logged(&ctx, &data, &options, guild_id, channel).await;
+                    backfill::run_logged(&ctx, &data, guild_id, channel).await;
                 }
             });
         }
@@ -89,7 +88,7 @@ async fn on_message(
     let incoming = Incoming {
         record: record(ctx, guild_id, msg),
         author_is_bot: false,
-        is_command: backfill::Filter::new(framework.options, &core.config.prefix).is_command(&msg.content),
+        is_command: framework.user_data.filter.is_command(&msg.content),
     };
     let ingest = async {
         match core.ingest(&incoming).await {

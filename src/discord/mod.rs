@@ -23,11 +23,14 @@ pub struct Data {
     backfilling: Arc<Mutex<HashSet<(u64, u64)>>>,
     /// `llmforgetme` asked, waiting for its confirmation: (guild, user) → when.
     forget_requests: Arc<Mutex<HashMap<(u64, u64), Instant>>>,
+    /// Tells command invocations from chat; the command list is fixed at start.
+    filter: Arc<backfill::Filter>,
 }
 
 impl Data {
-    pub fn new(core: Arc<Core>) -> Data {
-        Data { core, backfilling: Arc::default(), forget_requests: Arc::default() }
+    fn new(core: Arc<Core>, options: &poise::FrameworkOptions<Data, Error>) -> Data {
+        let filter = Arc::new(backfill::Filter::new(options, &core.config.prefix));
+        Data { core, backfilling: Arc::default(), forget_requests: Arc::default(), filter }
     }
 }
 
@@ -98,7 +101,7 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
                 if !core.config.announce_channels.is_empty() {
                     tokio::spawn(announce(ctx.clone(), core.clone()));
                 }
-                Ok(Data::new(core))
+                Ok(Data::new(core, framework.options()))
             })
         })
         .build();
