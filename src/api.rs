@@ -1,7 +1,6 @@
 //! The HTTP API (axum), compatible with the old bot's clients. Every handler is a thin adapter
 //! over [`crate::service::Core`]; errors are JSON `{"error": "..."}` with a fitting status.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -38,35 +37,34 @@ impl IntoResponse for ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
-        match &e {
-            ServiceError::NotNeeded { guild_id, decision } => ApiError {
-                status: StatusCode::OK,
-                body: json!({
-                    "started": false,
-                    "reason": decision.reason,
-                    "guild_id": guild_id,
-                    "should_train": decision,
-                }),
-            },
-            ServiceError::AlreadyRunning { .. } | ServiceError::NothingToTrain => {
-                ApiError::new(StatusCode::CONFLICT, e.to_string())
+        let status = match &e {
+            ServiceError::NotNeeded { guild_id, decision } => {
+                return ApiError {
+                    status: StatusCode::OK,
+                    body: json!({
+                        "started": false,
+                        "reason": decision.reason,
+                        "guild_id": guild_id,
+                        "should_train": decision,
+                    }),
+                }
             }
-            ServiceError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            ServiceError::AlreadyRunning { .. } | ServiceError::NothingToTrain => StatusCode::CONFLICT,
+            ServiceError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Engine(crate::engine::EngineError::NotEnoughData(_)) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+                StatusCode::UNPROCESSABLE_ENTITY
             }
+            user if user.is_user_error() => StatusCode::BAD_REQUEST,
             ServiceError::Engine(inner) => {
                 tracing::error!(error = %inner, "engine error in API handler");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }
-            ServiceError::GuildAmbiguous(_) | ServiceError::BadRequest(_) | ServiceError::BadBundle(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            other => {
+                tracing::error!(error = %other, "error in API handler");
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the bot's log");
             }
-            ServiceError::Store(inner) => {
-                tracing::error!(error = %inner, "store error in API handler");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the bot's log")
-            }
-        }
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -80,7 +78,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/training/corpus", get(corpus))
         .route(
             "/api/training/model",
-            post(upload_model).layer(axum::extract::DefaultBodyLimit::max(crate::bundle::MAX_BUNDLE_BYTES)),
+            post(upload_model)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::models::bundle::MAX_BUNDLE_BYTES)),
         )
         .route_layer(middleware::from_fn_with_state(core.clone(), require_token_always));
     Router::new()
@@ -96,15 +95,12 @@ pub fn router(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
-/// Serves the API on `addr` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     core: Arc<Core>,
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (MYNAH_API_ADDR): {e}"))?;
     tracing::info!("HTTP API listening on http://{}", listener.local_addr()?);
     axum::serve(listener, router(core)).with_graceful_shutdown(shutdown).await?;
     Ok(())
@@ -112,7 +108,7 @@ pub async fn serve(
 
 /// When `MYNAH_API_TOKEN` is set, every state-changing request needs it as a bearer token.
 async fn require_token(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
-    match &core.config.api_token {
+    match &core.config().api_token {
         Some(token) if req.method() != Method::GET && !bearer_matches(&req, token) => unauthorized(),
         _ => next.run(req).await,
     }
@@ -136,7 +132,7 @@ fn unauthorized() -> Response {
 }
 
 async fn require_token_always(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
-    let Some(token) = &core.config.api_token else {
+    let Some(token) = &core.config().api_token else {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "remote training is off: set MYNAH_API_TOKEN on this instance to allow it",
@@ -298,7 +294,7 @@ async fn runs(State(core): State<Arc<Core>>, query: Result<Query<RunsQuery>, Que
     let Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid query: {e}")))?;
     let limit = q.limit.unwrap_or(20).clamp(1, 500);
-    let runs = core.store.runs(q.guild_id.as_deref(), limit as i64).await.map_err(ServiceError::from)?;
+    let runs = core.runs(q.guild_id.as_deref(), limit).await?;
     Ok(Json(json!({ "runs": runs })))
 }
 

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::service::Core;
-use crate::store::Store;
+use crate::service::{Core, ServiceError};
+use crate::store::{RunOutcome, Store};
 
 #[derive(Debug, Parser)]
 #[command(name = "mynah", version, about = "A Discord bot that learns to talk like its server")]
@@ -153,7 +153,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                     let token = token.context("--remote needs --token (or MYNAH_REMOTE_TOKEN)")?;
                     let guild = match guild {
                         Some(g) => g,
-                        None => crate::remote::only_guild(&url).await?,
+                        None => crate::models::remote::only_guild(&url).await?,
                     };
                     if let Some(e) = epochs {
                         config.engine.epochs = e as usize;
@@ -161,8 +161,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                     if let Some(m) = max_minutes {
                         config.engine.max_minutes = m;
                     }
-                    let pushed = crate::remote::train_remote(&config, &url, &token, &guild, |p| {
-                        if p.phase != "training" || p.step % 50 == 0 {
+                    let pushed = crate::models::remote::train_remote(&config, &url, &token, &guild, |p| {
+                        if p.phase != crate::engine::train::Phase::Training || p.step % 50 == 0 {
                             eprintln!(
                                 "  {} step {}/{} loss {:.3} {:.0} tok/s",
                                 p.phase, p.step, p.total_steps, p.loss, p.tokens_per_second
@@ -189,11 +189,15 @@ async fn with_core<T>(
     f: impl AsyncFnOnce(&std::sync::Arc<Core>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let store = Store::open(&config.database_url).await?;
-    let result = match Core::open(config, store.clone()).await {
-        Ok(core) => f(&core).await,
-        Err(e) => Err(e.into()),
+    let core = match Core::open(config, store.clone()).await {
+        Ok(core) => core,
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
     };
-    store.close().await;
+    let result = f(&core).await;
+    core.close().await;
     result
 }
 
@@ -204,7 +208,7 @@ async fn train(
     max_minutes: Option<f64>,
 ) -> anyhow::Result<()> {
     with_core(config, async |core| {
-        let mut watch = core.trainer.subscribe();
+        let mut watch = core.watch_training();
         let request = crate::service::TrainRequest {
             epochs,
             max_minutes,
@@ -218,7 +222,7 @@ async fn train(
             accepted.guild_id,
             accepted.corpus_messages,
             accepted.run_id,
-            core.config.engine.preset.name,
+            core.config().engine.preset.name,
             accepted.epochs
         );
         let bar = indicatif::ProgressBar::new(1);
@@ -239,8 +243,8 @@ async fn train(
             }
             if let Some(last) = view.last.filter(|l| l.run_id == accepted.run_id) {
                 bar.finish_and_clear();
-                return match last.outcome.as_str() {
-                    "succeeded" => {
+                return match last.outcome {
+                    RunOutcome::Succeeded => {
                         println!(
                             "run {} succeeded in {:.1} s: validation {:.3} bits/byte",
                             last.run_id,
@@ -267,10 +271,13 @@ async fn reply(
     with_core(config, async |core| {
         let guild = match guild {
             Some(g) => g,
-            None => match core.store.guild_summaries().await?.as_slice() {
-                [only] => only.guild_id.clone(),
-                [] => anyhow::bail!("no guild has messages; pass --guild"),
-                _ => anyhow::bail!("several guilds have messages; pass --guild"),
+            None => match core.resolve_guild(None).await {
+                Ok(only) => only,
+                Err(ServiceError::NothingToTrain) => anyhow::bail!("no guild has messages; pass --guild"),
+                Err(ServiceError::GuildAmbiguous(_)) => {
+                    anyhow::bail!("several guilds have messages; pass --guild")
+                }
+                Err(e) => return Err(e.into()),
             },
         };
         let request = crate::service::ReplyRequest {
@@ -288,65 +295,22 @@ async fn reply(
 }
 
 async fn run_bot(config: Config) -> anyhow::Result<()> {
-    config.check_api_exposure().map_err(anyhow::Error::msg)?;
-    let store = Store::open(&config.database_url).await?;
-    let core = Core::open(config.clone(), store.clone()).await?;
-    let (stop, stopped_rx) = tokio::sync::watch::channel(false);
-    let api = config.api_addr.map(|addr| {
-        let core = core.clone();
-        let mut stopped = stopped_rx.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            crate::api::serve(core, addr, shutdown).await
-        })
-    });
-    let scheduler = config.schedule_minutes.map(|minutes| {
-        tracing::info!(minutes, "scheduled retraining is on");
-        crate::scheduler::spawn(
-            core.clone(),
-            std::time::Duration::from_secs(minutes * 60),
-            stopped_rx.clone(),
-        )
-    });
-    let retention = config.retention_days.map(|days| {
-        tracing::info!(days, "messages older than the retention period are deleted hourly");
-        crate::scheduler::spawn_retention(core.clone(), stopped_rx.clone())
-    });
-    let bot = if config.discord_token.is_some() {
-        Some(crate::discord::start(core.clone()).await?)
-    } else {
-        println!("DISCORD_TOKEN is not set: running the HTTP API only (no Discord connection).");
-        None
-    };
-    if api.is_none() && bot.is_none() {
+    let mut running = crate::app::start(config).await?;
+    if !running.serves_anything() {
+        running.shutdown().await;
         anyhow::bail!("nothing to run: set DISCORD_TOKEN, or MYNAH_API_ADDR to something other than off");
     }
+    if running.core().config().discord_token.is_none() {
+        println!("DISCORD_TOKEN is not set: running the HTTP API only (no Discord connection).");
+    }
+    // The API only stops by itself when it failed.
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),
-        Some(result) = async { match api { Some(task) => Some(task.await), None => None } } => {
-            // The API only ends early when it failed (e.g. the port is taken).
-            match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(anyhow::anyhow!("the HTTP API task failed: {e}")),
-            }
-        }
+        result = running.api_stopped() => result,
     };
     tracing::info!("shutting down");
     let begun = std::time::Instant::now();
-    // New HTTP requests and scheduled runs stop first; then the core refuses new work, cancels
-    // the training (recorded as cancelled) and lets replies in flight be sent.
-    let _ = stop.send(true);
-    core.shutdown(std::time::Duration::from_secs(4)).await;
-    if let Some(bot) = bot {
-        bot.shutdown().await;
-    }
-    for task in [scheduler, retention].into_iter().flatten() {
-        let _ = task.await;
-    }
-    store.close().await;
+    running.shutdown().await;
     tracing::info!(seconds = begun.elapsed().as_secs_f64(), "stopped");
     outcome
 }
@@ -397,60 +361,20 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// What `mynah corpus import` reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ImportSummary {
-    pub imported: u64,
-    pub skipped: u64,
-    pub already_present: u64,
-    pub opted_out: u64,
-}
-
-/// Parses a JSONL text and stores its good lines. Bad lines are reported on stderr with their
-/// numbers; with `strict`, any bad line means nothing is stored.
-pub async fn import_text(
-    store: &Store,
-    text: &str,
-    guild: Option<&str>,
-    strict: bool,
-    scrub: bool,
-) -> anyhow::Result<ImportSummary> {
-    let (mut records, bad) = crate::corpus::parse_all(text, guild);
-    if scrub {
-        for r in &mut records {
-            if let std::borrow::Cow::Owned(clean) = crate::scrub::scrub(&r.content) {
-                r.content = clean;
-            }
-        }
-    }
-    for b in bad.iter().take(20) {
-        eprintln!("line {}: {}", b.line, b.error);
-    }
-    if bad.len() > 20 {
-        eprintln!("... and {} more malformed lines", bad.len() - 20);
-    }
-    if strict && !bad.is_empty() {
-        anyhow::bail!("{} malformed line(s); --strict: nothing was imported", bad.len());
-    }
-    let done = store.insert_many(&records).await?;
-    Ok(ImportSummary {
-        imported: done.inserted,
-        skipped: bad.len() as u64,
-        already_present: done.already_present,
-        opted_out: done.opted_out,
-    })
-}
-
 async fn import(config: &Config, file: &PathBuf, guild: Option<&str>, strict: bool) -> anyhow::Result<()> {
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("Failed to read standard input")?
     } else {
         std::fs::read_to_string(file).with_context(|| format!("Failed to read {}", file.display()))?
     };
-    let store = Store::open(&config.database_url).await?;
-    let summary = import_text(&store, &text, guild, strict, config.scrub).await;
-    store.close().await;
-    let s = summary?;
+    let s =
+        with_core(config.clone(), async |core| Ok(core.import_jsonl(&text, guild, strict).await?)).await?;
+    for (line, error) in &s.malformed {
+        eprintln!("line {line}: {error}");
+    }
+    if s.skipped > s.malformed.len() as u64 {
+        eprintln!("... and {} more malformed lines", s.skipped - s.malformed.len() as u64);
+    }
     let opted_out = match s.opted_out {
         0 => String::new(),
         n => format!(", {n} left out (their authors opted out)"),
@@ -463,10 +387,7 @@ async fn import(config: &Config, file: &PathBuf, guild: Option<&str>, strict: bo
 }
 
 async fn export(config: &Config, guild: Option<&str>, output: Option<PathBuf>) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
-    let records = store.export(guild).await;
-    store.close().await;
-    let records = records?;
+    let records = with_core(config.clone(), async |core| Ok(core.export(guild).await?)).await?;
     let mut text = String::new();
     for r in &records {
         text.push_str(&r.to_line());

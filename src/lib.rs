@@ -10,24 +10,23 @@
 //! - [`ratelimit`]: reply cool-downs per user and channel, and the per-channel cap.
 //! - [`policy`]: the single should-we-train decision with its reasons.
 //! - [`fallback`]: the keyword responder used while a guild has no model.
-//! - [`models`]: the on-disk model registry under `models/` (current-model pointers per guild).
+//! - [`models`]: the model lifecycle: the registry under `models/`, the training slot, serving,
+//!   bundles and remote training.
 //! - [`render`]: plain-text renderings of service results for Discord and the CLI.
-//! - [`serving`]: the per-guild models that answer, and the generation thread.
-//! - [`training`]: the one-at-a-time training slot with its progress and cancellation.
+//! - [`text`]: making text safe to send to Discord: length limits, mentions that cannot ping.
 //! - [`scheduler`]: periodic retraining through the policy, one guild at a time.
 //! - [`service`]: the operations that Discord commands, the HTTP API and the CLI share.
+//! - [`app`]: starting and stopping a whole mynah (store, core, API, Discord, schedules).
 //! - [`api`]: the axum HTTP API, a thin adapter over [`service`].
 //! - [`discord`]: the poise/serenity layer, a thin adapter over [`service`].
 //! - [`devserver`]: a local Discord-compatible server for tests and the playground.
 //! - [`playground`]: the terminal front-end that runs the real bot against the devserver.
 //! - [`bench`]: `mynah bench`, the latency, throughput, quality and memory figures.
-//! - [`bundle`]: model bundles (a checkpoint as one tar archive) with strict unpacking.
-//! - [`remote`]: training for another instance: pull its corpus, train here, push the model.
 //! - [`cli`]: command-line parsing and the entry points of each subcommand.
 
 pub mod api;
+pub mod app;
 pub mod bench;
-pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod consent;
@@ -40,15 +39,12 @@ pub mod models;
 pub mod playground;
 pub mod policy;
 pub mod ratelimit;
-pub mod remote;
 pub mod render;
 pub mod scheduler;
 pub mod scrub;
 pub mod service;
-pub mod serving;
 pub mod store;
 pub mod text;
-pub mod training;
 
 /// The crate version, reported by the API and stats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

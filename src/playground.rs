@@ -8,8 +8,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::{Collect, Config, Secret};
 use crate::devserver::{DevServer, MANAGE_GUILD};
-use crate::service::Core;
-use crate::store::Store;
 
 /// The sample corpus compiled into the binary (see `data/sample/README.md` for its license).
 pub const SAMPLE: &str = include_str!("../data/sample/fcc-small-excerpt.jsonl");
@@ -101,37 +99,35 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         config.engine.epochs = 20;
     }
 
-    let store = Store::open(&config.database_url).await?;
-    let (records, bad) = crate::corpus::parse_all(SAMPLE, Some(&GUILD_ID.to_string()));
-    let imported = store.insert_many(&records).await?;
-    debug_assert!(bad.is_empty(), "the bundled sample has malformed lines");
-    let core = Core::open(config.clone(), store.clone()).await?;
-
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The playground trains when you ask it to, not on a schedule.
+    config.schedule_minutes = None;
+    config.retention_days = None;
+    // A busy port gives a clear note instead of an error.
     let api_line = match config.api_addr {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            // Probe the port so a busy one gives a clear note instead of an error later.
             Ok(probe) => {
                 drop(probe);
-                let core = core.clone();
-                tokio::spawn(async move {
-                    let shutdown = async {
-                        let _ = api_stopped.await;
-                    };
-                    if let Err(e) = crate::api::serve(core, addr, shutdown).await {
-                        eprintln!("HTTP API stopped: {e:#}");
-                    }
-                });
                 format!("HTTP API:  curl http://{addr}/api/ml/status")
             }
-            Err(e) => format!("HTTP API:  off ({addr} is not available: {e})"),
+            Err(e) => {
+                config.api_addr = None;
+                format!("HTTP API:  off ({addr} is not available: {e})")
+            }
         },
         None => "HTTP API:  off (MYNAH_API_ADDR=off)".into(),
     };
 
-    let bot = crate::discord::start(core.clone()).await?;
+    let running = crate::app::start(config.clone()).await?;
+    let core = running.core().clone();
+    let imported = match core.import_jsonl(SAMPLE, Some(&GUILD_ID.to_string()), true).await {
+        Ok(imported) => imported,
+        Err(e) => {
+            running.shutdown().await;
+            return Err(e.into());
+        }
+    };
     if !server.wait_until_ready(Duration::from_secs(20)).await {
-        bot.shutdown().await;
+        running.shutdown().await;
         anyhow::bail!("the bot did not connect to the local Discord server within 20 s");
     }
     let room = Room { bot_name: "mynah".into(), server, you, guest };
@@ -140,15 +136,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     println!("Server \"Playground\": #general (collected) and #off-topic; you type as \"you\" (admin).");
     println!(
         "Sample corpus: {} messages in the guild ({} new from the bundled fcc-small excerpt, BSD-3-Clause).",
-        stats.counts.messages, imported.inserted
+        stats.counts.messages, imported.imported
     );
     println!("{api_line}");
     println!("Try: !llmstats   @mynah hi   !llmtrain force   /as guest   /channel off-topic   /help   /quit");
 
     let result = prompt_loop(&room, &config.prefix).await;
-    bot.shutdown().await;
-    let _ = stop_api.send(());
-    store.close().await;
+    running.shutdown().await;
     result
 }
 

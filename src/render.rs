@@ -1,7 +1,38 @@
 //! Plain-text renderings of service results, shared by the Discord commands and the CLI.
 
-use crate::service::{GuildStats, Mode};
-use crate::training::TrainingView;
+use crate::engine::train::Phase;
+use crate::models::trainer::{TrainingState, TrainingView};
+use crate::service::{Collection, GuildStats, Mode, ModeReason};
+
+impl std::fmt::Display for ModeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModeReason::Model { run } => write!(f, "replies come from model {run}"),
+            ModeReason::StaleModel { run, reason } => {
+                write!(f, "replies come from model {run}, which is stale: {reason}")
+            }
+            ModeReason::StaleSilenced { run, reason } => write!(
+                f,
+                "model {run} contains removed messages ({reason}), and MYNAH_STALE_MODELS=fallback keeps it silent until it is retrained"
+            ),
+            ModeReason::Unusable { reason } => write!(f, "the model is unusable: {reason}"),
+            ModeReason::NoModel => f.write_str("no model has been trained yet"),
+        }
+    }
+}
+
+/// Whether the channel is collected, with the command a member or an admin would use next.
+pub fn collection(c: &Collection, prefix: &str) -> String {
+    match c {
+        Collection::Channel { collected: true } => {
+            format!("this channel is collected; `{prefix}llmoptout` keeps your messages out")
+        }
+        Collection::Channel { collected: false } => {
+            format!("this channel is not collected (admins: `{prefix}llmchannel add`)")
+        }
+        Collection::Default { channels } => format!("default: {channels}"),
+    }
+}
 
 /// The body of `!llmstats` and `mynah stats`.
 pub fn stats(s: &GuildStats, prefix: &str) -> String {
@@ -59,10 +90,10 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
             .collect();
         lines.push(format!("**Last runs:** {}", runs.join("; ")));
     }
-    lines.push(format!("**Collection:** {}", s.collection));
+    lines.push(format!("**Collection:** {}", collection(&s.collection, prefix)));
     let d = &s.should_train;
     lines.push(match d.messages_until_first_training {
-        _ if s.training.state == "running" => {
+        _ if s.training.state == TrainingState::Running => {
             "**Next:** the new model serves as soon as training ends".into()
         }
         Some(0) => {
@@ -80,10 +111,10 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
 
 /// The training state in one line: live progress, or how the last run ended.
 pub fn training(t: &TrainingView) -> String {
-    if t.state == "running" {
+    if t.state == TrainingState::Running {
         let run = t.run_id.map(|r| format!(" run {r}")).unwrap_or_default();
         return match &t.progress {
-            Some(p) if p.phase == "training" => format!(
+            Some(p) if p.phase == Phase::Training => format!(
                 "running{run}: step {}/{}, loss {:.3}, {:.0} tokens/s, about {} left",
                 p.step,
                 p.total_steps,

@@ -22,7 +22,7 @@ impl Scheduler {
     /// One round: starts a training for the due guild that waited longest, if none runs.
     /// Returns the guild started.
     pub async fn tick(&mut self, core: &Arc<Core>) -> Result<Option<String>, ServiceError> {
-        if core.trainer.is_running() {
+        if core.is_training() {
             return Ok(None);
         }
         let mut due: Vec<String> = core

@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use crate::config::{Collect, Config, Secret};
 use crate::devserver::DevServer;
 use crate::service::Core;
-use crate::store::Store;
 
 pub async fn run(messages: usize) -> anyhow::Result<()> {
     let server = DevServer::start().await?;
@@ -32,9 +31,8 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
         schedule_minutes: None,
         ..Config::default()
     };
-    let store = Store::open(&config.database_url).await?;
-    let core = Core::open(config, store).await?;
-    let bot = crate::discord::start(core.clone()).await?;
+    let running = crate::app::start(config).await?;
+    let core = running.core().clone();
     anyhow::ensure!(server.wait_until_ready(Duration::from_secs(30)).await, "the bot did not connect");
     let bot_id = server.bot_id();
     let guild_id = guild.to_string();
@@ -85,8 +83,7 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
         "mention replies during the burst: p50 {p50:.1} ms  p99 {p99:.1} ms  ({} replies)",
         during.len()
     );
-    bot.shutdown().await;
-    core.store.close().await;
+    running.shutdown().await;
     drop(server);
     Ok(())
 }
@@ -103,7 +100,7 @@ async fn mention(server: &DevServer, channel: u64, user: u64, bot: u64) -> anyho
 }
 
 async fn stored(core: &Core, guild: &str) -> anyhow::Result<u64> {
-    Ok(core.store.counts(guild, None).await?.messages)
+    Ok(core.counts(guild, None).await?.messages)
 }
 
 fn quantiles(ms: &mut [f64]) -> (f64, f64) {

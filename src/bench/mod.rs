@@ -16,13 +16,14 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
 
-use crate::engine::checkpoint::{self, Meta};
+use crate::engine::checkpoint;
 use crate::engine::fast::FastModel;
 use crate::engine::generate::{self, Sampling};
 use crate::engine::model::Model;
 use crate::engine::ngram::KneserNey;
+use crate::engine::run::{self, RunSpec};
 use crate::engine::tokenizer::{ChatLine, ChatTokenizer};
-use crate::engine::train::{self, TrainOptions};
+use crate::engine::train::{self, Phase, TrainOptions};
 use crate::engine::Preset;
 
 #[derive(Debug, Subcommand)]
@@ -116,8 +117,18 @@ fn bench_train(
     let cancel = AtomicBool::new(false);
     let started = Instant::now();
     let mut last_print = Instant::now();
-    let trained = train::train(&lines, &opts, &Device::Cpu, &cancel, |p| {
-        if last_print.elapsed().as_secs_f64() > 15.0 || p.phase != "training" {
+    let run = format!("run-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
+    let spec = RunSpec {
+        lines: &lines,
+        opts: &opts,
+        base: None,
+        parent: out,
+        name: &run,
+        preset_label: opts.preset.name.clone(),
+        corpus_span: (None, None),
+    };
+    let (trained, report, dir) = run::train_and_save(&spec, &Device::Cpu, &cancel, |p| {
+        if last_print.elapsed().as_secs_f64() > 15.0 || p.phase != Phase::Training {
             eprintln!(
                 "  {:>10} step {}/{} epoch {:.2} loss {:.3} {:.0} tok/s eta {:.0}s",
                 p.phase, p.step, p.total_steps, p.epoch, p.loss, p.tokens_per_second, p.eta_seconds
@@ -126,7 +137,7 @@ fn bench_train(
         }
     })?;
     let wall = started.elapsed().as_secs_f64();
-    let r = &trained.report;
+    let r = &report;
 
     let data = train::prepare(&lines, &trained.tokenizer, opts.val_fraction)?;
     let kn_started = Instant::now();
@@ -136,15 +147,12 @@ fn bench_train(
     let kn_bpb = nats / std::f64::consts::LN_2 / kn_bytes.max(1) as f64;
     let kn_seconds = kn_started.elapsed().as_secs_f64();
 
-    let meta = Meta::trained(&trained.config, r, lines.len(), opts.preset.name.clone());
-    let run = format!("run-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
-    let dir = checkpoint::save(out, &run, &trained.varmap, &trained.config, &trained.tokenizer, &meta)?;
     if let Some(export) = export {
-        export_for_torch(export, &data, &trained.config, &opts)?;
+        export_for_torch(export, &data, &trained.model.cfg, &opts)?;
     }
     let summary = json!({
         "preset": opts.preset.name,
-        "params": trained.config.params(),
+        "params": trained.model.cfg.params(),
         "wall_seconds": wall,
         "steps": r.steps,
         "epochs": r.epochs,

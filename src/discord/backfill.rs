@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use poise::serenity_prelude as serenity;
 
-use super::{events, Data, Error};
+use super::{message, Data};
 use crate::service::Incoming;
 
 /// What one backfill did.
@@ -17,40 +17,6 @@ pub struct Report {
     pub stored: u64,
     /// Stored messages that Discord no longer has (deleted while the bot was away).
     pub purged: u64,
-}
-
-/// Tells commands from chat, the same way for live messages and history.
-#[derive(Debug, Clone)]
-pub struct Filter {
-    prefix: String,
-    commands: Vec<String>,
-}
-
-impl Filter {
-    pub fn new(options: &poise::FrameworkOptions<Data, Error>, prefix: &str) -> Filter {
-        let commands = options
-            .commands
-            .iter()
-            .flat_map(|c| std::iter::once(&c.name).chain(c.aliases.iter()))
-            .map(|n| n.to_lowercase())
-            .collect();
-        Filter { prefix: prefix.to_string(), commands }
-    }
-
-    /// Whether `content` invokes one of the bot's commands (these are not chat to learn from).
-    pub fn is_command(&self, content: &str) -> bool {
-        let Some(rest) = content.strip_prefix(&self.prefix) else {
-            return false;
-        };
-        let word = rest.split_whitespace().next().unwrap_or("").to_lowercase();
-        self.commands.contains(&word)
-    }
-}
-
-/// Channels whose messages are chat: text, announcement and thread channels.
-pub fn is_text(c: &serenity::GuildChannel) -> bool {
-    use serenity::ChannelType as T;
-    matches!(c.kind, T::Text | T::News | T::PublicThread | T::PrivateThread | T::NewsThread)
 }
 
 /// Runs a backfill unless one already runs for the channel; failures are logged only (the
@@ -90,12 +56,12 @@ async fn run(
     channel: serenity::ChannelId,
 ) -> anyhow::Result<Report> {
     let core = &data.core;
-    let limit = core.config.backfill_messages;
+    let limit = core.config().backfill_messages;
     let (g, c) = (guild.to_string(), channel.to_string());
     if limit == 0 {
         return Ok(Report::default());
     }
-    let synced = core.store.synced_through(&g, &c).await?;
+    let synced = core.synced_through(&g, &c).await?;
     let mut report = Report::default();
     let mut present = HashSet::new();
     let mut newest: Option<u64> = None;
@@ -126,7 +92,7 @@ async fn run(
                 continue;
             }
             let incoming = Incoming {
-                record: events::record(ctx, guild, m),
+                record: message::record(ctx, guild, m),
                 author_is_bot: false,
                 is_command: data.filter.is_command(&m.content),
             };
@@ -147,21 +113,7 @@ async fn run(
         report.purged = core.reconcile_channel(&g, &c, s, n, &present).await?.messages;
     }
     if let Some(n) = newest.filter(|&n| synced.is_none_or(|s| n > s)) {
-        core.store.set_synced_through(&g, &c, n).await?;
+        core.set_synced_through(&g, &c, n).await?;
     }
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_are_told_from_chat() {
-        let f = Filter { prefix: "!".into(), commands: vec!["llmstats".into(), "llmtrain".into()] };
-        assert!(f.is_command("!llmstats"));
-        assert!(f.is_command("!LLMTRAIN force"));
-        assert!(!f.is_command("!hello there"));
-        assert!(!f.is_command("llmstats"));
-    }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use poise::serenity_prelude as serenity;
 
-use super::backfill;
+use super::{backfill, message};
 use super::{no_pings, Context, Error};
 use crate::service::{ServiceError, TrainRequest, Trigger};
 
@@ -37,7 +37,7 @@ pub async fn llmstats(ctx: Context<'_>) -> Result<(), Error> {
     let channel = ctx.channel_id().to_string();
     let core = &ctx.data().core;
     let stats = core.stats(&guild, Some(&channel)).await?;
-    ctx.say(crate::text::for_discord(&crate::render::stats(&stats, &core.config.prefix))).await?;
+    ctx.say(crate::text::for_discord(&crate::render::stats(&stats, &core.config().prefix))).await?;
     Ok(())
 }
 
@@ -79,20 +79,15 @@ pub async fn llmtrain(
             a.corpus_messages,
             a.epochs,
             if a.epochs == 1 { "" } else { "s" },
-            core.config.engine.max_minutes,
-            core.config.prefix
+            core.config().engine.max_minutes,
+            core.config().prefix
         ),
         Err(ServiceError::NotNeeded { decision, .. }) => format!(
             "Not training now: {}. `{}llmtrain force` trains anyway.",
-            decision.reason, core.config.prefix
+            decision.reason,
+            core.config().prefix
         ),
-        Err(
-            e @ (ServiceError::BadRequest(_)
-            | ServiceError::NothingToTrain
-            | ServiceError::GuildAmbiguous(_)
-            | ServiceError::AlreadyRunning { .. }
-            | ServiceError::Engine(crate::engine::EngineError::NotEnoughData(_))),
-        ) => crate::text::for_discord(&e.to_string()),
+        // Other refusals reach the asker through `on_error`, which shows user errors as they are.
         Err(e) => return Err(e.into()),
     };
     ctx.say(text).await?;
@@ -101,7 +96,7 @@ pub async fn llmtrain(
 
 /// Admins: members listed in `MYNAH_ADMIN_IDS`, and members with Manage Server.
 async fn is_admin(ctx: Context<'_>) -> Result<bool, Error> {
-    if ctx.data().core.config.is_admin(ctx.author().id.get()) {
+    if ctx.data().core.config().is_admin(ctx.author().id.get()) {
         return Ok(true);
     }
     let Some(guild_id) = ctx.guild_id() else {
@@ -157,7 +152,7 @@ async fn channel_add(
     } else {
         format!(
             "Collecting <#{channel}> from now on. Members can opt out with `{}llmoptout`.",
-            core.config.prefix
+            core.config().prefix
         )
     };
     if let Some(r) = read.filter(|r| r.stored > 0) {
@@ -195,7 +190,7 @@ async fn channel_remove(
 async fn channel_list(ctx: Context<'_>) -> Result<(), Error> {
     let known: Vec<String> = ctx
         .guild()
-        .map(|g| g.channels.values().filter(|c| backfill::is_text(c)).map(|c| c.id.to_string()).collect())
+        .map(|g| g.channels.values().filter(|c| message::is_text(c)).map(|c| c.id.to_string()).collect())
         .unwrap_or_default();
     let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
     let core = &ctx.data().core;
@@ -203,7 +198,8 @@ async fn channel_list(ctx: Context<'_>) -> Result<(), Error> {
     let text = if list.channels.is_empty() {
         format!(
             "No channel is collected here. `{}llmchannel add #channel` opts one in. (Default: {}.)",
-            core.config.prefix, list.default
+            core.config().prefix,
+            list.default
         )
     } else {
         let lines: Vec<String> = list
@@ -254,7 +250,7 @@ pub async fn llmoptout(ctx: Context<'_>) -> Result<(), Error> {
     };
     let text = format!(
         "You're opted out: I won't store or learn from your messages in this server, and {deleted}.{stale} `{}llmoptin` undoes this.",
-        core.config.prefix
+        core.config().prefix
     );
     ctx.send(private_reply(text)).await?;
     Ok(())
@@ -303,7 +299,7 @@ pub async fn llmforgetme(
         let purged = core.forget_user(&guild, &user).await?;
         format!(
             "Done: I deleted the {} messages of yours I had stored in this server. New messages are still collected; `{}llmoptout` stops that too.",
-            purged.messages, core.config.prefix
+            purged.messages, core.config().prefix
         )
     } else {
         let stored = core.my_data(&guild, &user).await?.lines.len();
@@ -315,7 +311,7 @@ pub async fn llmforgetme(
         format!(
             "{again}This deletes all {stored} messages of yours that I stored in this server, for good. \
              To go ahead, run `{}llmforgetme confirm` within 5 minutes.",
-            core.config.prefix
+            core.config().prefix
         )
     };
     ctx.send(private_reply(text)).await?;

@@ -3,8 +3,8 @@
 
 use poise::serenity_prelude as serenity;
 
+use super::message::{self, record};
 use super::{backfill, no_pings, Data, Error};
-use crate::corpus::Record;
 use crate::service::{Incoming, ReplyRequest, ServiceError};
 
 pub async fn handle(
@@ -51,10 +51,10 @@ pub async fn handle(
                 .channels
                 .values()
                 .chain(guild.threads.iter())
-                .filter(|c| backfill::is_text(c))
+                .filter(|c| message::is_text(c))
                 .filter(|c| {
                     let parent = c.parent_id.filter(|_| c.thread_metadata.is_some()).map(|p| p.to_string());
-                    core.consent.collects_message(&g, &c.id.to_string(), parent.as_deref())
+                    core.collects(&g, &c.id.to_string(), parent.as_deref())
                 })
                 .map(|c| c.id)
                 .collect();
@@ -141,33 +141,4 @@ async fn answer(
         .allowed_mentions(no_pings());
     msg.channel_id.send_message(&ctx.http, reply).await?;
     Ok(())
-}
-
-/// The message as a corpus record, with the channel's name from the cache when known.
-pub(super) fn record(
-    ctx: &serenity::Context,
-    guild_id: serenity::GuildId,
-    msg: &serenity::Message,
-) -> Record {
-    // Threads are cached apart from channels; their messages remember their channel.
-    let (channel, parent) = ctx
-        .cache
-        .guild(guild_id)
-        .and_then(|g| {
-            let thread = g.threads.iter().find(|t| t.id == msg.channel_id);
-            let c = g.channels.get(&msg.channel_id).or(thread)?;
-            Some((c.name.clone(), thread.and_then(|t| t.parent_id).map(|p| p.to_string())))
-        })
-        .unwrap_or_default();
-    Record {
-        id: msg.id.to_string(),
-        guild_id: guild_id.to_string(),
-        channel_id: msg.channel_id.to_string(),
-        channel,
-        author_id: msg.author.id.to_string(),
-        author: msg.author.global_name.clone().unwrap_or_else(|| msg.author.name.clone()),
-        content: msg.content.clone(),
-        timestamp: msg.timestamp.to_rfc3339().unwrap_or_default(),
-        parent_channel_id: parent,
-    }
 }

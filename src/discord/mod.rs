@@ -5,6 +5,7 @@
 mod backfill;
 mod commands;
 mod events;
+mod message;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use poise::serenity_prelude as serenity;
 
-use crate::service::Core;
+use crate::service::{Core, ServiceError};
 
 /// Shared state handed to every command and event (cheap to clone for background tasks).
 #[derive(Clone)]
@@ -24,12 +25,12 @@ pub struct Data {
     /// `llmforgetme` asked, waiting for its confirmation: (guild, user) → when.
     forget_requests: Arc<Mutex<HashMap<(u64, u64), Instant>>>,
     /// Tells command invocations from chat; the command list is fixed at start.
-    filter: Arc<backfill::Filter>,
+    filter: Arc<message::Filter>,
 }
 
 impl Data {
     fn new(core: Arc<Core>, options: &poise::FrameworkOptions<Data, Error>) -> Data {
-        let filter = Arc::new(backfill::Filter::new(options, &core.config.prefix));
+        let filter = Arc::new(message::Filter::new(options, &core.config().prefix));
         Data { core, backfilling: Arc::default(), forget_requests: Arc::default(), filter }
     }
 }
@@ -71,13 +72,13 @@ pub fn intents() -> serenity::GatewayIntents {
 
 /// Connects the bot to Discord (or to `DISCORD_API_BASE`) and runs it in the background.
 pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
-    let token = core.config.discord_token.clone().context("DISCORD_TOKEN is not set")?;
+    let token = core.config().discord_token.clone().context("DISCORD_TOKEN is not set")?;
     let mut http = serenity::HttpBuilder::new(token.expose());
-    if let Some(base) = &core.config.discord_api_base {
+    if let Some(base) = &core.config().discord_api_base {
         // serenity ignores the proxy while its ratelimiter is on (serenity#1739).
         http = http.proxy(base.as_str()).ratelimiter_disabled(true);
     }
-    let prefix = core.config.prefix.clone();
+    let prefix = core.config().prefix.clone();
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
             commands: commands::all(),
@@ -98,7 +99,7 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
                 if let Err(e) = poise::builtins::register_globally(ctx, &framework.options().commands).await {
                     tracing::warn!(error = %e, "could not register slash commands; prefix commands still work");
                 }
-                if !core.config.announce_channels.is_empty() {
+                if !core.config().announce_channels.is_empty() {
                     tokio::spawn(announce(ctx.clone(), core.clone()));
                 }
                 Ok(Data::new(core, framework.options()))
@@ -133,7 +134,7 @@ async fn announce(ctx: serenity::Context, core: Arc<Core>) {
             val_bits_per_byte,
             previous_val_bits_per_byte,
         } = event;
-        let channel = core.config.announce_channels.iter().find_map(|c| {
+        let channel = core.config().announce_channels.iter().find_map(|c| {
             let id = serenity::ChannelId::new(c.parse().ok()?);
             let guild = ctx.cache.guild(serenity::GuildId::new(guild_id.parse().ok()?))?;
             guild.channels.contains_key(&id).then_some(id)
@@ -155,12 +156,16 @@ async fn announce(ctx: serenity::Context, core: Arc<Core>) {
 async fn on_error(error: poise::FrameworkError<'_, Data, Error>) {
     match error {
         poise::FrameworkError::Command { error, ctx, .. } => {
-            tracing::error!(command = %ctx.command().name, error = ?error, "command failed");
-            reply(
-                ctx,
-                "Sorry, something went wrong on my side; the operator can find details in the log.".into(),
-            )
-            .await;
+            // A mistake or a refusal the asker can act on is shown as such; anything else is
+            // mynah's fault: logged, and answered with an apology.
+            let text = match error.downcast_ref::<ServiceError>() {
+                Some(e) if e.is_user_error() => crate::text::for_discord(&e.to_string()),
+                _ => {
+                    tracing::error!(command = %ctx.command().name, error = ?error, "command failed");
+                    "Sorry, something went wrong on my side; the operator can find details in the log.".into()
+                }
+            };
+            reply(ctx, text).await;
         }
         poise::FrameworkError::CommandCheckFailed { error, ctx, .. } => {
             if let Some(e) = error {
@@ -173,7 +178,7 @@ async fn on_error(error: poise::FrameworkError<'_, Data, Error>) {
             reply(ctx, text).await;
         }
         poise::FrameworkError::ArgumentParse { error, input, ctx, .. } => {
-            let usage = commands::usage(&ctx.data().core.config.prefix, &ctx.command().name);
+            let usage = commands::usage(&ctx.data().core.config().prefix, &ctx.command().name);
             let what = input.map(|i| format!("`{i}`: ")).unwrap_or_default();
             reply(ctx, format!("I didn't understand {what}{error}. Usage: {usage}")).await;
         }

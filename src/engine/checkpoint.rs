@@ -1,8 +1,7 @@
-//! Checkpoints on disk: `models/<guild>/<run>/` holds `model.safetensors`, `config.json`,
-//! `tokenizer.json` and `meta.json`; `models/<guild>/CURRENT` names the run that serves. A new
-//! run is written to a temporary directory, synced, renamed into place, and only then is the
-//! pointer replaced (write, fsync, rename), so a crash or a failed run never touches the
-//! current model.
+//! Checkpoints on disk: a run directory holds `model.safetensors`, `config.json`,
+//! `tokenizer.json` and `meta.json` (the manifest). A new run is written to a temporary sibling
+//! directory, synced and renamed into place, so a crash or a failed run never leaves half a
+//! checkpoint. Which run serves is the app's business (`crate::models`), not the engine's.
 
 use std::fs::File;
 use std::io::Write;
@@ -16,11 +15,25 @@ use super::fast::FastModel;
 use super::model::{Model, ModelConfig};
 use super::tokenizer::ChatTokenizer;
 use super::EngineError;
-use crate::models::CURRENT;
 
-/// What `meta.json` records about a run.
+/// The files every checkpoint directory holds.
+pub const FILES: [&str; 4] = ["model.safetensors", "config.json", "tokenizer.json", "meta.json"];
+
+/// What kind of model a checkpoint directory holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A llama-style transformer with its own tokenizer (trained here or from a base).
+    #[default]
+    Transformer,
+}
+
+/// The manifest of a run directory (`meta.json`): what the model is and how it was made.
+/// Fields missing from an older manifest take their defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Meta {
+    pub kind: Kind,
     pub params: u64,
     pub trained_at: String,
     pub val_bits_per_byte: Option<f64>,
@@ -75,34 +88,20 @@ fn ck_err(path: &Path, reason: impl std::fmt::Display) -> EngineError {
     EngineError::Checkpoint { path: path.display().to_string(), reason: reason.to_string() }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let mut f = File::create(path).map_err(|e| ck_err(path, e))?;
-    f.write_all(bytes).map_err(|e| ck_err(path, e))?;
-    f.sync_all().map_err(|e| ck_err(path, e))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), EngineError> {
-    // Directory fsync makes the renames durable; not every platform supports it.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Writes a run under `guild_dir` and makes it current. Returns the run's directory.
+/// Writes a checkpoint as the new directory `parent/name` (refused if it exists). Returns it.
 pub fn save(
-    guild_dir: &Path,
-    run: &str,
+    parent: &Path,
+    name: &str,
     varmap: &VarMap,
     config: &ModelConfig,
     tokenizer: &ChatTokenizer,
     meta: &Meta,
 ) -> Result<PathBuf, EngineError> {
-    if run.is_empty() || run.contains(['/', '\\']) || run.starts_with('.') {
-        return Err(ck_err(guild_dir, format!("invalid run name {run:?}")));
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(ck_err(parent, format!("invalid run name {name:?}")));
     }
-    std::fs::create_dir_all(guild_dir).map_err(|e| ck_err(guild_dir, e))?;
-    let tmp = guild_dir.join(format!(".tmp-{run}"));
+    std::fs::create_dir_all(parent).map_err(|e| ck_err(parent, e))?;
+    let tmp = parent.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| ck_err(&tmp, e))?;
     let weights = tmp.join("model.safetensors");
@@ -113,23 +112,29 @@ pub fn save(
     let tok_path = tmp.join("tokenizer.json");
     tokenizer.save(&tok_path)?;
     File::open(&tok_path).and_then(|f| f.sync_all()).map_err(|e| ck_err(&tok_path, e))?;
-    sync_dir(&tmp)?;
-    let dir = guild_dir.join(run);
+    sync_dir(&tmp);
+    let dir = parent.join(name);
     if dir.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
         return Err(ck_err(&dir, "a run of this name already exists"));
     }
     std::fs::rename(&tmp, &dir).map_err(|e| ck_err(&dir, e))?;
-    sync_dir(guild_dir)?;
-    set_current(guild_dir, run)?;
+    sync_dir(parent);
     Ok(dir)
 }
 
-/// Points `guild_dir/CURRENT` at `run`, atomically.
-pub fn set_current(guild_dir: &Path, run: &str) -> Result<(), EngineError> {
-    let tmp = guild_dir.join(format!("{CURRENT}.tmp"));
-    write_synced(&tmp, run.as_bytes())?;
-    std::fs::rename(&tmp, guild_dir.join(CURRENT)).map_err(|e| ck_err(guild_dir, e))?;
-    sync_dir(guild_dir)
+/// Writes `bytes` to `path` and syncs it to disk.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let mut f = File::create(path).map_err(|e| ck_err(path, e))?;
+    f.write_all(bytes).map_err(|e| ck_err(path, e))?;
+    f.sync_all().map_err(|e| ck_err(path, e))
+}
+
+/// Makes renames inside `dir` durable, where the platform supports directory fsync.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Loads and validates a run directory: config, tokenizer and every tensor's shape.

@@ -9,7 +9,8 @@
 //! - [`generate`]: sampling a reply from a chat history.
 //! - [`ops`]: fused CPU kernels with backward passes for training.
 //! - [`ngram`]: a Kneser–Ney trigram baseline for the benchmarks.
-//! - [`checkpoint`]: atomic save and validated load of `models/<guild>/<run>/`.
+//! - [`checkpoint`]: atomic save and validated load of a run directory, and its manifest.
+//! - [`run`]: one whole training run, from chat lines to a saved checkpoint loaded back.
 
 pub mod checkpoint;
 pub mod fast;
@@ -17,6 +18,7 @@ pub mod generate;
 pub mod model;
 pub mod ngram;
 pub mod ops;
+pub mod run;
 pub mod tokenizer;
 pub mod train;
 

@@ -103,7 +103,7 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() 
 
     let mut seen = 0;
     let trained = train::train(&lines, &opts, &Device::Cpu, &cancel, |p| {
-        if p.phase == "training" {
+        if p.phase == train::Phase::Training {
             seen += 1;
             assert!(p.step <= p.total_steps && p.tokens_per_second > 0.0);
         }
@@ -119,7 +119,6 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() 
     let run =
         checkpoint::save(dir.path(), "run-1", &trained.varmap, &trained.config, &trained.tokenizer, &meta)
             .unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("CURRENT")).unwrap(), "run-1");
     let loaded = checkpoint::load(&run, &Device::Cpu).unwrap();
     let ids = trained.tokenizer.encode_message("alice", "hello there, anyone around?").unwrap();
     let a =

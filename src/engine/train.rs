@@ -48,10 +48,35 @@ impl TrainOptions {
     }
 }
 
+/// The phases of a training run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Training the tokenizer (from-scratch runs).
+    Tokenizer,
+    /// Turning the corpus into token streams.
+    Preparing,
+    /// Optimisation steps; `step` and `total_steps` mean something.
+    Training,
+    /// Scoring the held-out split.
+    Validating,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Tokenizer => "tokenizer",
+            Phase::Preparing => "preparing",
+            Phase::Training => "training",
+            Phase::Validating => "validating",
+        })
+    }
+}
+
 /// Where a training run is, reported after every step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Progress {
-    pub phase: &'static str,
+    pub phase: Phase,
     pub step: usize,
     pub total_steps: usize,
     pub epoch: f64,
@@ -62,7 +87,7 @@ pub struct Progress {
 
 impl Progress {
     /// A phase that has no steps yet.
-    fn starting(phase: &'static str) -> Progress {
+    fn starting(phase: Phase) -> Progress {
         Progress {
             phase,
             step: 0,
@@ -249,7 +274,7 @@ pub fn train(
 ) -> Result<Trained, EngineError> {
     let started = Instant::now();
     let p = &opts.preset;
-    progress(&Progress::starting("tokenizer"));
+    progress(&Progress::starting(Phase::Tokenizer));
     let (train_lines, _) = split(lines, opts.val_fraction)?;
     let tok = ChatTokenizer::train(train_lines, p.vocab_size)?;
     let data = prepare(lines, &tok, opts.val_fraction)?;
@@ -309,7 +334,7 @@ pub fn train_from_base(
     // Tensors the checkpoint lacked are created fresh here; shapes are checked against cfg.
     let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))
         .map_err(|e| bad(format!("does not fit its config: {e}")))?;
-    progress(&Progress::starting("preparing"));
+    progress(&Progress::starting(Phase::Preparing));
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
     Ok(Trained { config: cfg, tokenizer: tok, ..trained })
@@ -379,7 +404,7 @@ pub fn fit(
                 eta = eta.min((max - started.elapsed().as_secs_f64()).max(0.0));
             }
             progress(&Progress {
-                phase: "training",
+                phase: Phase::Training,
                 step,
                 total_steps: total,
                 epoch: step as f64 / steps_per_epoch as f64,
@@ -393,7 +418,7 @@ pub fn fit(
         return Err(EngineError::NotEnoughData("the time budget ended before the first step".into()));
     }
     progress(&Progress {
-        phase: "validating",
+        phase: Phase::Validating,
         step,
         total_steps: total,
         epoch: step as f64 / steps_per_epoch as f64,

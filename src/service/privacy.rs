@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{run_name, Core, ServiceError};
 use crate::consent::ChannelState;
 use crate::corpus::Record;
-use crate::store::Purged;
+use crate::store::{ChannelSetting, Purged};
 
 /// The answer to `llmchannel add|remove`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,6 +68,11 @@ impl Core {
             default: self.consent.describe_default(),
             channels: self.consent.collected_channels(guild, known),
         }
+    }
+
+    /// The admins' per-channel choices of every guild.
+    pub async fn channel_settings(&self) -> Result<Vec<ChannelSetting>, ServiceError> {
+        Ok(self.store.channel_settings().await?)
     }
 
     /// The user's messages are no longer stored nor trained on; what was stored is removed.

@@ -1,11 +1,13 @@
 //! Everything persisted in SQL: chat messages, training runs and models. SQLite in WAL mode by
 //! default (`DATABASE_URL`); the schema lives in `migrations/` and is applied at open.
 //! This is the only module that contains SQL; `privacy` holds the queries of consent and
-//! deletion.
+//! deletion, `runs` those of training runs and models.
 
 mod privacy;
+mod runs;
 
 pub use privacy::{ChannelSetting, Purged, Staleness};
+pub use runs::{LastRun, RunOutcome, RunResult, RunRow};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -27,6 +29,8 @@ pub enum StoreError {
     Dir { path: String, source: std::io::Error },
     #[error("invalid message: {0}")]
     Invalid(#[from] crate::corpus::LineError),
+    #[error("the database holds an unexpected {0}")]
+    Unexpected(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -67,14 +71,6 @@ pub struct Inserted {
     /// Left out because their author opted out of collection in that guild, or asked to be
     /// forgotten after writing them.
     pub opted_out: u64,
-}
-
-/// The last successful training run of a guild, as the policy needs it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LastRun {
-    pub id: i64,
-    pub finished_ms: i64,
-    pub corpus_until_ms: Option<i64>,
 }
 
 impl Store {
@@ -216,57 +212,6 @@ impl Store {
                 .await?;
         Ok(count(n))
     }
-
-    pub async fn last_successful_run(&self, guild: &str) -> Result<Option<LastRun>> {
-        let row = sqlx::query(
-            "SELECT id, finished_ms, corpus_until_ms FROM training_runs
-             WHERE guild_id = ? AND outcome = 'succeeded' AND finished_ms IS NOT NULL
-             ORDER BY finished_ms DESC LIMIT 1",
-        )
-        .bind(guild)
-        .fetch_optional(&self.read)
-        .await?;
-        row.map(|row| {
-            Ok(LastRun {
-                id: row.try_get(0)?,
-                finished_ms: row.try_get(1)?,
-                corpus_until_ms: row.try_get(2)?,
-            })
-        })
-        .transpose()
-    }
-}
-
-/// What a finished training run achieved, for its row.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RunResult {
-    pub outcome: &'static str,
-    pub error: Option<String>,
-    pub steps: Option<i64>,
-    pub tokens: Option<i64>,
-    pub train_loss: Option<f64>,
-    pub val_bpb: Option<f64>,
-}
-
-/// One row of `training_runs`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunRow {
-    pub id: i64,
-    pub guild_id: String,
-    pub trigger: String,
-    pub requested_by: Option<String>,
-    pub started_ms: i64,
-    pub finished_ms: Option<i64>,
-    pub outcome: String,
-    pub error: Option<String>,
-    pub epochs: Option<i64>,
-    pub steps: Option<i64>,
-    pub tokens: Option<i64>,
-    pub train_loss: Option<f64>,
-    pub val_bpb: Option<f64>,
-    pub corpus_messages: Option<i64>,
-    /// Milliseconds from start to end, once the run has ended.
-    pub duration_ms: Option<i64>,
 }
 
 /// A message of the recent history of a channel, for reply prompts.
@@ -278,136 +223,6 @@ pub struct Recent {
 }
 
 impl Store {
-    /// Records a training run as started; returns its ID.
-    pub async fn start_run(
-        &self,
-        guild: &str,
-        trigger: &str,
-        requested_by: Option<&str>,
-        epochs: i64,
-        corpus_messages: i64,
-        corpus_until_ms: Option<i64>,
-    ) -> Result<i64> {
-        let id = sqlx::query(
-            "INSERT INTO training_runs (guild_id, trigger, requested_by, started_ms, outcome, epochs,
-                                        corpus_messages, corpus_until_ms)
-             VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-        )
-        .bind(guild)
-        .bind(trigger)
-        .bind(requested_by)
-        .bind(now_ms())
-        .bind(epochs)
-        .bind(corpus_messages)
-        .bind(corpus_until_ms)
-        .execute(&self.pool)
-        .await?
-        .last_insert_rowid();
-        Ok(id)
-    }
-
-    pub async fn finish_run(&self, id: i64, r: &RunResult) -> Result<()> {
-        sqlx::query(
-            "UPDATE training_runs SET finished_ms = ?, outcome = ?, error = ?, steps = ?, tokens = ?,
-                                      train_loss = ?, val_bpb = ?
-             WHERE id = ?",
-        )
-        .bind(now_ms())
-        .bind(r.outcome)
-        .bind(&r.error)
-        .bind(r.steps)
-        .bind(r.tokens)
-        .bind(r.train_loss)
-        .bind(r.val_bpb)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Runs still marked running belong to a process that died: mark them interrupted.
-    pub async fn mark_interrupted_runs(&self) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE training_runs SET outcome = 'interrupted', finished_ms = ?,
-                    error = 'the process stopped during training'
-             WHERE outcome = 'running'",
-        )
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// The newest runs, of one guild or all.
-    pub async fn runs(&self, guild: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query(
-            "SELECT id, guild_id, trigger, requested_by, started_ms, finished_ms, outcome, error, epochs,
-                    steps, tokens, train_loss, val_bpb, corpus_messages
-             FROM training_runs WHERE (?1 IS NULL OR guild_id = ?1)
-             ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(guild)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(RunRow {
-                    id: r.try_get(0)?,
-                    guild_id: r.try_get(1)?,
-                    trigger: r.try_get(2)?,
-                    requested_by: r.try_get(3)?,
-                    started_ms: r.try_get(4)?,
-                    finished_ms: r.try_get(5)?,
-                    outcome: r.try_get(6)?,
-                    error: r.try_get(7)?,
-                    epochs: r.try_get(8)?,
-                    steps: r.try_get(9)?,
-                    tokens: r.try_get(10)?,
-                    train_loss: r.try_get(11)?,
-                    val_bpb: r.try_get(12)?,
-                    corpus_messages: r.try_get(13)?,
-                    duration_ms: r
-                        .try_get::<Option<i64>, _>(5)?
-                        .map(|f| f - r.try_get::<i64, _>(4).unwrap_or(f)),
-                })
-            })
-            .collect()
-    }
-
-    /// Records a trained model as the guild's current one (the previous one stops being current).
-    pub async fn record_model(
-        &self,
-        guild: &str,
-        run_id: i64,
-        path: &str,
-        params: i64,
-        val_bpb: Option<f64>,
-        corpus_messages: i64,
-    ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE models SET is_current = 0 WHERE guild_id = ? AND is_current = 1")
-            .bind(guild)
-            .execute(&mut *tx)
-            .await?;
-        let id = sqlx::query(
-            "INSERT INTO models (guild_id, run_id, path, created_ms, params, val_bpb, corpus_messages, is_current)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-        )
-        .bind(guild)
-        .bind(run_id)
-        .bind(path)
-        .bind(now_ms())
-        .bind(params)
-        .bind(val_bpb)
-        .bind(corpus_messages)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
-        tx.commit().await?;
-        Ok(id)
-    }
-
     /// The last `limit` messages of a channel (oldest first), without the message `except`.
     pub async fn recent(
         &self,

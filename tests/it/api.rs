@@ -29,7 +29,7 @@ impl Api {
 
     async fn with_sample(token: Option<&str>) -> Api {
         let api = Api::new(token).await;
-        mynah::cli::import_text(&api.core.store, support::sample(), Some("42"), true, true).await.unwrap();
+        api.core.import_jsonl(support::sample(), Some("42"), true).await.unwrap();
         api
     }
 
@@ -124,17 +124,17 @@ async fn a_cancelled_training_leaves_the_current_model() {
     let (status, body) = api.call("DELETE", "/api/ml/train", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["cancelled"], true, "{body}");
-    assert_eq!(support::wait_training_done(&api.core).await.outcome, "cancelled");
+    assert_eq!(support::wait_training_done(&api.core).await.outcome, mynah::store::RunOutcome::Cancelled);
     let (_, body) = api.call("GET", "/api/ml/status", None, None).await;
     assert_eq!((body["mode"].as_str(), &body["models"]), (Some("fallback"), &json!([])), "{body}");
 
     // With a model serving, a cancelled retraining leaves it in place.
     api.call("POST", "/api/ml/train", Some(r#"{"force": true, "epochs": 1}"#), None).await;
-    assert_eq!(support::wait_training_done(&api.core).await.outcome, "succeeded");
+    assert_eq!(support::wait_training_done(&api.core).await.outcome, mynah::store::RunOutcome::Succeeded);
     let (_, before) = api.call("GET", "/api/ml/status", None, None).await;
     api.call("POST", "/api/ml/train", Some(r#"{"force": true, "epochs": 50}"#), None).await;
     api.call("DELETE", "/api/ml/train", None, None).await;
-    assert_eq!(support::wait_training_done(&api.core).await.outcome, "cancelled");
+    assert_eq!(support::wait_training_done(&api.core).await.outcome, mynah::store::RunOutcome::Cancelled);
     let (_, after) = api.call("GET", "/api/ml/status", None, None).await;
     assert_eq!(after["model"]["run"], before["model"]["run"], "{after}");
     assert_eq!(after["mode"], "model");
@@ -214,17 +214,18 @@ async fn initialize_rereads_the_models_directory() {
     let mut opts = mynah::engine::train::TrainOptions::new(mynah::engine::Preset::tiny());
     opts.max_seconds = Some(1.0);
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    let t = mynah::engine::train::train(&lines, &opts, &candle_core::Device::Cpu, &cancel, |_| {}).unwrap();
-    let meta = mynah::engine::checkpoint::Meta { params: t.config.params(), ..Default::default() };
-    mynah::engine::checkpoint::save(
-        &api.dir.path().join("models/42"),
-        "run-2",
-        &t.varmap,
-        &t.config,
-        &t.tokenizer,
-        &meta,
-    )
-    .unwrap();
+    let guild_dir = api.dir.path().join("models/42");
+    let spec = mynah::engine::run::RunSpec {
+        lines: &lines,
+        opts: &opts,
+        base: None,
+        parent: &guild_dir,
+        name: "run-2",
+        preset_label: "tiny".into(),
+        corpus_span: (None, None),
+    };
+    mynah::engine::run::train_and_save(&spec, &candle_core::Device::Cpu, &cancel, |_| {}).unwrap();
+    mynah::models::registry::set_current(&guild_dir, "run-2").unwrap();
     let (_, after) = api.call("POST", "/api/ml/initialize", None, None).await;
     assert_eq!(after["models"][0]["run"], "run-2", "{after}");
     assert_eq!(after["guilds"][0]["mode"], "model", "{after}");
@@ -233,15 +234,8 @@ async fn initialize_rereads_the_models_directory() {
 #[tokio::test]
 async fn post_routes_need_the_token_when_one_is_set() {
     let api = Api::new(Some("s3cret")).await;
-    mynah::cli::import_text(
-        &api.core.store,
-        &support::sample().lines().take(100).collect::<Vec<_>>().join("\n"),
-        Some("42"),
-        true,
-        true,
-    )
-    .await
-    .unwrap();
+    let first = support::sample().lines().take(100).collect::<Vec<_>>().join("\n");
+    api.core.import_jsonl(&first, Some("42"), true).await.unwrap();
     let (status, body) = api.call("POST", "/api/ml/train", Some("{}"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
@@ -269,11 +263,10 @@ async fn unknown_routes_and_methods_answer_json() {
 async fn the_api_serves_over_tcp() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let api = Api::new(None).await;
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(mynah::api::serve(api.core.clone(), addr, async {
+    let server = tokio::spawn(mynah::api::serve(api.core.clone(), listener, async {
         let _ = stopped.await;
     }));
     let mut stream = None;

@@ -52,16 +52,14 @@ async fn admins_are_told_why_training_cannot_start_and_nothing_false_is_recorded
     assert_eq!(reply.content, "No training is running.");
     let reply = h.ask(h.general, h.member, "!llmtrain cancel").await;
     assert!(reply.content.contains("Only server admins"), "{}", reply.content);
-    assert_eq!(h.core.store.runs(None, 10).await.unwrap(), vec![], "no run was recorded");
+    assert_eq!(h.core.runs(None, 10).await.unwrap(), vec![], "no run was recorded");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_trains_and_mentions_then_get_generated_replies() {
     let h = Harness::start().await;
-    mynah::cli::import_text(&h.core.store, crate::support::sample(), Some(&h.guild.to_string()), true, true)
-        .await
-        .unwrap();
+    h.core.import_jsonl(crate::support::sample(), Some(&h.guild.to_string()), true).await.unwrap();
     let bot = h.server.bot_id();
 
     let reply = h.ask(h.general, h.admin, "!llmtrain force").await;
@@ -71,7 +69,7 @@ async fn an_admin_trains_and_mentions_then_get_generated_replies() {
     assert!(!during.content.is_empty());
 
     let last = h.wait_training_done().await;
-    assert_eq!(last.outcome, "succeeded", "{last:?}");
+    assert_eq!(last.outcome, mynah::store::RunOutcome::Succeeded, "{last:?}");
     let announced = h
         .server
         .wait_for(WAIT, || {
@@ -98,7 +96,7 @@ async fn an_admin_trains_and_mentions_then_get_generated_replies() {
     );
     assert!(!reply.content.is_empty() && reply.content.chars().count() <= 2000);
     assert_eq!(reply.request["allowed_mentions"]["parse"], json!([]));
-    let runs = h.core.store.runs(None, 10).await.unwrap();
+    let runs = h.core.runs(None, 10).await.unwrap();
     assert_eq!((runs.len(), runs[0].trigger.as_str(), runs[0].outcome.as_str()), (1, "command", "succeeded"));
     assert_eq!(runs[0].requested_by.as_deref(), Some(h.admin.to_string().as_str()));
     h.stop().await;
@@ -141,7 +139,7 @@ async fn only_human_chat_in_collected_channels_is_stored() {
     let reply = h.ask(h.general, h.member, "!llmstats").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.stored().await, 1, "only the human message in #general is stored");
-    let exported = h.core.store.export(Some(&h.guild.to_string())).await.unwrap();
+    let exported = h.core.export(Some(&h.guild.to_string())).await.unwrap();
     assert_eq!(exported[0].content, "a real message");
     assert_eq!(exported[0].channel, "general");
     assert_eq!(exported[0].author, "bob");

@@ -18,17 +18,17 @@ async fn each_guild_replies_only_with_its_own_model() {
     cfg.engine.max_minutes = 0.25;
     let store = Store::open(&cfg.database_url).await.unwrap();
     let core = Core::open(cfg, store).await.unwrap();
-    mynah::cli::import_text(&core.store, support::sample(), Some("1001"), true, true).await.unwrap();
-    mynah::cli::import_text(&core.store, RU, Some("2002"), true, true).await.unwrap();
+    core.import_jsonl(support::sample(), Some("1001"), true).await.unwrap();
+    core.import_jsonl(RU, Some("2002"), true).await.unwrap();
     assert!(has_cyrillic(RU));
 
     for guild in ["1001", "2002"] {
         let req = TrainRequest { force: true, ..TrainRequest::new(Some(guild.into()), Trigger::Cli) };
         core.request_training(req).await.unwrap();
-        assert_eq!(support::wait_training_done(&core).await.outcome, "succeeded");
+        assert_eq!(support::wait_training_done(&core).await.outcome, mynah::store::RunOutcome::Succeeded);
     }
-    let en = core.serving.get("1001").unwrap();
-    let ru = core.serving.get("2002").unwrap();
+    let en = core.model("1001").unwrap();
+    let ru = core.model("2002").unwrap();
     assert_ne!(en.dir, ru.dir, "each guild has its own checkpoint");
     assert_ne!(en.tokenizer.vocab_size(), 0);
 

@@ -64,7 +64,7 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let store = Store::open("sqlite::memory:").await.unwrap();
-            let result = mynah::cli::import_text(&store, &text, None, strict, true).await;
+            let result = mynah::service::import_jsonl(&store, &text, None, strict, true).await;
             let stored = store.export(None).await.unwrap().len();
             let distinct: std::collections::HashSet<&str> = good.iter().map(|r| r.id.as_str()).collect();
             match result {
@@ -87,7 +87,7 @@ proptest! {
 fn valid_bundle() -> &'static [u8] {
     static BUNDLE: OnceLock<Vec<u8>> = OnceLock::new();
     BUNDLE.get_or_init(|| {
-        use mynah::engine::{checkpoint, train};
+        use mynah::engine::{run, train};
         let lines: Vec<_> = support::sample()
             .lines()
             .take(300)
@@ -97,19 +97,18 @@ fn valid_bundle() -> &'static [u8] {
         opts.epochs = 1;
         opts.max_seconds = Some(10.0);
         let cancel = std::sync::atomic::AtomicBool::new(false);
-        let trained = train::train(&lines, &opts, &candle_core::Device::Cpu, &cancel, |_| {}).unwrap();
-        let meta = checkpoint::Meta::trained(&trained.config, &trained.report, lines.len(), "tiny".into());
         let dir = tempfile::tempdir().unwrap();
-        let run = checkpoint::save(
-            dir.path(),
-            "run-1",
-            &trained.varmap,
-            &trained.config,
-            &trained.tokenizer,
-            &meta,
-        )
-        .unwrap();
-        mynah::bundle::pack(&run).unwrap()
+        let spec = run::RunSpec {
+            lines: &lines,
+            opts: &opts,
+            base: None,
+            parent: dir.path(),
+            name: "run-1",
+            preset_label: "tiny".into(),
+            corpus_span: (None, None),
+        };
+        let (_, _, run) = run::train_and_save(&spec, &candle_core::Device::Cpu, &cancel, |_| {}).unwrap();
+        mynah::models::bundle::pack(&run).unwrap()
     })
 }
 
@@ -169,7 +168,7 @@ proptest! {
                         .unwrap_or_default();
                     assert!(left.is_empty(), "nothing is left behind: {left:?}");
                     assert!(core.status().await.unwrap().models.is_empty());
-                    assert!(core.store.runs(None, 5).await.unwrap().is_empty(), "no run is recorded");
+                    assert!(core.runs(None, 5).await.unwrap().is_empty(), "no run is recorded");
                 }
             }
         });
@@ -219,8 +218,7 @@ proptest! {
             let cfg = support::config(dir.path());
             let store = Store::open(&cfg.database_url).await.unwrap();
             let core: Arc<Core> = Core::open(cfg, store).await.unwrap();
-            mynah::cli::import_text(&core.store, &support::sample().lines().take(15).collect::<Vec<_>>().join("\n"), Some("42"), true, true)
-                .await
+            core.import_jsonl(&support::sample().lines().take(15).collect::<Vec<_>>().join("\n"), Some("42"), true).await
                 .unwrap();
             let req = Request::builder()
                 .method(route.0)
@@ -238,7 +236,7 @@ proptest! {
                 assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
             }
             // A request that started a training must be a well-formed one.
-            if core.trainer.is_running() {
+            if core.is_training() {
                 core.cancel_training();
             }
         });

@@ -16,7 +16,7 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 async fn contents(h: &Harness) -> Vec<String> {
-    h.core.store.export(Some(&h.guild.to_string())).await.unwrap().into_iter().map(|r| r.content).collect()
+    h.core.export(Some(&h.guild.to_string())).await.unwrap().into_iter().map(|r| r.content).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +59,7 @@ async fn admins_choose_the_collected_channels() {
     assert!(reply.content.contains("add") && reply.content.contains("remove"), "{}", reply.content);
     assert_eq!(h.stored().await, 0);
 
-    let settings = h.core.store.channel_settings().await.unwrap();
+    let settings = h.core.channel_settings().await.unwrap();
     assert_eq!(settings.len(), 1, "persisted: {settings:?}");
     assert_eq!((settings[0].collect, settings[0].changed_by.clone()), (false, Some(h.admin.to_string())));
     for m in h.server.bot_messages(h.general) {
@@ -140,7 +140,7 @@ async fn deletions_edits_and_departures_on_discord_are_mirrored() {
     let thread = h.server.create_thread(h.general, "a-thread").unwrap();
     h.server.say(thread, h.member, "in the thread");
     h.wait_stored(3).await;
-    let stored = h.core.store.export(Some(&h.guild.to_string())).await.unwrap();
+    let stored = h.core.export(Some(&h.guild.to_string())).await.unwrap();
     let in_thread = stored.iter().find(|r| r.content == "in the thread").unwrap();
     assert_eq!(in_thread.parent_channel_id, Some(h.general.to_string()));
     assert_eq!(in_thread.channel, "a-thread");
@@ -157,10 +157,8 @@ async fn deletions_edits_and_departures_on_discord_are_mirrored() {
     h.wait_stored(1).await;
     h.server.remove_bot_from_guild(h.guild);
     h.wait_stored(0).await;
-    until("the guild's settings are gone", async || {
-        h.core.store.channel_settings().await.unwrap().is_empty()
-    })
-    .await;
+    until("the guild's settings are gone", async || h.core.channel_settings().await.unwrap().is_empty())
+        .await;
     h.stop().await;
 }
 
@@ -228,13 +226,13 @@ async fn a_model_that_learned_from_removed_messages_is_stale_until_retrained() {
     })
     .await;
     let guild = h.guild.to_string();
-    mynah::cli::import_text(&h.core.store, crate::support::sample(), Some(&guild), true, true).await.unwrap();
+    h.core.import_jsonl(crate::support::sample(), Some(&guild), true).await.unwrap();
     let first = h.server.say(h.general, h.member, "this one will be deleted later");
     h.server.say(h.general, h.member, "this one stays");
     h.wait_stored(1502).await;
     let reply = h.ask(h.general, h.admin, "!llmtrain force").await;
     assert!(reply.content.starts_with("Training started"), "{}", reply.content);
-    assert_eq!(h.wait_training_done().await.outcome, "succeeded");
+    assert_eq!(h.wait_training_done().await.outcome, mynah::store::RunOutcome::Succeeded);
     assert!(h.core.status().await.unwrap().models[0].stale.is_none());
 
     h.server.delete(first);
@@ -265,7 +263,7 @@ async fn a_model_that_learned_from_removed_messages_is_stale_until_retrained() {
     assert_eq!(h.core.status().await.unwrap().models[0].stale.as_ref().unwrap().removed, 1);
 
     h.ask(h.general, h.admin, "!llmtrain").await;
-    assert_eq!(h.wait_training_done().await.outcome, "succeeded");
+    assert_eq!(h.wait_training_done().await.outcome, mynah::store::RunOutcome::Succeeded);
     let status = h.core.status().await.unwrap();
     assert!(status.models[0].stale.is_none() && status.mode == mynah::service::Mode::Model, "{status:?}");
     h.stop().await;
@@ -279,13 +277,13 @@ async fn messages_past_the_retention_period_are_deleted() {
     let store = mynah::store::Store::open(&cfg.database_url).await.unwrap();
     let core = mynah::service::Core::open(cfg, store).await.unwrap();
     // The sample is from 2015-2016; one fresh message stays.
-    mynah::cli::import_text(&core.store, crate::support::sample(), Some("7"), true, true).await.unwrap();
+    core.import_jsonl(crate::support::sample(), Some("7"), true).await.unwrap();
     let fresh = format!(
         r#"{{"id":"1","guild_id":"7","channel_id":"c","channel":"c","author_id":"a","author":"a","content":"recent","timestamp":"{}"}}"#,
         chrono::Utc::now().to_rfc3339()
     );
-    mynah::cli::import_text(&core.store, &fresh, None, true, true).await.unwrap();
+    core.import_jsonl(&fresh, None, true).await.unwrap();
     assert_eq!(core.apply_retention().await.unwrap(), 1500);
-    let left: Vec<String> = core.store.export(None).await.unwrap().into_iter().map(|r| r.content).collect();
+    let left: Vec<String> = core.export(None).await.unwrap().into_iter().map(|r| r.content).collect();
     assert_eq!(left, vec!["recent"]);
 }

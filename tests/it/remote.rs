@@ -10,11 +10,10 @@ use crate::support;
 
 /// An instance serving the API on a free loopback port; returns its base URL.
 async fn serve(core: Arc<Core>) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(mynah::api::serve(core, addr, async {
+    tokio::spawn(mynah::api::serve(core, listener, async {
         let _ = stopped.await;
     }));
     for _ in 0..100 {
@@ -33,7 +32,7 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     cfg.api_token = Some(Secret::new("s3cret"));
     let store = Store::open(&cfg.database_url).await.unwrap();
     let serving = Core::open(cfg, store).await.unwrap();
-    mynah::cli::import_text(&serving.store, support::sample(), Some("42"), true, true).await.unwrap();
+    serving.import_jsonl(support::sample(), Some("42"), true).await.unwrap();
     let (url, _stop) = serve(serving.clone()).await;
     let client = reqwest::Client::new();
 
@@ -52,15 +51,16 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     // The second instance: its own config and models, no database of its own needed.
     let trainer_dir = tempfile::tempdir().unwrap();
     let trainer_cfg = support::config(trainer_dir.path());
-    assert_eq!(mynah::remote::only_guild(&url).await.unwrap(), "42");
-    let pushed = mynah::remote::train_remote(&trainer_cfg, &url, "s3cret", "42", |_| {}).await.unwrap();
+    assert_eq!(mynah::models::remote::only_guild(&url).await.unwrap(), "42");
+    let pushed =
+        mynah::models::remote::train_remote(&trainer_cfg, &url, "s3cret", "42", |_| {}).await.unwrap();
     assert_eq!(pushed.guild_id, "42");
 
     let status = serving.status().await.unwrap();
     assert_eq!(status.mode, Mode::Model);
     assert_eq!(status.model.as_ref().unwrap().run, format!("run-{}", pushed.run_id));
     assert!(status.model.as_ref().unwrap().preset.contains("remote"));
-    let runs = serving.store.runs(Some("42"), 5).await.unwrap();
+    let runs = serving.runs(Some("42"), 5).await.unwrap();
     assert_eq!((runs[0].trigger.as_str(), runs[0].outcome.as_str()), ("remote", "succeeded"));
     assert!(runs[0].duration_ms.is_some() && runs[0].steps.unwrap() > 0, "{:?}", runs[0]);
     let reply = serving
@@ -84,7 +84,7 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
         serde_json::from_str(&std::fs::read_to_string(tampered.path().join("config.json")).unwrap()).unwrap();
     config["hidden_size"] = serde_json::json!(64);
     std::fs::write(tampered.path().join("config.json"), config.to_string()).unwrap();
-    let bundle = mynah::bundle::pack(tampered.path()).unwrap();
+    let bundle = mynah::models::bundle::pack(tampered.path()).unwrap();
     let push = |body: Vec<u8>, token: &'static str| {
         client.post(format!("{url}/api/training/model?guild_id=42")).bearer_auth(token).body(body).send()
     };
@@ -96,7 +96,7 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     assert_eq!(push(bundle, "wrong").await.unwrap().status(), 401);
     let after = serving.status().await.unwrap();
     assert_eq!(after.model.unwrap().run, format!("run-{}", pushed.run_id), "the current model stays");
-    assert_eq!(serving.store.runs(Some("42"), 5).await.unwrap().len(), runs.len(), "no run was recorded");
+    assert_eq!(serving.runs(Some("42"), 5).await.unwrap().len(), runs.len(), "no run was recorded");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models/42"))
         .unwrap()
         .filter_map(|e| e.ok())

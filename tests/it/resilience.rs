@@ -180,7 +180,10 @@ async fn kill_9_at_random_moments_loses_no_message_and_keeps_a_loadable_model() 
     let store = mynah::store::Store::open(&w.database()).await.unwrap();
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
     let runs = store.runs(None, 20).await.unwrap();
-    assert!(runs.iter().all(|r| r.outcome != "running"), "no run is left running: {runs:?}");
+    assert!(
+        runs.iter().all(|r| r.outcome != mynah::store::RunOutcome::Running),
+        "no run is left running: {runs:?}"
+    );
     store.close().await;
     w.kill(child).await;
     assert_current_model_loads(&w.models(), w.guild);
@@ -221,7 +224,11 @@ async fn sigterm_cancels_training_cleanly_and_exits_within_seconds() {
 
     let store = mynah::store::Store::open(&w.database()).await.unwrap();
     let runs = store.runs(None, 5).await.unwrap();
-    assert_eq!(runs[0].outcome, "cancelled", "recorded as cancelled, not interrupted: {runs:?}");
+    assert_eq!(
+        runs[0].outcome,
+        mynah::store::RunOutcome::Cancelled,
+        "recorded as cancelled, not interrupted: {runs:?}"
+    );
     store.close().await;
     let log = std::fs::read_to_string(w.dir.path().join("term.log")).unwrap();
     assert!(log.contains("stopped"), "{log}");

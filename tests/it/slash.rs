@@ -40,7 +40,7 @@ async fn slash_commands_answer_with_the_same_checks_and_no_pings() {
     assert!(refused.content.contains("Only server admins"), "{}", refused.content);
     let added = answer(&h, h.admin, "llmchannel", add).await;
     assert!(added.content.starts_with(&format!("Collecting <#{}>", h.offtopic)), "{}", added.content);
-    assert!(h.core.consent.collects(&h.guild.to_string(), &h.offtopic.to_string()));
+    assert!(h.core.collects(&h.guild.to_string(), &h.offtopic.to_string(), None));
 
     // Personal data is answered ephemerally, file included.
     let mine = answer(&h, h.member, "llmmydata", json!([])).await;

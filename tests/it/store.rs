@@ -19,19 +19,19 @@ fn records(text: &str) -> Vec<Record> {
 async fn the_sample_round_trips_through_import_and_export() {
     let (store, _dir) = store().await;
     // Scrubbing off: this checks the interchange format itself.
-    let summary = mynah::cli::import_text(&store, support::sample(), None, true, false).await.unwrap();
+    let summary = mynah::service::import_jsonl(&store, support::sample(), None, true, false).await.unwrap();
     assert_eq!((summary.imported, summary.skipped, summary.already_present), (1500, 0, 0));
     let exported = store.export(None).await.unwrap();
     assert_eq!(exported, records(support::sample()), "export gives back exactly what was imported, in order");
 
-    let again = mynah::cli::import_text(&store, support::sample(), None, true, false).await.unwrap();
+    let again = mynah::service::import_jsonl(&store, support::sample(), None, true, false).await.unwrap();
     assert_eq!((again.imported, again.already_present), (0, 1500), "importing twice stores nothing twice");
 }
 
 #[tokio::test]
 async fn imports_are_scrubbed() {
     let (store, _dir) = store().await;
-    mynah::cli::import_text(&store, support::sample(), None, true, true).await.unwrap();
+    mynah::service::import_jsonl(&store, support::sample(), None, true, true).await.unwrap();
     let all: Vec<String> = store.export(None).await.unwrap().into_iter().map(|r| r.content).collect();
     assert!(!all.iter().any(|c| c.contains("@gmail.com")), "the sample's one e-mail address is gone");
     assert_eq!(all.iter().filter(|c| c.contains("[email]")).count(), 1);
@@ -47,18 +47,18 @@ async fn malformed_lines_are_skipped_or_abort_a_strict_import() {
     lines.insert(4, "garbage".into());
     let text = lines.join("\n");
 
-    let err = mynah::cli::import_text(&store, &text, None, true, true).await.unwrap_err();
+    let err = mynah::service::import_jsonl(&store, &text, None, true, true).await.unwrap_err();
     assert!(err.to_string().contains("2 malformed"), "{err}");
     assert_eq!(store.export(None).await.unwrap().len(), 0, "strict: nothing written");
 
-    let summary = mynah::cli::import_text(&store, &text, None, false, true).await.unwrap();
+    let summary = mynah::service::import_jsonl(&store, &text, None, false, true).await.unwrap();
     assert_eq!((summary.imported, summary.skipped), (5, 2));
 }
 
 #[tokio::test]
 async fn a_guild_override_files_everything_under_that_guild() {
     let (store, _dir) = store().await;
-    mynah::cli::import_text(&store, support::sample(), Some("777"), true, true).await.unwrap();
+    mynah::service::import_jsonl(&store, support::sample(), Some("777"), true, true).await.unwrap();
     let summaries = store.guild_summaries().await.unwrap();
     assert_eq!(summaries.len(), 1);
     assert_eq!((summaries[0].guild_id.as_str(), summaries[0].messages), ("777", 1500));

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mynah::app::Running;
 use mynah::config::{Collect, Config, Secret};
 use mynah::devserver::{DevServer, Posted, MANAGE_GUILD};
-use mynah::discord::BotHandle;
 use mynah::service::Core;
-use mynah::store::Store;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -31,13 +30,15 @@ pub fn config(dir: &std::path::Path) -> Config {
     cfg.engine.max_minutes = 0.5;
     // Tests mention the bot in quick succession; the cool-down tests set their own limits.
     cfg.limits = mynah::ratelimit::Limits::off();
+    // Tests start trainings themselves.
+    cfg.schedule_minutes = None;
     cfg
 }
 
 pub struct Harness {
     pub server: DevServer,
     pub core: Arc<Core>,
-    bot: Option<BotHandle>,
+    running: Option<Running>,
     pub guild: u64,
     pub general: u64,
     pub offtopic: u64,
@@ -78,14 +79,13 @@ impl Harness {
         cfg.admin_ids = [listed_admin].into();
         cfg.announce_channels = [general.to_string()].into();
         tweak(&mut cfg);
-        let store = Store::open(&cfg.database_url).await.expect("store opens");
-        let core = Core::open(cfg, store).await.expect("core opens");
-        let bot = mynah::discord::start(core.clone()).await.expect("bot starts");
+        let running = mynah::app::start(cfg).await.expect("the bot starts");
+        let core = running.core().clone();
         assert!(server.wait_until_ready(WAIT).await, "the bot identified with the devserver");
         Harness {
             server,
             core,
-            bot: Some(bot),
+            running: Some(running),
             guild,
             general,
             offtopic,
@@ -107,7 +107,7 @@ impl Harness {
     }
 
     pub async fn stored(&self) -> u64 {
-        self.core.store.counts(&self.guild.to_string(), None).await.expect("counts").messages
+        self.core.counts(&self.guild.to_string(), None).await.expect("counts").messages
     }
 
     /// Waits until the store holds `n` messages of the guild.
@@ -124,13 +124,13 @@ impl Harness {
     }
 
     /// Waits until no training runs and returns how the last one ended.
-    pub async fn wait_training_done(&self) -> mynah::training::Finished {
+    pub async fn wait_training_done(&self) -> mynah::models::trainer::Finished {
         wait_training_done(&self.core).await
     }
 
     pub async fn stop(mut self) {
-        if let Some(bot) = self.bot.take() {
-            bot.shutdown().await;
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
         }
         assert_eq!(
             self.server.unknown_routes(),
@@ -141,13 +141,13 @@ impl Harness {
 }
 
 /// Waits until the core's training slot is free again and returns how the last run ended.
-pub async fn wait_training_done(core: &Core) -> mynah::training::Finished {
-    let mut watch = core.trainer.subscribe();
+pub async fn wait_training_done(core: &Core) -> mynah::models::trainer::Finished {
+    let mut watch = core.watch_training();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         {
             let view = watch.borrow_and_update();
-            if view.state == "idle" {
+            if view.state == mynah::models::trainer::TrainingState::Idle {
                 if let Some(last) = &view.last {
                     return last.clone();
                 }

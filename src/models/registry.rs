@@ -1,32 +1,19 @@
-//! The on-disk model registry: `models/<guild>/<run>/` directories holding a checkpoint, and a
-//! `models/<guild>/CURRENT` pointer naming the run that serves the guild. This module reads the
-//! layout and reports what is usable; loading weights is the engine's job.
+//! The on-disk model registry: `models/<guild>/<run>/` run directories and the
+//! `models/<guild>/CURRENT` pointer naming the run that serves each guild. This module reads the
+//! layout, reports what is usable and switches the pointer; loading weights is the engine's job.
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use super::CHECKPOINT_FILES;
+use crate::engine::checkpoint::{self, Meta};
+use crate::engine::EngineError;
 
 /// The name of the per-guild pointer file.
 pub const CURRENT: &str = "CURRENT";
-/// Files every checkpoint directory must hold.
-pub const CHECKPOINT_FILES: [&str; 4] = ["model.safetensors", "config.json", "tokenizer.json", "meta.json"];
 /// Directory names under `models/` that are not guilds.
 const RESERVED: [&str; 1] = ["base"];
-
-/// What `meta.json` says about a checkpoint. Unknown fields are kept by the engine, not here.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Meta {
-    #[serde(default)]
-    pub params: Option<u64>,
-    #[serde(default)]
-    pub trained_at: Option<String>,
-    #[serde(default)]
-    pub val_bits_per_byte: Option<f64>,
-    #[serde(default)]
-    pub corpus_messages: Option<u64>,
-    #[serde(default)]
-    pub engine_version: Option<String>,
-}
 
 /// A guild's current checkpoint, as found on disk.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,6 +54,18 @@ pub fn scan(root: &Path) -> Vec<Found> {
         .collect();
     guilds.sort();
     guilds.into_iter().map(|(guild, dir)| current(&guild, &dir)).collect()
+}
+
+/// Points `guild_dir/CURRENT` at `run`, atomically (write, fsync, rename).
+pub fn set_current(guild_dir: &Path, run: &str) -> Result<(), EngineError> {
+    let tmp = guild_dir.join(format!("{CURRENT}.tmp"));
+    checkpoint::write_synced(&tmp, run.as_bytes())?;
+    std::fs::rename(&tmp, guild_dir.join(CURRENT)).map_err(|e| EngineError::Checkpoint {
+        path: guild_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    checkpoint::sync_dir(guild_dir);
+    Ok(())
 }
 
 fn current(guild_id: &str, guild_dir: &Path) -> Found {
@@ -110,6 +109,16 @@ mod tests {
     }
 
     #[test]
+    fn the_current_pointer_is_switched_atomically() {
+        let root = tempfile::tempdir().unwrap();
+        set_current(root.path(), "run-1").unwrap();
+        assert_eq!(std::fs::read_to_string(root.path().join(CURRENT)).unwrap(), "run-1");
+        set_current(root.path(), "run-2").unwrap();
+        assert_eq!(std::fs::read_to_string(root.path().join(CURRENT)).unwrap(), "run-2");
+        assert!(!root.path().join(format!("{CURRENT}.tmp")).exists());
+    }
+
+    #[test]
     fn a_missing_models_directory_means_no_models() {
         assert!(scan(Path::new("/nonexistent/mynah/models")).is_empty());
     }
@@ -130,7 +139,7 @@ mod tests {
         let guilds: Vec<&str> = found.iter().map(Found::guild_id).collect();
         assert_eq!(guilds, ["1", "2", "3", "4"]);
         match &found[0] {
-            Found::Ready(m) => assert_eq!((m.run.as_str(), m.meta.params), ("run-1", Some(1234))),
+            Found::Ready(m) => assert_eq!((m.run.as_str(), m.meta.params), ("run-1", 1234)),
             other => panic!("{other:?}"),
         }
         let reasons: Vec<String> = found[1..]

@@ -12,10 +12,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::oneshot;
 
+use super::registry::{self, Found};
 use crate::engine::checkpoint::{self, Loaded};
 use crate::engine::generate::{self, Generated, Sampling};
 use crate::engine::EngineError;
-use crate::models::{self, Found};
 
 /// Requests waiting for the generation thread at most; more are refused rather than queued.
 const QUEUE: usize = 16;
@@ -115,7 +115,7 @@ impl Serving {
     pub fn load_all(&self, root: &Path, device: &Device) {
         let mut models = HashMap::new();
         let mut broken = HashMap::new();
-        for found in models::scan(root) {
+        for found in registry::scan(root) {
             match found {
                 Found::Ready(dir) => match checkpoint::load(&dir.path, device) {
                     Ok(loaded) => {

@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context as _;
 
 use crate::config::Config;
-use crate::engine::checkpoint::{self, Meta};
+use crate::engine::run::{self, RunSpec};
 use crate::engine::tokenizer::ChatLine;
-use crate::engine::train::{self, Progress, TrainOptions};
+use crate::engine::train::{Progress, TrainOptions};
 
 /// What the serving instance answered.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -79,20 +79,18 @@ pub async fn train_remote(
     let bundle = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let device = crate::engine::device(&device_name)?;
         let cancel = AtomicBool::new(false);
-        let trained = train::train(&lines, &opts, &device, &cancel, progress)?;
-        let r = &trained.report;
-        let preset = format!("{} (remote, {device_name})", opts.preset.name);
-        let meta = Meta::trained(&trained.config, r, lines.len(), preset);
         let dir = tempfile::tempdir()?;
-        let run = checkpoint::save(
-            dir.path(),
-            "bundle",
-            &trained.varmap,
-            &trained.config,
-            &trained.tokenizer,
-            &meta,
-        )?;
-        Ok(crate::bundle::pack(&run)?)
+        let spec = RunSpec {
+            lines: &lines,
+            opts: &opts,
+            base: None,
+            parent: dir.path(),
+            name: "bundle",
+            preset_label: format!("{} (remote, {device_name})", opts.preset.name),
+            corpus_span: (None, None),
+        };
+        let (_, _, run) = run::train_and_save(&spec, &device, &cancel, progress)?;
+        Ok(super::bundle::pack(&run)?)
     })
     .await??;
 

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::models::CHECKPOINT_FILES;
+use super::CHECKPOINT_FILES;
 
 /// The largest bundle accepted.
 pub const MAX_BUNDLE_BYTES: usize = 512 << 20;

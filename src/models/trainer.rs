@@ -8,14 +8,24 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::engine::train::Progress;
+use crate::store::RunOutcome;
+
+/// Whether a training run holds the slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingState {
+    #[default]
+    Idle,
+    Running,
+}
 
 /// How the last finished run ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finished {
     pub run_id: i64,
     pub guild_id: String,
-    /// succeeded | failed | cancelled
-    pub outcome: String,
+    /// Succeeded, failed or cancelled.
+    pub outcome: RunOutcome,
     pub error: Option<String>,
     pub val_bits_per_byte: Option<f64>,
     pub seconds: f64,
@@ -24,8 +34,7 @@ pub struct Finished {
 /// What is training now, as shown by stats and `/api/ml/status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TrainingView {
-    /// `idle` or `running`.
-    pub state: &'static str,
+    pub state: TrainingState,
     pub guild_id: Option<String>,
     pub run_id: Option<i64>,
     pub progress: Option<Progress>,
@@ -55,7 +64,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         *self.trainer.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.trainer.view.send_modify(|v| {
-            v.state = "idle";
+            v.state = TrainingState::Idle;
             v.guild_id = None;
             v.run_id = None;
             v.progress = None;
@@ -65,7 +74,7 @@ impl Drop for Slot {
 
 impl Trainer {
     pub fn new() -> Trainer {
-        let (view, _) = watch::channel(TrainingView { state: "idle", ..TrainingView::default() });
+        let (view, _) = watch::channel(TrainingView::default());
         Trainer { view, cancel: Mutex::new(None) }
     }
 
@@ -90,7 +99,7 @@ impl Trainer {
         let flag = Arc::new(AtomicBool::new(false));
         *cancel = Some(flag.clone());
         self.view.send_modify(|v| {
-            v.state = "running";
+            v.state = TrainingState::Running;
             v.guild_id = Some(guild.to_string());
             v.run_id = None;
             v.progress = None;

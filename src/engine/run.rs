@@ -1,0 +1,63 @@
+//! One whole training run, from chat lines to a checkpoint on disk loaded back: train (from
+//! scratch or from a pretrained base), write the manifest, save, load. Every trainer (the bot,
+//! remote training, the benchmarks, the tests) goes through [`train_and_save`], so what serves
+//! is exactly what was saved.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Device;
+
+use super::checkpoint::{self, Loaded, Meta};
+use super::tokenizer::ChatLine;
+use super::train::{self, Progress, Report, TrainOptions};
+use super::EngineError;
+
+/// What to train and where to put it.
+#[derive(Debug, Clone)]
+pub struct RunSpec<'a> {
+    /// The corpus, oldest first.
+    pub lines: &'a [ChatLine],
+    pub opts: &'a TrainOptions,
+    /// A pretrained llama checkpoint (Hugging Face layout) to start from.
+    pub base: Option<&'a Path>,
+    /// The directory the run is saved in (created), and the run's name inside it.
+    pub parent: &'a Path,
+    pub name: &'a str,
+    /// How the manifest describes the model's make (`small`, `default from models/base`, …).
+    pub preset_label: String,
+    /// The timestamps of the corpus's first and last message, for the manifest.
+    pub corpus_span: (Option<String>, Option<String>),
+}
+
+/// Trains, saves the checkpoint as `parent/name` and loads it back. Returns the loaded model,
+/// the training report and the run directory. A cancellation after training saves nothing.
+pub fn train_and_save(
+    spec: &RunSpec<'_>,
+    device: &Device,
+    cancel: &AtomicBool,
+    progress: impl FnMut(&Progress),
+) -> Result<(Loaded, Report, PathBuf), EngineError> {
+    let trained = match spec.base {
+        Some(base) => train::train_from_base(spec.lines, base, spec.opts, device, cancel, progress)?,
+        None => train::train(spec.lines, spec.opts, device, cancel, progress)?,
+    };
+    let meta = Meta {
+        corpus_first: spec.corpus_span.0.clone(),
+        corpus_last: spec.corpus_span.1.clone(),
+        ..Meta::trained(&trained.config, &trained.report, spec.lines.len(), spec.preset_label.clone())
+    };
+    if cancel.load(Ordering::Relaxed) {
+        return Err(EngineError::Cancelled);
+    }
+    let dir = checkpoint::save(
+        spec.parent,
+        spec.name,
+        &trained.varmap,
+        &trained.config,
+        &trained.tokenizer,
+        &meta,
+    )?;
+    let loaded = checkpoint::load(&dir, device)?;
+    Ok((loaded, trained.report, dir))
+}

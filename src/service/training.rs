@@ -1,0 +1,239 @@
+//! Training runs: the request (validated, checked against the policy), the run on its own
+//! thread, and how its end is recorded and served.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+
+use super::{check_guild_id, Core, CoreEvent, ServiceError, TrainAccepted, TrainRequest};
+use crate::corpus::Record;
+use crate::engine::checkpoint::Loaded;
+use crate::engine::run::{self, RunSpec};
+use crate::engine::tokenizer::ChatLine;
+use crate::engine::train::{self, Report, TrainOptions};
+use crate::engine::EngineError;
+use crate::models::registry;
+use crate::models::trainer::{Finished, Slot, Trainer};
+use crate::store::{RunOutcome, RunResult};
+
+/// The work of one training run, moved to its thread.
+struct Job {
+    lines: Vec<ChatLine>,
+    opts: TrainOptions,
+    /// A pretrained llama checkpoint to start from (`models/base/`), if the operator put one.
+    base: Option<PathBuf>,
+    guild_dir: PathBuf,
+    run: String,
+    corpus_span: (Option<String>, Option<String>),
+}
+
+impl Core {
+    /// Starts a training run if the policy (or `force`) allows and none is running. The run
+    /// goes on in the background; the new model serves as soon as it is saved.
+    pub async fn request_training(
+        self: &Arc<Self>,
+        req: TrainRequest,
+    ) -> Result<TrainAccepted, ServiceError> {
+        if let Some(e) = req.epochs {
+            if !(1..=1000).contains(&e) {
+                return Err(ServiceError::BadRequest(format!("epochs must be 1 to 1000, not {e}")));
+            }
+        }
+        if let Some(m) = req.max_minutes {
+            if !(m > 0.0 && m <= 10_000.0) {
+                return Err(ServiceError::BadRequest(format!("max_minutes must be above 0, not {m}")));
+            }
+        }
+        if self.is_closing() {
+            return Err(ServiceError::ShuttingDown);
+        }
+        let guild_id = self.resolve_guild(req.guild_id.as_deref()).await?;
+        check_guild_id(&guild_id)?;
+        let decision = self.should_train(&guild_id).await?;
+        if self.trainer.is_running() {
+            return Err(ServiceError::AlreadyRunning { guild_id: self.trainer.view().guild_id });
+        }
+        if !req.force && !decision.should_train {
+            return Err(ServiceError::NotNeeded { guild_id, decision });
+        }
+        let slot = self
+            .trainer
+            .try_begin(&guild_id)
+            .ok_or_else(|| ServiceError::AlreadyRunning { guild_id: self.trainer.view().guild_id })?;
+        let records = self.store.export(Some(&guild_id)).await?;
+        if records.len() < 20 {
+            return Err(ServiceError::Engine(EngineError::NotEnoughData(format!(
+                "{} messages; at least 20 are needed",
+                records.len()
+            ))));
+        }
+        let lines: Vec<ChatLine> = records.iter().map(Record::chat_line).collect();
+        let epochs = req.epochs.unwrap_or(self.config.engine.epochs as u32);
+        let newest = self.store.newest_ms(&guild_id).await?;
+        let run_id = self
+            .store
+            .start_run(
+                &guild_id,
+                req.trigger.as_str(),
+                req.requested_by.as_deref(),
+                epochs as i64,
+                lines.len() as i64,
+                newest,
+            )
+            .await?;
+        self.trainer.set_run(run_id);
+        tracing::info!(guild = %guild_id, run = run_id, trigger = ?req.trigger, force = req.force, "training started");
+        let mut opts = TrainOptions::new(self.config.engine.preset.clone());
+        opts.epochs = epochs as usize;
+        opts.max_seconds = Some(req.max_minutes.unwrap_or(self.config.engine.max_minutes) * 60.0);
+        let base = self.config.models_dir.join("base");
+        let base = train::BASE_FILES.iter().all(|f| base.join(f).is_file()).then_some(base);
+        let job = Job {
+            lines,
+            opts,
+            base,
+            guild_dir: self.config.models_dir.join(&guild_id),
+            run: format!("run-{run_id}"),
+            corpus_span: (
+                records.first().map(|r| r.timestamp.clone()),
+                records.last().map(|r| r.timestamp.clone()),
+            ),
+        };
+        let accepted = TrainAccepted {
+            guild_id: guild_id.clone(),
+            run_id,
+            epochs,
+            corpus_messages: records.len() as u64,
+            decision,
+        };
+        let core = self.clone();
+        tokio::spawn(async move { core.run_training(job, guild_id, run_id, slot).await });
+        Ok(accepted)
+    }
+
+    /// Asks a running training to stop; `false` if none runs.
+    pub fn cancel_training(&self) -> bool {
+        self.trainer.cancel()
+    }
+
+    /// Runs one training on a dedicated thread and records what came of it.
+    async fn run_training(self: Arc<Self>, job: Job, guild_id: String, run_id: i64, slot: Slot) {
+        let started = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (device, trainer, cancel) = (self.device.clone(), self.trainer.clone(), slot.cancel.clone());
+        let spawned = std::thread::Builder::new().name("mynah-train".into()).spawn(move || {
+            let _ = tx.send(train_and_install(job, &device, &cancel, &trainer));
+        });
+        let outcome = match spawned {
+            Ok(_) => rx
+                .await
+                .unwrap_or_else(|_| Err(EngineError::BadConfig("the training thread panicked".into()))),
+            Err(e) => Err(EngineError::Io(e)),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let (result, val) = match outcome {
+            Ok((loaded, report)) => {
+                let val = Some(report.val_bits_per_byte);
+                self.serve_new_model(&guild_id, run_id, Arc::new(loaded)).await;
+                tracing::info!(guild = %guild_id, run = run_id, val_bpb = report.val_bits_per_byte, seconds, "new model serving");
+                (succeeded(&report), val)
+            }
+            Err(EngineError::Cancelled) => {
+                tracing::info!(guild = %guild_id, run = run_id, "training cancelled; the current model stays");
+                (RunResult { outcome: RunOutcome::Cancelled, ..RunResult::default() }, None)
+            }
+            Err(e) => {
+                tracing::error!(guild = %guild_id, run = run_id, error = %e, "training failed; the current model stays");
+                (
+                    RunResult {
+                        outcome: RunOutcome::Failed,
+                        error: Some(e.to_string()),
+                        ..RunResult::default()
+                    },
+                    None,
+                )
+            }
+        };
+        if let Err(e) = self.store.finish_run(run_id, &result).await {
+            tracing::error!(error = %e, "could not record the end of a training run");
+        }
+        self.trainer.finish(Finished {
+            run_id,
+            guild_id,
+            outcome: result.outcome,
+            error: result.error,
+            val_bits_per_byte: val,
+            seconds,
+        });
+        drop(slot);
+    }
+
+    /// Records a model that is already current on disk, serves it and announces it.
+    pub(super) async fn serve_new_model(&self, guild_id: &str, run_id: i64, loaded: Arc<Loaded>) {
+        let meta = &loaded.meta;
+        if let Err(e) = self
+            .store
+            .record_model(
+                guild_id,
+                run_id,
+                &loaded.dir.display().to_string(),
+                meta.params as i64,
+                meta.val_bits_per_byte,
+                meta.corpus_messages as i64,
+            )
+            .await
+        {
+            tracing::error!(error = %e, "could not record the new model");
+        }
+        let previous = self.serving.get(guild_id).and_then(|m| m.meta.val_bits_per_byte);
+        let val_bits_per_byte = meta.val_bits_per_byte.unwrap_or(f64::NAN);
+        self.serving.install(guild_id, loaded);
+        // Nobody listening (no Discord connection) is fine.
+        let _ = self.events.send(CoreEvent::ModelReady {
+            guild_id: guild_id.to_string(),
+            run_id,
+            val_bits_per_byte,
+            previous_val_bits_per_byte: previous,
+        });
+    }
+}
+
+/// The row of a run that produced a model.
+fn succeeded(report: &Report) -> RunResult {
+    RunResult {
+        outcome: RunOutcome::Succeeded,
+        error: None,
+        steps: Some(report.steps as i64),
+        tokens: Some(report.tokens as i64),
+        train_loss: Some(report.train_loss as f64),
+        val_bpb: Some(report.val_bits_per_byte),
+    }
+}
+
+/// Trains and saves the run, then makes it the guild's current one.
+fn train_and_install(
+    job: Job,
+    device: &Device,
+    cancel: &AtomicBool,
+    trainer: &Trainer,
+) -> Result<(Loaded, Report), EngineError> {
+    let preset_label = match &job.base {
+        Some(_) => format!("{} from models/base", job.opts.preset.name),
+        None => job.opts.preset.name.clone(),
+    };
+    let spec = RunSpec {
+        lines: &job.lines,
+        opts: &job.opts,
+        base: job.base.as_deref(),
+        parent: &job.guild_dir,
+        name: &job.run,
+        preset_label,
+        corpus_span: job.corpus_span.clone(),
+    };
+    let (loaded, report, _) = run::train_and_save(&spec, device, cancel, |p| trainer.report(p))?;
+    registry::set_current(&job.guild_dir, &job.run)?;
+    Ok((loaded, report))
+}
