@@ -283,6 +283,8 @@ impl Config {
         sm.repetition_penalty =
             float(&get, "MYNAH_REPETITION_PENALTY", sm.repetition_penalty as f64, 1.0, 5.0)? as f32;
         sm.max_tokens = number(&get, "MYNAH_REPLY_MAX_TOKENS", sm.max_tokens as u64)?.clamp(1, 200) as usize;
+        sm.min_p = float(&get, "MYNAH_MIN_P", sm.min_p as f64, 0.0, 1.0)? as f32;
+        sm.candidates = number(&get, "MYNAH_REPLY_CANDIDATES", sm.candidates as u64)?.clamp(1, 64) as usize;
         Ok(cfg)
     }
 

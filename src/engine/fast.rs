@@ -31,7 +31,9 @@ pub struct FastModel {
     sin: Vec<f32>,
 }
 
-/// One generation's state: the KV cache and scratch space, allocated once.
+/// One generation's state: the KV cache and scratch space, allocated once. Cloning it forks a
+/// generation (candidates share their prompt's prefill).
+#[derive(Clone)]
 pub struct FastCache {
     k: Vec<f32>,
     v: Vec<f32>,

@@ -19,11 +19,33 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     /// Content tokens at most.
     pub max_tokens: usize,
+    /// Tokens less likely than this fraction of the likeliest are never drawn.
+    #[serde(default = "default_min_p")]
+    pub min_p: f32,
+    /// Candidate replies drawn per mention; the best-scored one is sent.
+    #[serde(default = "default_candidates")]
+    pub candidates: usize,
+}
+
+fn default_min_p() -> f32 {
+    0.05
+}
+
+fn default_candidates() -> usize {
+    8
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.15, max_tokens: 40 }
+        Sampling {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            repetition_penalty: 1.15,
+            max_tokens: 40,
+            min_p: default_min_p(),
+            candidates: default_candidates(),
+        }
     }
 }
 
@@ -40,7 +62,7 @@ pub struct Generated {
 }
 
 /// Speaker names longer than this are cut off (the model is then told the name is over).
-const MAX_AUTHOR_TOKENS: usize = 12;
+pub(crate) const MAX_AUTHOR_TOKENS: usize = 12;
 
 /// Prompt tokens for `history` (oldest first), trimmed from the left to leave room for the
 /// reply, and ending with the start of a new message.

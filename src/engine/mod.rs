@@ -7,12 +7,19 @@
 //! - [`train`]: the training loop (schedule, clipping, validation in bits per byte, budget).
 //! - [`fast`]: the lean CPU inference path that serves replies.
 //! - [`generate`]: sampling a reply from a chat history.
+//! - [`decode`]: sample and rank: K candidates mixed with the guild's counts, never copying.
 //! - [`ops`]: fused CPU kernels with backward passes for training.
 //! - [`ngram`]: a Kneser–Ney trigram baseline for the benchmarks.
+//! - [`counts`]: the guild's variable-order count model (live, exactly removable) and the mixer
+//!   that blends it with the network.
+//! - [`words`]: words of chat text, the copy index and guard, readability figures.
+//! - [`voice`]: a guild's count model, vocabulary and copy index, kept beside its network.
 //! - [`checkpoint`]: atomic save and validated load of a run directory, and its manifest.
 //! - [`run`]: one whole training run, from chat lines to a saved checkpoint loaded back.
 
 pub mod checkpoint;
+pub mod counts;
+pub mod decode;
 pub mod fast;
 pub mod generate;
 pub mod model;
@@ -21,6 +28,8 @@ pub mod ops;
 pub mod run;
 pub mod tokenizer;
 pub mod train;
+pub mod voice;
+pub mod words;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};

@@ -287,3 +287,93 @@ fn a_base_checkpoint_in_hf_layout_starts_training() {
         train::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {}).err().unwrap();
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
+
+/// A tiny model and its voice, trained for `seconds` on `lines`.
+fn model_and_voice(lines: &[ChatLine], seconds: f64) -> (super::checkpoint::Loaded, super::voice::Voice) {
+    let cancel = AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { max_seconds: Some(seconds), ..tiny_options(50) };
+    let spec = super::run::RunSpec {
+        lines,
+        opts: &opts,
+        base: None,
+        parent: dir.path(),
+        name: "r",
+        preset_label: "tiny".into(),
+        corpus_span: (None, None),
+    };
+    let (loaded, _, _) = super::run::train_and_save(&spec, &Device::Cpu, &cancel, |_| {}).unwrap();
+    let voice = super::voice::Voice::from_lines(&loaded.tokenizer, lines).unwrap();
+    (loaded, voice)
+}
+
+#[test]
+fn sample_and_rank_is_deterministic_under_a_seed() {
+    let lines = sample_lines(300);
+    let (m, voice) = model_and_voice(&lines, 1.0);
+    let history = vec![("alice".to_string(), "anyone here know javascript?".to_string())];
+    let s = Sampling { candidates: 4, ..Sampling::default() };
+    let run = |seed| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        super::decode::reply(&m.fast, &m.tokenizer, &history, &s, Some(&voice), &mut rng).unwrap()
+    };
+    let (a, b) = (run(7), run(7));
+    assert_eq!(a, b, "the same seed gives the same candidates and choice");
+    assert_eq!(a.len(), 4);
+    assert!(a.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+}
+
+#[test]
+fn replies_never_copy_eight_words_of_a_stored_message() {
+    const TEMPTING: &str = "the quick brown fox jumps over the lazy sleeping dog near the old river bank";
+    // Mostly the one line, said by everyone: the network and the counts both learn it by heart.
+    let mut lines = Vec::new();
+    for (i, other) in sample_lines(60).into_iter().enumerate() {
+        lines.push(other);
+        for j in 0..5 {
+            let author = format!("user{}", (i + j) % 3);
+            lines.push(ChatLine { channel: "c".into(), author, content: TEMPTING.into(), time_ms: 0 });
+        }
+    }
+    let (m, mut voice) = model_and_voice(&lines, 2.0);
+    // The counts speak (a tiny network trained for seconds says little): they know the line.
+    voice.mixer = super::counts::Mixer { weights: [0.99; super::counts::BUCKETS] };
+    let history =
+        vec![("bob".to_string(), TEMPTING.to_string()), ("alice".to_string(), TEMPTING.to_string())];
+    let s = Sampling { candidates: 2, temperature: 0.3, ..Sampling::default() };
+    let replies = |voice: &super::voice::Voice| -> Vec<String> {
+        (0..8)
+            .map(|seed| {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let ranked =
+                    super::decode::reply(&m.fast, &m.tokenizer, &history, &s, Some(voice), &mut rng).unwrap();
+                ranked[0].reply.text.clone()
+            })
+            .collect()
+    };
+    // The guard's own proof (a scripted decoder that would recite a stored sentence) is in
+    // `words::tests`; here the whole decoder, driven by counts that know the line, keeps to it.
+    let guarded = replies(&voice);
+    for r in &guarded {
+        assert!(!super::words::copies_run(r, &voice.copies), "an 8-word copy was sent: {r:?}");
+    }
+    assert!(guarded.iter().any(|r| !r.is_empty()), "{guarded:?}");
+}
+
+#[test]
+fn a_removed_message_leaves_the_voice_at_once() {
+    let lines = sample_lines(200);
+    let tok = super::tokenizer::ChatTokenizer::train(&lines, 320).unwrap();
+    let mut voice = super::voice::Voice::from_lines(&tok, &lines).unwrap();
+    let secret = "zebra quartz mango violin falcon pebble lantern orchid tunnel";
+    let said = super::voice::Said { id: 424242, author: "eve", content: secret };
+    let ids = tok.encode_message("eve", secret).unwrap();
+    let before = voice.counts.count(&ids[..6]);
+    voice.add(&tok, said).unwrap();
+    assert_eq!(voice.counts.count(&ids[..6]), before + 1);
+    let words: Vec<String> = super::words::words(secret);
+    assert!(voice.copies.contains_run(&words[..8]));
+    voice.remove(&tok, said).unwrap();
+    assert_eq!(voice.counts.count(&ids[..6]), before, "its n-grams left the counts");
+    assert!(!voice.copies.contains_run(&words[..8]), "its runs left the copy index");
+}

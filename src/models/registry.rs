@@ -27,7 +27,7 @@ pub struct ModelDir {
 /// One guild's entry in the registry: a usable checkpoint, or the reason there is none.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {
-    Ready(ModelDir),
+    Ready(Box<ModelDir>),
     Broken { guild_id: String, reason: String },
 }
 
@@ -91,7 +91,7 @@ fn current(guild_id: &str, guild_dir: &Path) -> Found {
         Ok(meta) => meta,
         Err(e) => return broken(format!("run {run} has an unreadable meta.json: {e}")),
     };
-    Found::Ready(ModelDir { guild_id: guild_id.to_string(), run, path, meta })
+    Found::Ready(Box::new(ModelDir { guild_id: guild_id.to_string(), run, path, meta }))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The models that answer mentions: one loaded checkpoint per guild, swapped in atomically when
-//! a new one is trained, and a dedicated generation thread fed by a bounded queue, so replies
-//! never run on the async runtime's workers and never wait behind a training run.
+//! a new one is trained, with the guild's voice (count model, vocabulary, copy index) beside it,
+//! and a dedicated generation thread fed by a bounded queue, so replies never run on the async
+//! runtime's workers and never wait behind a training run.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +15,9 @@ use tokio::sync::oneshot;
 
 use super::registry::{self, Found};
 use crate::engine::checkpoint::{self, Loaded};
-use crate::engine::generate::{self, Generated, Sampling};
+use crate::engine::decode;
+use crate::engine::generate::{Generated, Sampling};
+use crate::engine::voice::Voice;
 use crate::engine::EngineError;
 
 /// Requests waiting for the generation thread at most; more are refused rather than queued.
@@ -30,8 +33,12 @@ pub enum ServeError {
     Engine(#[from] EngineError),
 }
 
+/// A guild's voice, shared by the generation thread (reading) and ingest (learning).
+pub type SharedVoice = Arc<RwLock<Voice>>;
+
 struct Job {
     model: Arc<Loaded>,
+    voice: Option<SharedVoice>,
     history: Vec<(String, String)>,
     sampling: Sampling,
     seed: u64,
@@ -41,6 +48,7 @@ struct Job {
 /// The per-guild models and the generation worker.
 pub struct Serving {
     models: RwLock<HashMap<String, Arc<Loaded>>>,
+    voices: RwLock<HashMap<String, SharedVoice>>,
     broken: RwLock<HashMap<String, String>>,
     jobs: SyncSender<Job>,
 }
@@ -64,13 +72,16 @@ impl Serving {
         let spawned = std::thread::Builder::new().name("mynah-generate".into()).spawn(move || {
             for job in queue {
                 let mut rng = StdRng::seed_from_u64(job.seed);
-                let out = generate::reply(
+                let voice = job.voice.as_ref().map(|v| v.read().unwrap_or_else(|p| p.into_inner()));
+                let out = decode::reply(
                     &job.model.fast,
                     &job.model.tokenizer,
                     &job.history,
                     &job.sampling,
+                    voice.as_deref(),
                     &mut rng,
-                );
+                )
+                .map(|mut ranked| ranked.swap_remove(0).reply);
                 // The asker may have given up waiting; that is fine.
                 let _ = job.answer.send(out);
             }
@@ -78,7 +89,12 @@ impl Serving {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the generation thread; replies will use fallback mode");
         }
-        Serving { models: RwLock::new(HashMap::new()), broken: RwLock::new(HashMap::new()), jobs }
+        Serving {
+            models: RwLock::new(HashMap::new()),
+            voices: RwLock::new(HashMap::new()),
+            broken: RwLock::new(HashMap::new()),
+            jobs,
+        }
     }
 
     pub fn get(&self, guild: &str) -> Option<Arc<Loaded>> {
@@ -93,12 +109,33 @@ impl Serving {
     /// Makes `loaded` the guild's model; replies started before keep the old one.
     pub fn install(&self, guild: &str, loaded: Arc<Loaded>) {
         self.models.write().unwrap_or_else(|p| p.into_inner()).insert(guild.to_string(), loaded);
+        // The old voice speaks the old model's tokens; the new one is built for the new model.
+        self.voices.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
         self.broken.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
+    }
+
+    /// The guild's voice, if one was built for its model.
+    pub fn voice(&self, guild: &str) -> Option<SharedVoice> {
+        self.voices.read().unwrap_or_else(|p| p.into_inner()).get(guild).cloned()
+    }
+
+    /// Sets the guild's voice, built for `model`'s tokenizer; refused (false) if another model
+    /// serves the guild by now.
+    pub fn set_voice(&self, guild: &str, model: &Arc<Loaded>, voice: Voice) -> bool {
+        let current = self.get(guild).is_some_and(|m| Arc::ptr_eq(&m, model));
+        if current {
+            self.voices
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(guild.to_string(), Arc::new(RwLock::new(voice)));
+        }
+        current
     }
 
     /// Stops serving the guild (the bot left it).
     pub fn remove(&self, guild: &str) {
         self.models.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
+        self.voices.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
         self.broken.write().unwrap_or_else(|p| p.into_inner()).remove(guild);
     }
 
@@ -133,19 +170,23 @@ impl Serving {
             }
         }
         *self.models.write().unwrap_or_else(|p| p.into_inner()) = models;
+        self.voices.write().unwrap_or_else(|p| p.into_inner()).clear();
         *self.broken.write().unwrap_or_else(|p| p.into_inner()) = broken;
     }
 
-    /// Generates a message on the generation thread.
+    /// Generates a message on the generation thread: the best of `sampling.candidates`, mixed
+    /// with and guarded by the guild's voice when it has one.
     pub async fn generate(
         &self,
+        guild: &str,
         model: Arc<Loaded>,
         history: Vec<(String, String)>,
         sampling: Sampling,
         seed: u64,
     ) -> Result<Generated, ServeError> {
         let (answer, answered) = oneshot::channel();
-        self.jobs.try_send(Job { model, history, sampling, seed, answer }).map_err(|e| match e {
+        let voice = self.voice(guild);
+        self.jobs.try_send(Job { model, voice, history, sampling, seed, answer }).map_err(|e| match e {
             TrySendError::Full(_) => ServeError::Busy,
             TrySendError::Disconnected(_) => ServeError::Gone,
         })?;

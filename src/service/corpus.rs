@@ -34,10 +34,14 @@ impl Core {
             || self.consent.is_forgotten(&r.guild_id, &r.author_id, r.created_ms().unwrap_or(i64::MAX))
         {
             Ingested::OptedOut
-        } else if self.store.insert_message(&self.scrubbed(r)).await? {
-            Ingested::Stored
         } else {
-            Ingested::Duplicate
+            let clean = self.scrubbed(r);
+            if self.store.insert_message(&clean).await? {
+                self.learn(&clean);
+                Ingested::Stored
+            } else {
+                Ingested::Duplicate
+            }
         };
         Ok(outcome)
     }

@@ -10,6 +10,7 @@
 //! - `replies`: answering mentions, cool-downs, replies in flight.
 //! - `corpus`: ingest, import, export and read-back bookkeeping.
 //! - `privacy`: consent and deletion.
+//! - `voices`: each serving model's voice (counts, words, copy index), kept in step with the store.
 
 mod corpus;
 mod models;
@@ -18,6 +19,7 @@ mod replies;
 mod status;
 mod training;
 pub mod types;
+mod voices;
 
 pub use corpus::{import_jsonl, ImportSummary};
 pub use privacy::{ChannelChange, ChannelList, MyData};
@@ -151,6 +153,7 @@ impl Core {
         if let Err(e) = loaded.await {
             tracing::error!(error = %e, "loading models panicked");
         }
+        self.rebuild_voices();
     }
 
     /// Stops taking work and winds down: no new trainings or replies, the running training is

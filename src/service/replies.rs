@@ -104,7 +104,13 @@ impl Core {
         for _ in 0..3 {
             let g = self
                 .serving
-                .generate(model.clone(), history.clone(), self.config.engine.sampling.clone(), rand::random())
+                .generate(
+                    &req.guild_id,
+                    model.clone(),
+                    history.clone(),
+                    self.config.engine.sampling.clone(),
+                    rand::random(),
+                )
                 .await?;
             if !g.text.trim().is_empty() {
                 return Ok(Some(g.text));

@@ -191,6 +191,9 @@ impl Core {
         let previous = self.serving.get(guild_id).and_then(|m| m.meta.val_bits_per_byte);
         let val_bits_per_byte = meta.val_bits_per_byte.unwrap_or(f64::NAN);
         self.serving.install(guild_id, loaded);
+        if let Err(e) = self.rebuild_voice(guild_id).await {
+            tracing::warn!(error = %e, "could not build the new model's voice");
+        }
         // Nobody listening (no Discord connection) is fine.
         let _ = self.events.send(CoreEvent::ModelReady {
             guild_id: guild_id.to_string(),

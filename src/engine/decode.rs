@@ -1,0 +1,277 @@
+//! Sample and rank: K candidate replies drawn from one shared prefill, each token from the
+//! network's distribution mixed with the guild's count model, never completing an 8-word run of
+//! a stored message (the copy guard decides while decoding, so nothing is re-rolled), and the
+//! candidate with the best mean log-probability, less penalties for non-words and loops, wins.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::fast::{FastCache, FastModel};
+use super::generate::{self, Generated, Sampling, MAX_AUTHOR_TOKENS};
+use super::tokenizer::ChatTokenizer;
+use super::voice::Voice;
+use super::words::{self, CopyGuard};
+use super::EngineError;
+
+/// Score lost per share of a candidate's words that are neither the guild's nor the prompt's.
+const NON_WORD_PENALTY: f64 = 3.0;
+/// Score lost by a candidate that repeats a word 4-gram.
+const LOOP_PENALTY: f64 = 1.0;
+/// Draws refused by the copy guard before the message is ended instead.
+const MAX_REFUSALS: usize = 32;
+
+/// One candidate with its score (higher is better).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub reply: Generated,
+    /// Mean natural log-probability per token under the mixture, less penalties.
+    pub score: f64,
+}
+
+/// The best of `s.candidates` candidates (at least one), and all of them, best first.
+pub fn reply(
+    model: &FastModel,
+    tok: &ChatTokenizer,
+    history: &[(String, String)],
+    s: &Sampling,
+    voice: Option<&Voice>,
+    rng: &mut StdRng,
+) -> Result<Vec<Candidate>, EngineError> {
+    let ctx = model.cfg.max_position_embeddings;
+    let room = s.max_tokens + MAX_AUTHOR_TOKENS + 2;
+    if ctx <= room + 1 {
+        return Err(EngineError::ContextFull(ctx));
+    }
+    let ids = generate::prompt(tok, history, ctx - room)?;
+    let mut cache = model.new_cache();
+    let mut logits = Vec::new();
+    model.forward(&ids, &mut cache, &mut logits)?;
+    let context_text: String = history.iter().map(|(a, c)| format!("{a} {c}\n")).collect();
+    let mut out = Vec::with_capacity(s.candidates.max(1));
+    for _ in 0..s.candidates.max(1) {
+        let mut fork = Fork { cache: cache.clone(), logits: logits.clone(), seq: ids.clone() };
+        let reply = fork.decode(model, tok, s, voice, rng)?;
+        let score = score(&reply, voice, &context_text);
+        out.push(Candidate { reply: reply.0, score });
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(out)
+}
+
+/// One candidate's decoding state.
+struct Fork {
+    cache: FastCache,
+    logits: Vec<f32>,
+    /// Every token so far, prompt included (the count model's context).
+    seq: Vec<u32>,
+}
+
+/// A decoded candidate and the natural log-probabilities of its content tokens.
+type Decoded = (Generated, Vec<f64>);
+
+impl Fork {
+    fn decode(
+        &mut self,
+        model: &FastModel,
+        tok: &ChatTokenizer,
+        s: &Sampling,
+        voice: Option<&Voice>,
+        rng: &mut StdRng,
+    ) -> Result<Decoded, EngineError> {
+        let mut author = Vec::new();
+        loop {
+            let next = if author.len() >= MAX_AUTHOR_TOKENS {
+                tok.says
+            } else {
+                generate::sample(&mut self.logits, &[tok.pad, tok.msg, tok.eom], &[], s, rng)
+            };
+            self.step(model, next)?;
+            if next == tok.says {
+                break;
+            }
+            author.push(next);
+        }
+        let mut guard = voice.map(|v| CopyGuard::new(&v.copies));
+        let (mut content, mut logp) = (Vec::new(), Vec::new());
+        let mut finished = false;
+        let mut probs = vec![0f32; self.logits.len()];
+        let mut mixture = vec![0f32; self.logits.len()];
+        let mut text = String::new();
+        while content.len() < s.max_tokens {
+            self.distribution(tok, s, voice, &content, &mut mixture, &mut probs);
+            let mut refusals = 0;
+            let next = loop {
+                let t = draw(&probs, s, rng);
+                let allowed = match &guard {
+                    None => true,
+                    Some(g) if t == tok.eom => g.allows_end(),
+                    Some(g) => g.allows(&piece(tok, &content, &text, t)?),
+                };
+                if allowed {
+                    break Some(t);
+                }
+                probs[t as usize] = 0.0;
+                refusals += 1;
+                if refusals >= MAX_REFUSALS || probs.iter().all(|&p| p <= 0.0) {
+                    break None;
+                }
+            };
+            let Some(next) = next else { break };
+            logp.push(f64::from(mixture[next as usize].max(1e-12)).ln());
+            if next == tok.eom {
+                finished = true;
+                break;
+            }
+            let added = piece(tok, &content, &text, next)?;
+            if let Some(g) = guard.as_mut() {
+                g.advance(&added);
+            }
+            text.push_str(&added);
+            content.push(next);
+            if content.len() < s.max_tokens {
+                self.step(model, next)?;
+            }
+        }
+        let text = match &guard {
+            Some(g) if !finished => g.finish().trim().to_string(),
+            _ => tok.decode(&content)?.trim().to_string(),
+        };
+        let reply = Generated {
+            author: tok.decode(&author)?.trim().to_string(),
+            text,
+            tokens: content.len(),
+            finished,
+        };
+        Ok((reply, logp))
+    }
+
+    fn step(&mut self, model: &FastModel, next: u32) -> Result<(), EngineError> {
+        self.seq.push(next);
+        model.forward(&[next], &mut self.cache, &mut self.logits)
+    }
+
+    /// The sampling distribution of the next content token: the network's (repetition-penalised)
+    /// mixed with the counts', sharpened by the temperature, control tokens but the end out.
+    /// Also leaves the unsharpened mixture, which candidates are scored by, in `mixture`.
+    fn distribution(
+        &self,
+        tok: &ChatTokenizer,
+        s: &Sampling,
+        voice: Option<&Voice>,
+        content: &[u32],
+        mixture: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let mut logits = self.logits.clone();
+        if s.repetition_penalty > 1.0 {
+            let mut seen: Vec<u32> = self.seq.iter().rev().take(64).chain(content).copied().collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for t in seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / s.repetition_penalty } else { *l * s.repetition_penalty };
+                }
+            }
+        }
+        mixed(&logits, voice, &self.seq, mixture);
+        out.copy_from_slice(mixture);
+        for b in [tok.pad, tok.msg, tok.says] {
+            if let Some(p) = out.get_mut(b as usize) {
+                *p = 0.0;
+            }
+        }
+        let t = s.temperature.max(1e-3);
+        out.iter_mut().for_each(|p| *p = p.powf(1.0 / t));
+        let max = out.iter().copied().fold(0.0f32, f32::max);
+        // min-p: tokens far less likely than the best are out.
+        out.iter_mut().for_each(|p| {
+            if *p < max * s.min_p {
+                *p = 0.0
+            }
+        });
+    }
+}
+
+/// The mixture of the network's softmax over `logits` and the counts' distribution after `seq`.
+fn mixed(logits: &[f32], voice: Option<&Voice>, seq: &[u32], out: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut net: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = net.iter().sum();
+    net.iter_mut().for_each(|p| *p /= sum);
+    match voice {
+        Some(v) if v.counts.vocab() == net.len() => {
+            let context = &seq[seq.len().saturating_sub(v.counts.order().saturating_sub(1))..];
+            let mut counts = vec![0f32; net.len()];
+            v.counts.probs(context, &mut counts);
+            v.mixer.mix(v.counts.evidence(context), &counts, &net, out);
+        }
+        _ => out.copy_from_slice(&net),
+    }
+}
+
+/// Draws a token from unnormalised non-negative weights, with top-k and top-p applied.
+fn draw(weights: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    let mut cands: Vec<(u32, f32)> =
+        weights.iter().enumerate().filter(|(_, &w)| w > 0.0).map(|(i, &w)| (i as u32, w)).collect();
+    if cands.is_empty() {
+        return 0;
+    }
+    cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    if s.temperature <= 0.0 {
+        return cands[0].0;
+    }
+    if s.top_k > 0 {
+        cands.truncate(s.top_k);
+    }
+    let total: f32 = cands.iter().map(|c| c.1).sum();
+    let mut keep = cands.len();
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, c) in cands.iter().enumerate() {
+            acc += c.1 / total;
+            if acc >= s.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    let kept: f32 = cands[..keep].iter().map(|c| c.1).sum();
+    let mut r = rng.random::<f32>() * kept;
+    for c in &cands[..keep] {
+        r -= c.1;
+        if r <= 0.0 {
+            return c.0;
+        }
+    }
+    cands[keep - 1].0
+}
+
+/// The text token `t` adds after `content` (whose text is `text`).
+fn piece(tok: &ChatTokenizer, content: &[u32], text: &str, t: u32) -> Result<String, EngineError> {
+    let mut ids = content.to_vec();
+    ids.push(t);
+    let longer = tok.decode(&ids)?;
+    Ok(match longer.strip_prefix(text) {
+        Some(rest) => rest.to_string(),
+        // A byte-level token that completes a character changes the text before it.
+        None => longer.chars().skip(text.chars().count()).collect(),
+    })
+}
+
+/// Mean log-probability, less the penalties; an empty reply never wins.
+fn score(decoded: &Decoded, voice: Option<&Voice>, context: &str) -> f64 {
+    let (reply, logp) = decoded;
+    if reply.text.trim().is_empty() || logp.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let mut score = logp.iter().sum::<f64>() / logp.len() as f64;
+    if let Some(v) = voice {
+        let texts = [reply.text.clone()];
+        let real = words::real_word_share(&texts, &v.vocab, &[context.to_string()]);
+        score -= NON_WORD_PENALTY * (1.0 - real);
+    }
+    if words::has_loop(&reply.text) {
+        score -= LOOP_PENALTY;
+    }
+    score
+}

@@ -1,0 +1,64 @@
+//! Each serving model's voice (its guild's count model, vocabulary and copy index): built from
+//! the store when a model starts serving, taught every message stored since, and rebuilt from
+//! the store whenever messages are removed, so what was removed leaves the counts.
+
+use std::sync::Arc;
+
+use super::{Core, ServiceError};
+use crate::corpus::Record;
+use crate::engine::voice::{Said, Voice};
+
+impl Core {
+    /// Builds the guild's voice from its stored messages, for the model serving it now.
+    pub(super) async fn rebuild_voice(&self, guild: &str) -> Result<(), ServiceError> {
+        let Some(model) = self.serving.get(guild) else { return Ok(()) };
+        let records = self.store.export(Some(guild)).await?;
+        let for_model = model.clone();
+        let built =
+            tokio::task::spawn_blocking(move || Voice::build(&for_model.tokenizer, records.iter().map(said)))
+                .await;
+        match built {
+            Ok(Ok(voice)) => {
+                if !self.serving.set_voice(guild, &model, voice) {
+                    tracing::debug!(guild, "a newer model serves; its own voice is built for it");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(guild, error = %e, "could not build the guild's voice"),
+            Err(e) => tracing::error!(guild, error = %e, "building the guild's voice panicked"),
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the voice of every serving guild, in the background.
+    pub(super) fn rebuild_voices(self: &Arc<Self>) {
+        for (guild, _) in self.serving.all() {
+            self.rebuild_voice_later(&guild);
+        }
+    }
+
+    /// Rebuilds the guild's voice in the background (replies meanwhile use the one it has).
+    pub(super) fn rebuild_voice_later(self: &Arc<Self>, guild: &str) {
+        let (core, guild) = (self.clone(), guild.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = core.rebuild_voice(&guild).await {
+                tracing::warn!(guild = %guild, error = %e, "could not rebuild the guild's voice");
+            }
+        });
+    }
+
+    /// Teaches a just-stored message to its guild's voice.
+    pub(super) fn learn(&self, r: &Record) {
+        let (Some(model), Some(voice)) = (self.serving.get(&r.guild_id), self.serving.voice(&r.guild_id))
+        else {
+            return;
+        };
+        let mut voice = voice.write().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = voice.add(&model.tokenizer, said(r)) {
+            tracing::debug!(error = %e, "a stored message could not be taught to the voice");
+        }
+    }
+}
+
+fn said(r: &Record) -> Said<'_> {
+    Said { id: Said::key(&r.id), author: &r.author, content: &r.content }
+}
