@@ -280,6 +280,7 @@ async fn reply(
                 Err(e) => return Err(e.into()),
             },
         };
+        core.build_voice(&guild).await?;
         let request = crate::service::ReplyRequest {
             guild_id: guild,
             channel_id: channel,

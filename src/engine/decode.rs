@@ -4,7 +4,6 @@
 //! candidate with the best mean log-probability, less penalties for non-words and loops, wins.
 
 use rand::rngs::StdRng;
-use rand::Rng;
 
 use super::fast::{FastCache, FastModel};
 use super::generate::{self, Generated, Sampling, MAX_AUTHOR_TOKENS};
@@ -100,15 +99,17 @@ impl Fork {
         while content.len() < s.max_tokens {
             self.distribution(tok, s, voice, &content, &mut mixture, &mut probs);
             let mut refusals = 0;
+            // The accepted token, and the text it adds (`None` for the end of the message).
             let next = loop {
-                let t = draw(&probs, s, rng);
-                let allowed = match &guard {
-                    None => true,
-                    Some(g) if t == tok.eom => g.allows_end(),
-                    Some(g) => g.allows(&piece(tok, &content, &text, t)?),
+                let t = generate::draw(&probs, s, rng);
+                let added = if t == tok.eom { None } else { Some(piece(tok, &content, &text, t)?) };
+                let allowed = match (&guard, &added) {
+                    (None, _) => true,
+                    (Some(g), None) => g.allows_end(),
+                    (Some(g), Some(added)) => g.allows(added),
                 };
                 if allowed {
-                    break Some(t);
+                    break Some((t, added));
                 }
                 probs[t as usize] = 0.0;
                 refusals += 1;
@@ -116,13 +117,12 @@ impl Fork {
                     break None;
                 }
             };
-            let Some(next) = next else { break };
+            let Some((next, added)) = next else { break };
             logp.push(f64::from(mixture[next as usize].max(1e-12)).ln());
-            if next == tok.eom {
+            let Some(added) = added else {
                 finished = true;
                 break;
-            }
-            let added = piece(tok, &content, &text, next)?;
+            };
             if let Some(g) = guard.as_mut() {
                 g.advance(&added);
             }
@@ -163,16 +163,8 @@ impl Fork {
         out: &mut [f32],
     ) {
         let mut logits = self.logits.clone();
-        if s.repetition_penalty > 1.0 {
-            let mut seen: Vec<u32> = self.seq.iter().rev().take(64).chain(content).copied().collect();
-            seen.sort_unstable();
-            seen.dedup();
-            for t in seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / s.repetition_penalty } else { *l * s.repetition_penalty };
-                }
-            }
-        }
+        let recent = self.seq.iter().rev().take(64).chain(content).copied();
+        generate::penalize_repeats(&mut logits, recent, s.repetition_penalty);
         mixed(&logits, voice, &self.seq, mixture);
         out.copy_from_slice(mixture);
         for b in [tok.pad, tok.msg, tok.says] {
@@ -207,43 +199,6 @@ fn mixed(logits: &[f32], voice: Option<&Voice>, seq: &[u32], out: &mut [f32]) {
         }
         _ => out.copy_from_slice(&net),
     }
-}
-
-/// Draws a token from unnormalised non-negative weights, with top-k and top-p applied.
-fn draw(weights: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
-    let mut cands: Vec<(u32, f32)> =
-        weights.iter().enumerate().filter(|(_, &w)| w > 0.0).map(|(i, &w)| (i as u32, w)).collect();
-    if cands.is_empty() {
-        return 0;
-    }
-    cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-    if s.temperature <= 0.0 {
-        return cands[0].0;
-    }
-    if s.top_k > 0 {
-        cands.truncate(s.top_k);
-    }
-    let total: f32 = cands.iter().map(|c| c.1).sum();
-    let mut keep = cands.len();
-    if s.top_p < 1.0 {
-        let mut acc = 0.0;
-        for (i, c) in cands.iter().enumerate() {
-            acc += c.1 / total;
-            if acc >= s.top_p {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
-    let kept: f32 = cands[..keep].iter().map(|c| c.1).sum();
-    let mut r = rng.random::<f32>() * kept;
-    for c in &cands[..keep] {
-        r -= c.1;
-        if r <= 0.0 {
-            return c.0;
-        }
-    }
-    cands[keep - 1].0
 }
 
 /// The text token `t` adds after `content` (whose text is `text`).

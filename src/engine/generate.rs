@@ -156,53 +156,64 @@ pub(crate) fn sample(
             *l = f32::NEG_INFINITY;
         }
     }
-    if s.repetition_penalty > 1.0 {
-        let mut seen = recent.to_vec();
-        seen.sort_unstable();
-        seen.dedup();
-        for t in seen {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / s.repetition_penalty } else { *l * s.repetition_penalty };
-            }
+    penalize_repeats(logits, recent.iter().copied(), s.repetition_penalty);
+    if s.temperature <= 0.0 || !logits.iter().any(|l| l.is_finite()) {
+        return argmax(logits);
+    }
+    let max = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> =
+        logits.iter().map(|&l| if l.is_finite() { ((l - max) / s.temperature).exp() } else { 0.0 }).collect();
+    draw(&weights, s, rng)
+}
+
+/// Makes the `recent` tokens less likely (a `penalty` of 1 or less changes nothing).
+pub(crate) fn penalize_repeats(logits: &mut [f32], recent: impl Iterator<Item = u32>, penalty: f32) {
+    if penalty <= 1.0 {
+        return;
+    }
+    let mut seen: Vec<u32> = recent.collect();
+    seen.sort_unstable();
+    seen.dedup();
+    for t in seen {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
         }
     }
-    if s.temperature <= 0.0 {
-        return argmax(logits);
-    }
-    let mut cands: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, l / s.temperature))
-        .collect();
+}
+
+/// Draws a token from non-negative weights (zero means never), with top-k and top-p applied;
+/// greedy when the temperature is 0.
+pub(crate) fn draw(weights: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    let mut cands: Vec<(u32, f32)> =
+        weights.iter().enumerate().filter(|(_, &w)| w > 0.0).map(|(i, &w)| (i as u32, w)).collect();
     if cands.is_empty() {
-        return argmax(logits);
+        return 0;
     }
     cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    if s.temperature <= 0.0 {
+        return cands[0].0;
+    }
     if s.top_k > 0 {
         cands.truncate(s.top_k);
     }
-    let max = cands[0].1;
-    let mut probs: Vec<f32> = cands.iter().map(|(_, l)| (l - max).exp()).collect();
-    let sum: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= sum);
-    let mut keep = probs.len();
+    let total: f32 = cands.iter().map(|c| c.1).sum();
+    let mut keep = cands.len();
     if s.top_p < 1.0 {
         let mut acc = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            acc += p;
+        for (i, c) in cands.iter().enumerate() {
+            acc += c.1 / total;
             if acc >= s.top_p {
                 keep = i + 1;
                 break;
             }
         }
     }
-    let total: f32 = probs[..keep].iter().sum();
-    let mut r = rng.random::<f32>() * total;
-    for (i, p) in probs[..keep].iter().enumerate() {
-        r -= p;
+    let kept: f32 = cands[..keep].iter().map(|c| c.1).sum();
+    let mut r = rng.random::<f32>() * kept;
+    for c in &cands[..keep] {
+        r -= c.1;
         if r <= 0.0 {
-            return cands[i].0;
+            return c.0;
         }
     }
     cands[keep - 1].0

@@ -153,7 +153,6 @@ impl Core {
         if let Err(e) = loaded.await {
             tracing::error!(error = %e, "loading models panicked");
         }
-        self.rebuild_voices();
     }
 
     /// Stops taking work and winds down: no new trainings or replies, the running training is

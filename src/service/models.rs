@@ -60,14 +60,7 @@ impl Core {
         }
         loaded.dir = dir;
         self.serve_new_model(guild_id, run_id, Arc::new(loaded)).await;
-        let result = RunResult {
-            outcome: RunOutcome::Succeeded,
-            error: None,
-            steps: Some(meta.steps as i64),
-            tokens: Some(meta.tokens as i64),
-            train_loss: meta.train_loss.map(f64::from),
-            val_bpb: meta.val_bits_per_byte,
-        };
+        let result = super::training::succeeded(&meta);
         self.store.finish_run(run_id, &result).await?;
         tracing::info!(guild = %guild_id, run = run_id, "model from a remote trainer serving");
         Ok(TrainAccepted {

@@ -130,7 +130,7 @@ impl Core {
         let Some(created_ms) = self.store.update_content(guild, id, &content, edited_at).await? else {
             return Ok(false);
         };
-        self.rebuild_voice(guild).await?;
+        self.build_voice(guild).await?;
         self.mark_if_seen(guild, |until| u64::from(created_ms <= until), "a message was edited on Discord")
             .await?;
         Ok(true)
@@ -203,7 +203,7 @@ impl Core {
             return Ok(());
         }
         // The counts forget at once: the operation ends after the voice no longer has them.
-        self.rebuild_voice(guild).await?;
+        self.build_voice(guild).await?;
         self.mark_if_seen(guild, |until| purged.seen_by(until), reason).await
     }
 

@@ -138,6 +138,7 @@ impl Core {
     /// Re-reads `models/` (after an operator copied a model in, say) and returns the status.
     pub async fn initialize(self: &Arc<Self>) -> Result<Status, ServiceError> {
         self.load_models().await;
+        self.build_voices_later();
         self.status().await
     }
 

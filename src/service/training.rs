@@ -10,7 +10,7 @@ use candle_core::Device;
 
 use super::{check_guild_id, Core, CoreEvent, ServiceError, TrainAccepted, TrainRequest};
 use crate::corpus::Record;
-use crate::engine::checkpoint::Loaded;
+use crate::engine::checkpoint::{Loaded, Meta};
 use crate::engine::run::{self, RunSpec};
 use crate::engine::tokenizer::ChatLine;
 use crate::engine::train::{self, Report, TrainOptions};
@@ -137,9 +137,10 @@ impl Core {
         let (result, val) = match outcome {
             Ok((loaded, report)) => {
                 let val = Some(report.val_bits_per_byte);
+                let result = succeeded(&loaded.meta);
                 self.serve_new_model(&guild_id, run_id, Arc::new(loaded)).await;
                 tracing::info!(guild = %guild_id, run = run_id, val_bpb = report.val_bits_per_byte, seconds, "new model serving");
-                (succeeded(&report), val)
+                (result, val)
             }
             Err(EngineError::Cancelled) => {
                 tracing::info!(guild = %guild_id, run = run_id, "training cancelled; the current model stays");
@@ -191,7 +192,7 @@ impl Core {
         let previous = self.serving.get(guild_id).and_then(|m| m.meta.val_bits_per_byte);
         let val_bits_per_byte = meta.val_bits_per_byte.unwrap_or(f64::NAN);
         self.serving.install(guild_id, loaded);
-        if let Err(e) = self.rebuild_voice(guild_id).await {
+        if let Err(e) = self.build_voice(guild_id).await {
             tracing::warn!(error = %e, "could not build the new model's voice");
         }
         // Nobody listening (no Discord connection) is fine.
@@ -204,15 +205,15 @@ impl Core {
     }
 }
 
-/// The row of a run that produced a model.
-fn succeeded(report: &Report) -> RunResult {
+/// The row of a run that produced the model described by `meta`.
+pub(super) fn succeeded(meta: &Meta) -> RunResult {
     RunResult {
         outcome: RunOutcome::Succeeded,
         error: None,
-        steps: Some(report.steps as i64),
-        tokens: Some(report.tokens as i64),
-        train_loss: Some(report.train_loss as f64),
-        val_bpb: Some(report.val_bits_per_byte),
+        steps: Some(meta.steps as i64),
+        tokens: Some(meta.tokens as i64),
+        train_loss: meta.train_loss.map(f64::from),
+        val_bpb: meta.val_bits_per_byte,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::engine::voice::{Said, Voice};
 
 impl Core {
     /// Builds the guild's voice from its stored messages, for the model serving it now.
-    pub(super) async fn rebuild_voice(&self, guild: &str) -> Result<(), ServiceError> {
+    pub async fn build_voice(&self, guild: &str) -> Result<(), ServiceError> {
         let Some(model) = self.serving.get(guild) else { return Ok(()) };
         let records = self.store.export(Some(guild)).await?;
         let for_model = model.clone();
@@ -29,21 +29,21 @@ impl Core {
         Ok(())
     }
 
-    /// Rebuilds the voice of every serving guild, in the background.
-    pub(super) fn rebuild_voices(self: &Arc<Self>) {
+    /// Builds the voice of every serving guild from the store, one after the other. Processes
+    /// that answer mentions call it after opening the core (one-shot commands have no use for
+    /// voices); replies meanwhile use the network alone.
+    pub async fn build_voices(&self) {
         for (guild, _) in self.serving.all() {
-            self.rebuild_voice_later(&guild);
+            if let Err(e) = self.build_voice(&guild).await {
+                tracing::warn!(guild = %guild, error = %e, "could not build the guild's voice");
+            }
         }
     }
 
-    /// Rebuilds the guild's voice in the background (replies meanwhile use the one it has).
-    pub(super) fn rebuild_voice_later(self: &Arc<Self>, guild: &str) {
-        let (core, guild) = (self.clone(), guild.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = core.rebuild_voice(&guild).await {
-                tracing::warn!(guild = %guild, error = %e, "could not rebuild the guild's voice");
-            }
-        });
+    /// [`Core::build_voices`] in the background.
+    pub fn build_voices_later(self: &Arc<Self>) {
+        let core = self.clone();
+        tokio::spawn(async move { core.build_voices().await });
     }
 
     /// Teaches a just-stored message to its guild's voice.
