@@ -4,6 +4,7 @@
 //! (`ingest`). Never run as timed tests.
 
 pub mod ingest;
+pub mod quality;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -63,6 +64,31 @@ pub enum Bench {
         #[arg(long, default_value_t = 10_000)]
         messages: usize,
     },
+    /// What replies are worth on the newest 10 % of a corpus: held-out bits per byte of the
+    /// network, the count model and their mixture (frozen and online) next to xz and PPMd;
+    /// readability of replies before and now next to the humans'; latency; sample replies.
+    Quality {
+        /// A JSONL corpus, e.g. ../shared/corpus/fcc-dev.jsonl
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Only this guild's messages.
+        #[arg(long)]
+        guild: Option<String>,
+        /// A trained run directory; without it, the preset is trained on the corpus first.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// The training budget when training (what a guild gets: MYNAH_TRAIN_MAX_MINUTES).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Prompts drawn from held-out messages.
+        #[arg(long, default_value_t = 200)]
+        prompts: usize,
+        /// Write the sample replies here instead of standard output.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+    },
     /// Peak resident memory while serving replies with a model.
     Memory {
         #[arg(long)]
@@ -79,6 +105,9 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory { model, replies } => bench_memory(&model, replies),
+        Bench::Quality { corpus, guild, model, preset, minutes, prompts, samples } => {
+            quality::run(&quality::Options { corpus, guild, model, preset, minutes, prompts, samples })
+        }
         Bench::Ingest { .. } => anyhow::bail!("bench ingest runs on the async runtime (see cli::run)"),
     }
 }
@@ -89,12 +118,21 @@ fn preset(name: &str) -> anyhow::Result<Preset> {
 
 /// Reads a JSONL corpus as chat lines, oldest first.
 pub fn read_corpus(path: &Path) -> anyhow::Result<Vec<ChatLine>> {
+    read_corpus_of(path, None)
+}
+
+/// Reads a JSONL corpus as chat lines, oldest first: every guild's, or only `guild`'s.
+pub fn read_corpus_of(path: &Path, guild: Option<&str>) -> anyhow::Result<Vec<ChatLine>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
     let (records, bad) = crate::corpus::parse_all(&text, None);
     if !bad.is_empty() {
         eprintln!("{} malformed lines skipped", bad.len());
     }
-    let mut lines: Vec<ChatLine> = records.iter().map(crate::corpus::Record::chat_line).collect();
+    let mut lines: Vec<ChatLine> = records
+        .iter()
+        .filter(|r| guild.is_none_or(|g| r.guild_id == g))
+        .map(crate::corpus::Record::chat_line)
+        .collect();
     lines.sort_by_key(|l| l.time_ms);
     Ok(lines)
 }

@@ -145,7 +145,8 @@ pub fn prepare(lines: &[ChatLine], tok: &ChatTokenizer, val_fraction: f64) -> Re
     })
 }
 
-fn split(lines: &[ChatLine], val_fraction: f64) -> Result<(&[ChatLine], &[ChatLine]), EngineError> {
+/// Lines (oldest first) split by time into training and the newest `val_fraction` held out.
+pub fn split(lines: &[ChatLine], val_fraction: f64) -> Result<(&[ChatLine], &[ChatLine]), EngineError> {
     if lines.len() < 20 {
         return Err(EngineError::NotEnoughData(format!("{} messages; at least 20 are needed", lines.len())));
     }
@@ -221,6 +222,29 @@ pub fn bits_per_byte(
         bytes += y.to_vec1::<u32>()?.iter().map(|&t| tok.byte_len(t) as u64).sum::<u64>();
     }
     Ok(nats / std::f64::consts::LN_2 / bytes.max(1) as f64)
+}
+
+/// The network's probability of each token of `stream` given the tokens before it in its window
+/// (non-overlapping windows of `len`, as [`bits_per_byte`] scores them); `None` where a window
+/// starts or after the last whole window.
+pub fn token_probs(model: &Model, stream: &[u32], len: usize) -> Result<Vec<Option<f32>>, EngineError> {
+    let len = len.min(model.cfg.max_position_embeddings);
+    let mut out = vec![None; stream.len()];
+    for chunk in windows(stream, len).chunks(8) {
+        let (x, y) = batch_tensors(stream, chunk, len, model.device())?;
+        let n = y.dims1()?;
+        let logits = model.forward_train(&x)?.reshape((n, ()))?;
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?
+            .gather(&y.unsqueeze(1)?, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (w, &start) in chunk.iter().enumerate() {
+            for j in 0..len {
+                out[start + 1 + j] = Some(logp[w * len + j].exp());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A fresh model for `cfg`, with its variables.

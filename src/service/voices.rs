@@ -46,6 +46,15 @@ impl Core {
         tokio::spawn(async move { core.build_voices().await });
     }
 
+    /// Whether the guild's voice holds a run of 8 words of `text` (`None` while it has none):
+    /// what replies are kept from copying, and what must be gone once a message is removed.
+    pub fn voice_holds(&self, guild: &str, text: &str) -> Option<bool> {
+        let voice = self.serving.voice(guild)?;
+        let voice = voice.read().unwrap_or_else(|p| p.into_inner());
+        let words = crate::engine::words::words(text);
+        Some(words.windows(crate::engine::words::COPY_RUN).any(|w| voice.copies.contains_run(w)))
+    }
+
     /// Teaches a just-stored message to its guild's voice.
     pub(super) fn learn(&self, r: &Record) {
         let (Some(model), Some(voice)) = (self.serving.get(&r.guild_id), self.serving.voice(&r.guild_id))

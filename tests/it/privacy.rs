@@ -287,3 +287,25 @@ async fn messages_past_the_retention_period_are_deleted() {
     let left: Vec<String> = core.export(None).await.unwrap().into_iter().map(|r| r.content).collect();
     assert_eq!(left, vec!["recent"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_voice_learns_a_new_message_at_once_and_forgets_a_deleted_one_at_once() {
+    let h = Harness::start().await;
+    let guild = h.guild.to_string();
+    h.core.import_jsonl(crate::support::sample(), Some(&guild), true).await.unwrap();
+    let reply = h.ask(h.general, h.admin, "!llmtrain force").await;
+    assert!(reply.content.starts_with("Training started"), "{}", reply.content);
+    assert_eq!(h.wait_training_done().await.outcome, mynah::store::RunOutcome::Succeeded);
+    until("the new model's voice is built", async || h.core.voice_holds(&guild, "x").is_some()).await;
+
+    let secret = "zebra quartz mango violin falcon pebble lantern orchid tunnel";
+    assert_eq!(h.core.voice_holds(&guild, secret), Some(false));
+    let said = h.server.say(h.general, h.member, secret);
+    h.wait_stored(1501).await;
+    assert_eq!(h.core.voice_holds(&guild, secret), Some(true), "learnt without a retrain");
+
+    h.server.delete(said);
+    h.wait_stored(1500).await;
+    until("the deletion reached the voice", async || h.core.voice_holds(&guild, secret) == Some(false)).await;
+    h.stop().await;
+}
