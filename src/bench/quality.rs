@@ -19,9 +19,9 @@ use crate::engine::checkpoint::{self, Loaded};
 use crate::engine::counts::{CountModel, Mixer};
 use crate::engine::generate::{self, Sampling};
 use crate::engine::run::{self, RunSpec};
-use crate::engine::tokenizer::{ChatLine, ChatTokenizer};
+use crate::engine::tokenizer::ChatLine;
 use crate::engine::train::{self, TrainOptions};
-use crate::engine::voice::Voice;
+use crate::engine::voice::{self, Voice};
 use crate::engine::words::{CopyIndex, Readability, Vocabulary};
 
 /// What to measure.
@@ -66,7 +66,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
 
-    let voice = Voice::build(tok, said_lines(train_part))?;
+    let voice = Voice::build(tok, model.meta.mixer.as_deref(), voice::said(train_part))?;
     let vocab = Vocabulary::from_messages(train_part.iter().map(|l| l.content.as_str()));
     let mut copies = CopyIndex::new();
     for (i, l) in train_part.iter().enumerate() {
@@ -162,14 +162,6 @@ fn train_model(lines: &[ChatLine], o: &Options) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
-fn said_lines(lines: &[ChatLine]) -> impl Iterator<Item = crate::engine::voice::Said<'_>> {
-    lines.iter().enumerate().map(|(i, l)| crate::engine::voice::Said {
-        id: i as u64,
-        author: &l.author,
-        content: &l.content,
-    })
-}
-
 /// Held-out bits per byte of each model.
 struct Bits {
     order: usize,
@@ -181,23 +173,15 @@ struct Bits {
 fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyhow::Result<Bits> {
     let tok = &model.tokenizer;
     let len = model.model.cfg.max_position_embeddings;
-    // The mixer is fitted on the training part's newest 10 %, with counts of the rest.
-    let (fit_train, fit_slice) = train::split(train_part, 0.1)?;
-    let fit_counts = Voice::build(tok, said_lines(fit_train))?.counts;
-    let fit_stream = stream_of(fit_slice, tok)?;
-    let fit_net = train::token_probs(&model.model, &fit_stream, len)?;
-    let mut samples = Vec::new();
-    for (i, p) in fit_net.iter().enumerate() {
-        let Some(pn) = p else { continue };
-        let ctx = context(&fit_stream, i, fit_counts.order());
-        let pc = fit_counts.log2_prob(ctx, fit_stream[i]).exp2() as f32;
-        samples.push((fit_counts.evidence(ctx).bucket(), pc, *pn));
-    }
-    let mixer = Mixer::fit(&samples);
+    // The mixer the model was saved with (fitted on its training part), or fitted now the same way.
+    let mixer = match model.meta.mixer.as_deref() {
+        Some(w) => Voice::new(tok, Some(w)).mixer,
+        None => voice::fit_mixer(&model.model, tok, train_part)?,
+    };
 
-    let stream = stream_of(held_out, tok)?;
+    let stream = voice::stream(held_out, tok)?;
     let net = train::token_probs(&model.model, &stream, len)?;
-    let frozen = Voice::build(tok, said_lines(train_part))?.counts;
+    let frozen = Voice::build(tok, None, voice::said(train_part))?.counts;
     let mut online = frozen.clone();
     let order = frozen.order();
     let mut sums = [0f64; 5];
@@ -205,7 +189,7 @@ fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyho
     let mut start = 0;
     for (i, &t) in stream.iter().enumerate() {
         if let Some(pn) = net[i] {
-            let ctx = context(&stream, i, order);
+            let ctx = voice::context(&stream, i, order);
             let pf = frozen.log2_prob(ctx, t).exp2();
             let po = online.log2_prob(ctx, t).exp2();
             let mf = mix_one(&mixer, &frozen, ctx, pf, pn);
@@ -230,23 +214,6 @@ fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyho
 fn mix_one(mixer: &Mixer, counts: &CountModel, ctx: &[u32], pc: f64, pn: f32) -> f64 {
     let w = f64::from(mixer.weight(counts.evidence(ctx)));
     w * pc + (1.0 - w) * f64::from(pn)
-}
-
-fn context(stream: &[u32], i: usize, order: usize) -> &[u32] {
-    &stream[i.saturating_sub(order.saturating_sub(1))..i]
-}
-
-/// The lines as one token stream, channel by channel (as training renders them).
-fn stream_of(lines: &[ChatLine], tok: &ChatTokenizer) -> anyhow::Result<Vec<u32>> {
-    let mut by_channel: std::collections::BTreeMap<&str, Vec<&ChatLine>> = Default::default();
-    for l in lines {
-        by_channel.entry(&l.channel).or_default().push(l);
-    }
-    let mut out = Vec::new();
-    for l in by_channel.values().flatten() {
-        out.extend(tok.encode_message(&l.author, &l.content)?);
-    }
-    Ok(out)
 }
 
 /// A held-out message as a mention, its channel's context, and what a member said next there.

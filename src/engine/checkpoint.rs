@@ -47,6 +47,9 @@ pub struct Meta {
     pub epochs: f64,
     pub tokens: u64,
     pub train_loss: Option<f32>,
+    /// The weights mixing the network with the guild's count model, fitted on the newest slice
+    /// of the training part; defaults when absent.
+    pub mixer: Option<Vec<f32>>,
 }
 
 impl Meta {

@@ -1,5 +1,6 @@
 //! One whole training run, from chat lines to a checkpoint on disk loaded back: train (from
-//! scratch or from a pretrained base), write the manifest, save, load. Every trainer (the bot,
+//! scratch or from a pretrained base), fit the mixer with the count model, write the manifest,
+//! save, load. Every trainer (the bot,
 //! remote training, the benchmarks, the tests) goes through [`train_and_save`], so what serves
 //! is exactly what was saved.
 
@@ -42,9 +43,18 @@ pub fn train_and_save(
         Some(base) => train::train_from_base(spec.lines, base, spec.opts, device, cancel, progress)?,
         None => train::train(spec.lines, spec.opts, device, cancel, progress)?,
     };
+    // The count model is mixed in with weights fitted on the training part only.
+    let (train_part, _) = super::train::split(spec.lines, spec.opts.val_fraction)?;
+    let mixer = match super::voice::fit_mixer(&trained.model, &trained.tokenizer, train_part) {
+        Ok(m) => Some(m.weights.to_vec()),
+        // Too little data for a slice of its own: the defaults serve.
+        Err(EngineError::NotEnoughData(_)) => None,
+        Err(e) => return Err(e),
+    };
     let meta = Meta {
         corpus_first: spec.corpus_span.0.clone(),
         corpus_last: spec.corpus_span.1.clone(),
+        mixer,
         ..Meta::trained(&trained.config, &trained.report, spec.lines.len(), spec.preset_label.clone())
     };
     if cancel.load(Ordering::Relaxed) {

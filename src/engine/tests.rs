@@ -303,7 +303,8 @@ fn model_and_voice(lines: &[ChatLine], seconds: f64) -> (super::checkpoint::Load
         corpus_span: (None, None),
     };
     let (loaded, _, _) = super::run::train_and_save(&spec, &Device::Cpu, &cancel, |_| {}).unwrap();
-    let voice = super::voice::Voice::from_lines(&loaded.tokenizer, lines).unwrap();
+    let voice =
+        super::voice::Voice::from_lines(&loaded.tokenizer, loaded.meta.mixer.as_deref(), lines).unwrap();
     (loaded, voice)
 }
 
@@ -364,7 +365,7 @@ fn replies_never_copy_eight_words_of_a_stored_message() {
 fn a_removed_message_leaves_the_voice_at_once() {
     let lines = sample_lines(200);
     let tok = super::tokenizer::ChatTokenizer::train(&lines, 320).unwrap();
-    let mut voice = super::voice::Voice::from_lines(&tok, &lines).unwrap();
+    let mut voice = super::voice::Voice::from_lines(&tok, None, &lines).unwrap();
     let secret = "zebra quartz mango violin falcon pebble lantern orchid tunnel";
     let said = super::voice::Said { id: 424242, author: "eve", content: secret };
     let ids = tok.encode_message("eve", secret).unwrap();
@@ -376,4 +377,14 @@ fn a_removed_message_leaves_the_voice_at_once() {
     voice.remove(&tok, said).unwrap();
     assert_eq!(voice.counts.count(&ids[..6]), before, "its n-grams left the counts");
     assert!(!voice.copies.contains_run(&words[..8]), "its runs left the copy index");
+}
+
+#[test]
+fn a_trained_run_carries_mixer_weights_fitted_on_its_training_part() {
+    let lines = sample_lines(400);
+    let (m, voice) = model_and_voice(&lines, 1.0);
+    let weights = m.meta.mixer.clone().expect("the manifest has fitted weights");
+    assert_eq!(weights.len(), super::counts::BUCKETS);
+    assert_ne!(weights, super::counts::Mixer::default().weights.to_vec(), "fitted, not the defaults");
+    assert_eq!(voice.mixer.weights.to_vec(), weights, "the voice mixes with them");
 }

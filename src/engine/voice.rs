@@ -3,7 +3,8 @@
 //! Built from the guild's messages in seconds, kept up to date message by message, and
 //! removable message by message (a removed message's n-grams leave at once).
 
-use super::counts::{CountModel, Mixer, DEFAULT_ORDER};
+use super::counts::{CountModel, Mixer, BUCKETS, DEFAULT_ORDER};
+use super::model::Model;
 use super::tokenizer::{ChatLine, ChatTokenizer};
 use super::words::{CopyIndex, Vocabulary};
 use super::EngineError;
@@ -36,11 +37,15 @@ impl Said<'_> {
 }
 
 impl Voice {
-    /// An empty voice for `tok`'s vocabulary.
-    pub fn new(tok: &ChatTokenizer) -> Voice {
+    /// An empty voice for `tok`'s vocabulary, mixing with `mixer` (fitted weights from a model's
+    /// manifest, or the defaults).
+    pub fn new(tok: &ChatTokenizer, mixer: Option<&[f32]>) -> Voice {
+        let mixer = mixer
+            .and_then(|w| <[f32; BUCKETS]>::try_from(w).ok())
+            .map_or_else(Mixer::default, |weights| Mixer { weights });
         Voice {
             counts: CountModel::new(DEFAULT_ORDER, tok.vocab_size()),
-            mixer: Mixer::default(),
+            mixer,
             vocab: Vocabulary::default(),
             copies: CopyIndex::new(),
         }
@@ -49,9 +54,10 @@ impl Voice {
     /// The voice of `messages`.
     pub fn build<'a>(
         tok: &ChatTokenizer,
+        mixer: Option<&[f32]>,
         messages: impl IntoIterator<Item = Said<'a>>,
     ) -> Result<Voice, EngineError> {
-        let mut voice = Voice::new(tok);
+        let mut voice = Voice::new(tok, mixer);
         for m in messages {
             voice.add(tok, m)?;
         }
@@ -59,15 +65,12 @@ impl Voice {
     }
 
     /// The voice of training lines (no message IDs: their position stands in).
-    pub fn from_lines(tok: &ChatTokenizer, lines: &[ChatLine]) -> Result<Voice, EngineError> {
-        Voice::build(
-            tok,
-            lines.iter().enumerate().map(|(i, l)| Said {
-                id: i as u64,
-                author: &l.author,
-                content: &l.content,
-            }),
-        )
+    pub fn from_lines(
+        tok: &ChatTokenizer,
+        mixer: Option<&[f32]>,
+        lines: &[ChatLine],
+    ) -> Result<Voice, EngineError> {
+        Voice::build(tok, mixer, said(lines))
     }
 
     /// Learns one message. Each message is counted on its own (no n-gram spans two messages), so
@@ -86,4 +89,44 @@ impl Voice {
         self.copies.remove(m.id, m.content);
         Ok(())
     }
+}
+
+/// Training lines as messages the voice learns (their position stands in for an ID).
+pub fn said(lines: &[ChatLine]) -> impl Iterator<Item = Said<'_>> {
+    lines.iter().enumerate().map(|(i, l)| Said { id: i as u64, author: &l.author, content: &l.content })
+}
+
+/// The lines as one token stream, channel by channel, as training renders them.
+pub fn stream(lines: &[ChatLine], tok: &ChatTokenizer) -> Result<Vec<u32>, EngineError> {
+    let mut by_channel: std::collections::BTreeMap<&str, Vec<&ChatLine>> = Default::default();
+    for l in lines {
+        by_channel.entry(&l.channel).or_default().push(l);
+    }
+    let mut out = Vec::new();
+    for l in by_channel.values().flatten() {
+        out.extend(tok.encode_message(&l.author, &l.content)?);
+    }
+    Ok(out)
+}
+
+/// The tokens before position `i` of `stream` that a count model of `order` looks at.
+pub fn context(stream: &[u32], i: usize, order: usize) -> &[u32] {
+    &stream[i.saturating_sub(order.saturating_sub(1))..i]
+}
+
+/// Fits the mixer of `model` with the counts: counts of the training part's older 90 % score its
+/// newest 10 % next to the network (the held-out split is never looked at).
+pub fn fit_mixer(model: &Model, tok: &ChatTokenizer, train_part: &[ChatLine]) -> Result<Mixer, EngineError> {
+    let (older, slice) = super::train::split(train_part, 0.1)?;
+    let counts = Voice::build(tok, None, said(older))?.counts;
+    let stream = stream(slice, tok)?;
+    let net = super::train::token_probs(model, &stream, model.cfg.max_position_embeddings)?;
+    let mut samples = Vec::new();
+    for (i, p) in net.iter().enumerate() {
+        let Some(pn) = p else { continue };
+        let ctx = context(&stream, i, counts.order());
+        let pc = counts.log2_prob(ctx, stream[i]).exp2() as f32;
+        samples.push((counts.evidence(ctx).bucket(), pc, *pn));
+    }
+    Ok(Mixer::fit(&samples))
 }

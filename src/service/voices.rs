@@ -14,9 +14,10 @@ impl Core {
         let Some(model) = self.serving.get(guild) else { return Ok(()) };
         let records = self.store.export(Some(guild)).await?;
         let for_model = model.clone();
-        let built =
-            tokio::task::spawn_blocking(move || Voice::build(&for_model.tokenizer, records.iter().map(said)))
-                .await;
+        let built = tokio::task::spawn_blocking(move || {
+            Voice::build(&for_model.tokenizer, for_model.meta.mixer.as_deref(), records.iter().map(said))
+        })
+        .await;
         match built {
             Ok(Ok(voice)) => {
                 if !self.serving.set_voice(guild, &model, voice) {
