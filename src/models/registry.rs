@@ -56,6 +56,17 @@ pub fn scan(root: &Path) -> Vec<Found> {
     guilds.into_iter().map(|(guild, dir)| current(&guild, &dir)).collect()
 }
 
+/// The directory name for run `run_id` of the guild: `run-N`, unless a directory of that name is
+/// left from an earlier database (run IDs restart with a new one), then `run-N-<ms>`.
+pub fn run_name(guild_dir: &Path, run_id: i64) -> String {
+    let plain = format!("run-{run_id}");
+    if guild_dir.join(&plain).exists() {
+        format!("{plain}-{}", chrono::Utc::now().timestamp_millis())
+    } else {
+        plain
+    }
+}
+
 /// Points `guild_dir/CURRENT` at `run`, atomically (write, fsync, rename).
 pub fn set_current(guild_dir: &Path, run: &str) -> Result<(), EngineError> {
     let tmp = guild_dir.join(format!("{CURRENT}.tmp"));
@@ -106,6 +117,15 @@ mod tests {
         }
         std::fs::write(dir.join("meta.json"), meta).unwrap();
         std::fs::write(root.join(guild).join(CURRENT), run).unwrap();
+    }
+
+    #[test]
+    fn a_run_never_takes_the_name_of_a_directory_left_from_an_earlier_database() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(run_name(root.path(), 1), "run-1");
+        std::fs::create_dir_all(root.path().join("run-1")).unwrap();
+        let name = run_name(root.path(), 1);
+        assert!(name.starts_with("run-1-") && !root.path().join(&name).exists(), "{name}");
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Core {
                 None,
             )
             .await?;
-        let run = format!("run-{run_id}");
+        let run = registry::run_name(&guild_dir, run_id);
         let dir = guild_dir.join(&run);
         // The validated model is what serves: it only moves to its final directory.
         let placed = std::fs::rename(&tmp, &dir)

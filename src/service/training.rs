@@ -91,12 +91,13 @@ impl Core {
         opts.max_seconds = Some(req.max_minutes.unwrap_or(self.config.engine.max_minutes) * 60.0);
         let base = self.config.models_dir.join("base");
         let base = train::BASE_FILES.iter().all(|f| base.join(f).is_file()).then_some(base);
+        let guild_dir = self.config.models_dir.join(&guild_id);
         let job = Job {
             lines,
             opts,
             base,
-            guild_dir: self.config.models_dir.join(&guild_id),
-            run: format!("run-{run_id}"),
+            run: registry::run_name(&guild_dir, run_id),
+            guild_dir,
             corpus_span: (
                 records.first().map(|r| r.timestamp.clone()),
                 records.last().map(|r| r.timestamp.clone()),
