@@ -82,6 +82,9 @@ pub enum Bench {
         /// The training budget when training (what a guild gets: MYNAH_TRAIN_MAX_MINUTES).
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
+        /// Epochs when training (what a guild gets: MYNAH_TRAIN_EPOCHS).
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
         /// Prompts drawn from held-out messages.
         #[arg(long, default_value_t = 200)]
         prompts: usize,
@@ -105,8 +108,17 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory { model, replies } => bench_memory(&model, replies),
-        Bench::Quality { corpus, guild, model, preset, minutes, prompts, samples } => {
-            quality::run(&quality::Options { corpus, guild, model, preset, minutes, prompts, samples })
+        Bench::Quality { corpus, guild, model, preset, minutes, epochs, prompts, samples } => {
+            quality::run(&quality::Options {
+                corpus,
+                guild,
+                model,
+                preset,
+                minutes,
+                epochs,
+                prompts,
+                samples,
+            })
         }
         Bench::Ingest { .. } => anyhow::bail!("bench ingest runs on the async runtime (see cli::run)"),
     }

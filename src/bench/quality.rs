@@ -32,6 +32,7 @@ pub struct Options {
     pub model: Option<PathBuf>,
     pub preset: String,
     pub minutes: f64,
+    pub epochs: usize,
     pub prompts: usize,
     pub samples: Option<PathBuf>,
 }
@@ -135,7 +136,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
 fn train_model(lines: &[ChatLine], o: &Options) -> anyhow::Result<Loaded> {
     let mut opts = TrainOptions::new(super::preset(&o.preset)?);
-    opts.epochs = 1000;
+    opts.epochs = o.epochs;
     opts.max_seconds = Some(o.minutes * 60.0);
     let dir = tempfile::tempdir()?;
     let spec = RunSpec {
