@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use candle_core::Device;
 use rand::rngs::StdRng;
@@ -49,6 +49,8 @@ struct Job {
 pub struct Serving {
     models: RwLock<HashMap<String, Arc<Loaded>>>,
     voices: RwLock<HashMap<String, SharedVoice>>,
+    /// The newest voice build started per guild (see [`Serving::voice_ticket`]).
+    voice_tickets: Mutex<HashMap<String, u64>>,
     broken: RwLock<HashMap<String, String>>,
     jobs: SyncSender<Job>,
 }
@@ -92,6 +94,7 @@ impl Serving {
         Serving {
             models: RwLock::new(HashMap::new()),
             voices: RwLock::new(HashMap::new()),
+            voice_tickets: Mutex::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
             jobs,
         }
@@ -119,10 +122,22 @@ impl Serving {
         self.voices.read().unwrap_or_else(|p| p.into_inner()).get(guild).cloned()
     }
 
-    /// Sets the guild's voice, built for `model`'s tokenizer; refused (false) if another model
-    /// serves the guild by now.
-    pub fn set_voice(&self, guild: &str, model: &Arc<Loaded>, voice: Voice) -> bool {
-        let current = self.get(guild).is_some_and(|m| Arc::ptr_eq(&m, model));
+    /// A ticket for building the guild's voice from the store as it is now: a build started
+    /// later (after a removal, say) supersedes it.
+    pub fn voice_ticket(&self, guild: &str) -> u64 {
+        let mut tickets = self.voice_tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let t = tickets.entry(guild.to_string()).or_default();
+        *t += 1;
+        *t
+    }
+
+    /// Sets the guild's voice, built for `model`'s tokenizer under `ticket`; refused (false) if
+    /// another model serves the guild by now, or a later build was started (this one may hold
+    /// messages removed since).
+    pub fn set_voice(&self, guild: &str, model: &Arc<Loaded>, ticket: u64, voice: Voice) -> bool {
+        let tickets = self.voice_tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = tickets.get(guild) == Some(&ticket);
+        let current = latest && self.get(guild).is_some_and(|m| Arc::ptr_eq(&m, model));
         if current {
             self.voices
                 .write()
@@ -191,5 +206,56 @@ impl Serving {
             TrySendError::Disconnected(_) => ServeError::Gone,
         })?;
         Ok(answered.await.map_err(|_| ServeError::Gone)??)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_model() -> (Arc<Loaded>, tempfile::TempDir) {
+        let lines: Vec<_> = crate::corpus::parse_all(crate::playground::SAMPLE, None)
+            .0
+            .iter()
+            .take(200)
+            .map(crate::corpus::Record::chat_line)
+            .collect();
+        let mut opts = crate::engine::train::TrainOptions::new(crate::engine::Preset::tiny());
+        opts.max_seconds = Some(0.3);
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::engine::run::RunSpec {
+            lines: &lines,
+            opts: &opts,
+            base: None,
+            parent: dir.path(),
+            name: "r",
+            preset_label: "tiny".into(),
+            corpus_span: (None, None),
+        };
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let (loaded, _, _) =
+            crate::engine::run::train_and_save(&spec, &Device::Cpu, &cancel, |_| {}).unwrap();
+        (Arc::new(loaded), dir)
+    }
+
+    #[test]
+    fn a_voice_built_from_older_data_never_replaces_a_newer_build() {
+        let (model, _dir) = tiny_model();
+        let serving = Serving::new();
+        serving.install("g", model.clone());
+        let voice = || Voice::new(&model.tokenizer, None);
+        let early = serving.voice_ticket("g");
+        let late = serving.voice_ticket("g");
+        assert!(serving.set_voice("g", &model, late, voice()), "the newest build is set");
+        assert!(
+            !serving.set_voice("g", &model, early, voice()),
+            "an older build, finishing last, is refused"
+        );
+        let (other, _other_dir) = tiny_model();
+        let ticket = serving.voice_ticket("g");
+        assert!(
+            !serving.set_voice("g", &other, ticket, voice()),
+            "a voice for a model no longer serving is refused"
+        );
     }
 }

@@ -12,6 +12,8 @@ impl Core {
     /// Builds the guild's voice from its stored messages, for the model serving it now.
     pub async fn build_voice(&self, guild: &str) -> Result<(), ServiceError> {
         let Some(model) = self.serving.get(guild) else { return Ok(()) };
+        // Taken before reading the store: a build that read it earlier cannot win over this one.
+        let ticket = self.serving.voice_ticket(guild);
         let records = self.store.export(Some(guild)).await?;
         let for_model = model.clone();
         let built = tokio::task::spawn_blocking(move || {
@@ -20,8 +22,8 @@ impl Core {
         .await;
         match built {
             Ok(Ok(voice)) => {
-                if !self.serving.set_voice(guild, &model, voice) {
-                    tracing::debug!(guild, "a newer model serves; its own voice is built for it");
+                if !self.serving.set_voice(guild, &model, ticket, voice) {
+                    tracing::debug!(guild, "a newer model or a newer build supersedes this voice");
                 }
             }
             Ok(Err(e)) => tracing::warn!(guild, error = %e, "could not build the guild's voice"),
