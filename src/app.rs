@@ -91,19 +91,32 @@ impl Running {
         self.api.is_some() || self.bot.is_some()
     }
 
-    /// Resolves when the HTTP API stops by itself, which only happens when it failed; never
-    /// when there is no API.
-    pub async fn api_stopped(&mut self) -> anyhow::Result<()> {
-        match self.api.as_mut() {
-            Some(task) => {
-                let result = task.await;
-                self.api = None;
-                match result {
-                    Ok(r) => r,
-                    Err(e) => Err(anyhow::anyhow!("the HTTP API task failed: {e}")),
-                }
+    /// Resolves when the HTTP API or the Discord client stops by itself, which only happens
+    /// when it failed (a lost port, a refused token, refused slash commands); never when
+    /// neither runs.
+    pub async fn failed(&mut self) -> anyhow::Result<()> {
+        let bot = async {
+            match self.bot.as_mut() {
+                Some(bot) => bot.stopped().await,
+                None => std::future::pending().await,
             }
-            None => std::future::pending().await,
+        };
+        let api = async {
+            match self.api.as_mut() {
+                Some(task) => {
+                    let result = task.await;
+                    self.api = None;
+                    match result {
+                        Ok(r) => r,
+                        Err(e) => Err(anyhow::anyhow!("the HTTP API task failed: {e}")),
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = bot => r,
+            r = api => r,
         }
     }
 

@@ -304,10 +304,10 @@ async fn run_bot(config: Config) -> anyhow::Result<()> {
     if running.core().config().discord_token.is_none() {
         println!("DISCORD_TOKEN is not set: running the HTTP API only (no Discord connection).");
     }
-    // The API only stops by itself when it failed.
+    // The API and the Discord client only stop by themselves when they failed.
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),
-        result = running.api_stopped() => result,
+        result = running.failed() => result,
     };
     tracing::info!("shutting down");
     let begun = std::time::Instant::now();

@@ -14,6 +14,9 @@ use super::{json as dj, Event, Shared};
 
 /// `MESSAGE_CONTENT`, the privileged intent without which Discord blanks message content.
 const MESSAGE_CONTENT_INTENT: u64 = 1 << 15;
+/// `GUILD_PRESENCES`, without which GUILD_CREATE lists only the bot's own member (and members
+/// in voice channels, which the devserver has none of).
+const PRESENCES_INTENT: u64 = 1 << 8;
 
 pub(super) async fn upgrade(ws: WebSocketUpgrade, State(shared): State<Arc<Shared>>) -> Response {
     ws.on_upgrade(move |socket| session(socket, shared))
@@ -23,6 +26,7 @@ struct Session {
     seq: u64,
     identified: bool,
     content_intent: bool,
+    presences_intent: bool,
     bot_id: u64,
 }
 
@@ -36,6 +40,9 @@ impl Session {
     /// mention the bot or that it wrote; the devserver does the same so the bug would show.
     fn visible(&self, event: &Event) -> Value {
         let mut data = event.data.clone();
+        if event.name == "GUILD_CREATE" {
+            data = self.guild_as_sent(data);
+        }
         if !self.content_intent && matches!(event.name, "MESSAGE_CREATE" | "MESSAGE_UPDATE") {
             let bot = self.bot_id.to_string();
             let by_bot = data.pointer("/author/id").and_then(Value::as_str) == Some(bot.as_str());
@@ -48,6 +55,17 @@ impl Session {
         }
         data
     }
+
+    /// A GUILD_CREATE as this session's intents get it.
+    fn guild_as_sent(&self, mut guild: Value) -> Value {
+        if !self.presences_intent {
+            let bot = self.bot_id.to_string();
+            if let Some(members) = guild["members"].as_array_mut() {
+                members.retain(|m| m.pointer("/user/id").and_then(Value::as_str) == Some(bot.as_str()));
+            }
+        }
+        guild
+    }
 }
 
 async fn session(mut socket: WebSocket, shared: Arc<Shared>) {
@@ -59,7 +77,7 @@ async fn session(mut socket: WebSocket, shared: Arc<Shared>) {
         return;
     }
     let bot_id = shared.world().bot.id;
-    let mut s = Session { seq: 0, identified: false, content_intent: true, bot_id };
+    let mut s = Session { seq: 0, identified: false, content_intent: true, presences_intent: false, bot_id };
     loop {
         tokio::select! {
             frame = socket.recv() => {
@@ -114,13 +132,14 @@ async fn handle(socket: &mut WebSocket, shared: &Shared, s: &mut Session, payloa
                 if token != w.token {
                     (false, Vec::new())
                 } else {
-                    s.content_intent = payload.pointer("/d/intents").and_then(Value::as_u64).unwrap_or(0)
-                        & MESSAGE_CONTENT_INTENT
-                        != 0;
+                    let intents = payload.pointer("/d/intents").and_then(Value::as_u64).unwrap_or(0);
+                    s.content_intent = intents & MESSAGE_CONTENT_INTENT != 0;
+                    s.presences_intent = intents & PRESENCES_INTENT != 0;
                     let url = format!("{}/gateway", shared.base_url.replacen("http", "ws", 1));
                     let mut frames = vec![s.frame("READY", dj::ready(&w, &url))];
                     for g in &w.guilds {
-                        frames.push(s.frame("GUILD_CREATE", dj::guild_create(&w, g)));
+                        let guild = s.guild_as_sent(dj::guild_create(&w, g));
+                        frames.push(s.frame("GUILD_CREATE", guild));
                     }
                     (true, frames)
                 }

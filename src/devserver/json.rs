@@ -245,7 +245,7 @@ pub fn message(w: &World, m: &Msg) -> Value {
         "attachments": m.attachments,
         "embeds": [],
         "pinned": false,
-        "type": if m.reference.is_some() { 19 } else { 0 },
+        "type": m.kind,
         "flags": 0,
     });
     if let Some(g) = m.guild_id {
@@ -363,6 +363,8 @@ mod tests {
             guild_id: g.id,
             channel_id: c,
             user_id: g.members[0].user_id,
+            created: std::time::Instant::now(),
+            answer: crate::devserver::world::Answer::Pending,
         };
         let options = json!([{ "type": 1, "name": "add", "options": [{ "type": 7, "name": "channel", "value": c.to_string() }] }]);
         let parsed: s::Interaction = parses(interaction(&w, &it, "llmchannel", &options));

@@ -5,8 +5,10 @@
 //! Discord-style 404, so gaps show up.
 
 mod gateway;
+mod interactions;
 pub mod json;
 mod rest;
+pub mod rules;
 pub mod world;
 
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, Notify};
 
 pub use json::MANAGE_GUILD;
+pub use world::Rejection;
 use world::World;
 
 /// A gateway dispatch: event name and payload.
@@ -218,10 +221,51 @@ impl DevServer {
             guild_id,
             channel_id,
             user_id,
+            created: std::time::Instant::now(),
+            answer: world::Answer::Pending,
         };
         let data = json::interaction(&w, &it, name, &options);
         w.interactions.push(it);
         self.shared.dispatch("INTERACTION_CREATE", data);
+        id
+    }
+
+    /// How long the bot has to acknowledge an interaction (Discord: 3 s, the default).
+    pub fn set_interaction_deadline(&self, deadline: Duration) {
+        self.shared.world().interaction_deadline = deadline;
+    }
+
+    /// Every request the devserver refused (status 4xx or 5xx), oldest first.
+    pub fn rejections(&self) -> Vec<Rejection> {
+        self.shared.world().rejections.clone()
+    }
+
+    /// The latest requests the bot made, as `METHOD /path`, oldest first.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.world().requests.iter().cloned().collect()
+    }
+
+    /// `user_id` does not accept direct messages from the bot: posting there answers 50007.
+    pub fn close_dms(&self, user_id: u64) {
+        self.shared.world().closed_dms.insert(user_id);
+    }
+
+    /// The next time the bot starts typing in `channel_id`, the newest message a member wrote
+    /// there is deleted: a member deleting their mention while the bot writes its answer.
+    pub fn delete_when_typing(&self, channel_id: u64) {
+        self.shared.world().delete_on_typing.insert(channel_id);
+    }
+
+    /// A system message of Discord type `kind` (18 thread created, 6 pin, 7 join, 8 boost, 4
+    /// channel renamed, …) by `user_id`; `content` as Discord fills it (the thread's name, the
+    /// channel's new name, often empty).
+    pub fn system_message(&self, channel_id: u64, user_id: u64, kind: u8, content: &str) -> u64 {
+        let mut w = self.shared.world();
+        let id = w.post(channel_id, user_id, content.to_string(), None).id;
+        let Some(m) = w.message_mut(id) else { return id };
+        m.kind = kind;
+        let m = m.clone();
+        self.shared.dispatch("MESSAGE_CREATE", json::message(&w, &m));
         id
     }
 

@@ -3,28 +3,32 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::rules::{self, Refusal};
+use super::world::Rejection;
 use super::{json as dj, Shared};
 
-type Reply = Result<Json<Value>, (StatusCode, Json<Value>)>;
+pub(super) type Reply = Result<Json<Value>, (StatusCode, Json<Value>)>;
 
-fn fail(status: StatusCode, message: &str, code: u32) -> (StatusCode, Json<Value>) {
+pub(super) fn fail(status: StatusCode, message: &str, code: u32) -> (StatusCode, Json<Value>) {
     (status, Json(dj::error(message, code)))
 }
 
-fn unknown(what: &str, code: u32) -> (StatusCode, Json<Value>) {
+pub(super) fn unknown(what: &str, code: u32) -> (StatusCode, Json<Value>) {
     fail(StatusCode::NOT_FOUND, &format!("Unknown {what}"), code)
 }
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
+    use super::interactions as ix;
     let api = Router::new()
         .route("/gateway/bot", get(gateway_bot))
         .route("/oauth2/applications/@me", get(application))
@@ -42,20 +46,56 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/guilds/{guild}/members/{user}", get(get_member))
         .route("/guilds/{guild}/roles", get(get_roles))
         .route("/guilds/{guild}/channels", get(get_channels))
-        .route("/applications/{app}/commands", put(set_commands).get(get_commands))
-        .route("/applications/{app}/guilds/{guild}/commands", put(set_commands).get(get_commands))
+        .route("/applications/{app}/commands", put(ix::set_commands).get(ix::get_commands))
+        .route("/applications/{app}/guilds/{guild}/commands", put(ix::set_commands).get(ix::get_commands))
         .layer(middleware::from_fn_with_state(shared.clone(), require_bot_token))
         // Discord serves the gateway URL without authentication.
         .route("/gateway", get(gateway_url))
         // Interaction responses are authenticated by the interaction's token in the path.
-        .route("/interactions/{id}/{token}/callback", post(interaction_callback))
-        .route("/webhooks/{app}/{token}", post(interaction_followup))
-        .route("/webhooks/{app}/{token}/messages/@original", axum::routing::patch(edit_original));
+        .route("/interactions/{id}/{token}/callback", post(ix::callback))
+        .route("/webhooks/{app}/{token}", post(ix::followup))
+        .route("/webhooks/{app}/{token}/messages/@original", axum::routing::patch(ix::edit_original));
     Router::new()
         .nest("/api/v10", api)
         .route("/gateway", get(super::gateway::upgrade))
         .fallback(not_found)
+        // A known path with a method it does not serve is a gap too (axum would answer a bare 405).
+        .method_not_allowed_fallback(not_found)
+        // Uploads up to Discord's limit reach the handlers, which refuse what Discord refuses; the
+        // margin is for the multipart framing and the JSON part.
+        .layer(DefaultBodyLimit::max(rules::UPLOAD_LIMIT + 1024 * 1024))
+        .layer(middleware::from_fn_with_state(shared.clone(), record_rejections))
         .with_state(shared)
+}
+
+/// Remembers every request, and records every one answered with an error status, with Discord's error code, so tests
+/// can tell a refusal the bot provoked from one they staged.
+async fn record_rejections(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let route = format!("{} {}", req.method(), req.uri().path());
+    {
+        let mut w = shared.world();
+        if w.requests.len() >= super::world::REQUESTS_KEPT {
+            w.requests.pop_front();
+        }
+        w.requests.push_back(route.clone());
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let rejection = Rejection {
+        route,
+        status: status.as_u16(),
+        code: parsed["code"].as_u64().unwrap_or(0),
+        message: parsed["message"].as_str().unwrap_or("").to_string(),
+    };
+    tracing::debug!(target: "devserver", ?rejection, "request refused");
+    shared.world().rejections.push(rejection);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 async fn require_bot_token(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
@@ -132,9 +172,14 @@ async fn get_channel(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>
 
 #[derive(Deserialize)]
 struct ListQuery {
-    limit: Option<usize>,
+    limit: Option<i64>,
     before: Option<u64>,
     after: Option<u64>,
+    around: Option<u64>,
+}
+
+pub(super) fn refuse(r: Refusal) -> (StatusCode, Json<Value>) {
+    fail(r.status, &r.message, r.code)
 }
 
 async fn list_messages(
@@ -142,20 +187,18 @@ async fn list_messages(
     Path(channel): Path<u64>,
     Query(q): Query<ListQuery>,
 ) -> Reply {
+    let window = rules::history_window(q.limit, q.before, q.after, q.around).map_err(refuse)?;
     let w = shared.world();
     w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 100);
-    // Discord returns the newest messages first.
-    let list: Vec<Value> = w
+    // Ephemeral answers belong to one user's screen, never to the channel's history.
+    let ids: Vec<u64> = w
         .messages
         .iter()
-        .rev()
-        .filter(|m| m.channel_id == channel && !m.deleted)
-        .filter(|m| q.before.is_none_or(|b| m.id < b) && q.after.is_none_or(|a| m.id > a))
-        .take(limit)
-        .map(|m| dj::message(&w, m))
+        .filter(|m| m.channel_id == channel && !m.deleted && !m.ephemeral)
+        .map(|m| m.id)
         .collect();
-    Ok(Json(Value::Array(list)))
+    let list = window.select(&ids).into_iter().filter_map(|id| w.message(id)).map(|m| dj::message(&w, m));
+    Ok(Json(Value::Array(list.collect())))
 }
 
 async fn get_message(State(shared): State<Arc<Shared>>, Path((channel, message)): Path<(u64, u64)>) -> Reply {
@@ -168,7 +211,7 @@ async fn get_message(State(shared): State<Arc<Shared>>, Path((channel, message))
 }
 
 /// The JSON part of a message body, whether sent as JSON or as multipart with files.
-async fn message_body(
+pub(super) async fn message_body(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<(Value, Vec<Value>), (StatusCode, Json<Value>)> {
@@ -210,23 +253,37 @@ async fn create_message(
     body: Bytes,
 ) -> Reply {
     let (payload, files) = message_body(&headers, body).await?;
+    let sizes: Vec<usize> = files.iter().map(|f| f["size"].as_u64().unwrap_or(0) as usize).collect();
+    rules::check_message(&payload, &sizes).map_err(refuse)?;
     let content = payload.get("content").and_then(Value::as_str).unwrap_or("").to_string();
-    if content.chars().count() > 2000 {
-        return Err(fail(
-            StatusCode::BAD_REQUEST,
-            "Invalid Form Body (content: Must be 2000 or fewer in length.)",
-            50035,
-        ));
-    }
-    let has_embeds = payload.get("embeds").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
-    if content.is_empty() && files.is_empty() && !has_embeds {
-        return Err(fail(StatusCode::BAD_REQUEST, "Cannot send an empty message", 50006));
-    }
     let reference = payload
         .pointer("/message_reference/message_id")
         .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string())))
         .and_then(|s| s.parse::<u64>().ok());
-    shared.world().channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    let reference = {
+        let w = shared.world();
+        let c = w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+        if c.recipient.is_some_and(|u| w.closed_dms.contains(&u)) {
+            return Err(fail(StatusCode::FORBIDDEN, "Cannot send messages to this user", 50007));
+        }
+        match reference {
+            Some(r) if !w.message(r).is_some_and(|m| m.channel_id == channel && !m.deleted) => {
+                // A reply to a message that is gone fails unless the bot said it may become a
+                // plain message.
+                let may_drop =
+                    payload.pointer("/message_reference/fail_if_not_exists") == Some(&json!(false));
+                if !may_drop {
+                    return Err(fail(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid Form Body (message_reference: Unknown message)",
+                        50035,
+                    ));
+                }
+                None
+            }
+            r => r,
+        }
+    };
     let v = post_bot_message(&shared, channel, content, reference, payload, files, None);
     // Discord echoes the bot's own messages over the gateway too.
     shared.dispatch("MESSAGE_CREATE", v.clone());
@@ -235,7 +292,7 @@ async fn create_message(
 
 /// Records a message the bot posted (`answer`: the interaction it answers, and whether only
 /// its user sees it) and returns it as Discord would.
-fn post_bot_message(
+pub(super) fn post_bot_message(
     shared: &Shared,
     channel: u64,
     content: String,
@@ -260,6 +317,10 @@ fn post_bot_message(
     m.attachments = files;
     m.interaction = answer.map(|a| a.0);
     m.ephemeral = answer.is_some_and(|a| a.1);
+    if answer.is_some() {
+        // CHAT_INPUT_COMMAND: an answer to a slash command.
+        m.kind = 20;
+    }
     let m = m.clone();
     let v = dj::message(&w, &m);
     drop(w);
@@ -268,7 +329,7 @@ fn post_bot_message(
 }
 
 /// Applies an edit's new content and body to the message `id` and returns it.
-fn apply_edit(shared: &Shared, id: u64, payload: Value, edited_at: Option<String>) -> Reply {
+pub(super) fn apply_edit(shared: &Shared, id: u64, payload: Value, edited_at: Option<String>) -> Reply {
     let mut w = shared.world();
     let m = w.message_mut(id).ok_or_else(|| unknown("Message", 10008))?;
     if let Some(content) = payload.get("content").and_then(Value::as_str) {
@@ -320,7 +381,24 @@ async fn delete_message(
 }
 
 async fn typing(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>) -> Response {
-    shared.world().typing.push(channel);
+    let mut w = shared.world();
+    w.typing.push(channel);
+    if w.delete_on_typing.remove(&channel) {
+        // The member deletes their message while the bot is busy answering it.
+        let bot = w.bot.id;
+        let newest =
+            w.messages.iter().rev().find(|m| m.channel_id == channel && m.author_id != bot && !m.deleted);
+        if let Some(m) = newest.map(|m| m.id).and_then(|id| w.message_mut(id)) {
+            m.deleted = true;
+            let data = json!({
+                "id": m.id.to_string(),
+                "channel_id": m.channel_id.to_string(),
+                "guild_id": m.guild_id.map(|g| g.to_string()),
+            });
+            shared.dispatch("MESSAGE_DELETE", data);
+        }
+    }
+    drop(w);
     shared.changed.notify_waiters();
     StatusCode::NO_CONTENT.into_response()
 }
@@ -347,117 +425,4 @@ async fn get_channels(State(shared): State<Arc<Shared>>, Path(guild): Path<u64>)
     let w = shared.world();
     w.guild(guild).ok_or_else(|| unknown("Guild", 10004))?;
     Ok(Json(Value::Array(w.channels_of(guild).enumerate().map(|(i, c)| dj::channel(c, i)).collect())))
-}
-
-/// Stores the bot's slash commands and answers them as Discord would, with IDs filled in.
-async fn set_commands(State(shared): State<Arc<Shared>>, body: Bytes) -> Reply {
-    let list: Vec<Value> = serde_json::from_slice(&body)
-        .map_err(|e| fail(StatusCode::BAD_REQUEST, &format!("Invalid Form Body ({e})"), 50035))?;
-    let mut w = shared.world();
-    let app = w.application_id.to_string();
-    let mut out = Vec::new();
-    for mut cmd in list {
-        let id = w.snowflake().to_string();
-        if let Some(obj) = cmd.as_object_mut() {
-            obj.insert("id".into(), json!(id));
-            obj.insert("application_id".into(), json!(app));
-            obj.insert("version".into(), json!(id));
-            obj.entry("type").or_insert(json!(1));
-            obj.entry("description").or_insert(json!(""));
-            obj.entry("options").or_insert(json!([]));
-            obj.entry("default_member_permissions").or_insert(Value::Null);
-        }
-        out.push(cmd);
-    }
-    w.commands = out.clone();
-    Ok(Json(Value::Array(out)))
-}
-
-async fn get_commands(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(Value::Array(shared.world().commands.clone()))
-}
-
-/// Posts the bot's answer to an interaction in its channel, as the invoking user would see it.
-fn post_answer(shared: &Shared, it: &super::world::Interaction, payload: Value, files: Vec<Value>) -> Value {
-    let content = payload.get("content").and_then(Value::as_str).unwrap_or("").to_string();
-    let ephemeral = payload.get("flags").and_then(Value::as_u64).is_some_and(|f| f & 64 != 0);
-    post_bot_message(shared, it.channel_id, content, None, payload, files, Some((it.id, ephemeral)))
-}
-
-fn find_interaction(
-    shared: &Shared,
-    token: &str,
-) -> Result<super::world::Interaction, (StatusCode, Json<Value>)> {
-    shared
-        .world()
-        .interactions
-        .iter()
-        .find(|i| i.token == token)
-        .cloned()
-        .ok_or_else(|| unknown("Interaction", 10062))
-}
-
-async fn interaction_callback(
-    State(shared): State<Arc<Shared>>,
-    Path((id, token)): Path<(u64, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let it = match find_interaction(&shared, &token) {
-        Ok(it) if it.id == id => it,
-        Ok(_) => return unknown("Interaction", 10062).into_response(),
-        Err(e) => return e.into_response(),
-    };
-    let (payload, files) = match message_body(&headers, body).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    match payload.get("type").and_then(Value::as_u64) {
-        // A message now; the deferred kinds (5, 6) post nothing yet.
-        Some(4) => {
-            post_answer(&shared, &it, payload.get("data").cloned().unwrap_or(json!({})), files);
-        }
-        Some(5 | 6) => {}
-        other => {
-            let e = format!("Invalid Form Body (type: {other:?})");
-            return fail(StatusCode::BAD_REQUEST, &e, 50035).into_response();
-        }
-    }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-/// Follow-ups (`edit` false) and edits of the original answer, both addressed by the token.
-async fn interaction_webhook(
-    shared: &Shared,
-    token: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-    edit: bool,
-) -> Reply {
-    let it = find_interaction(shared, token)?;
-    let (payload, files) = message_body(headers, body).await?;
-    let existing = shared.world().messages.iter().find(|m| m.interaction == Some(it.id)).map(|m| m.id);
-    let Some(id) = existing.filter(|_| edit) else {
-        // A follow-up, or the edit of a deferred response: either is a new message.
-        return Ok(Json(post_answer(shared, &it, payload, files)));
-    };
-    apply_edit(shared, id, payload, None)
-}
-
-async fn interaction_followup(
-    State(shared): State<Arc<Shared>>,
-    Path((_app, token)): Path<(u64, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
-    interaction_webhook(&shared, &token, &headers, body, false).await
-}
-
-async fn edit_original(
-    State(shared): State<Arc<Shared>>,
-    Path((_app, token)): Path<(u64, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
-    interaction_webhook(&shared, &token, &headers, body, true).await
 }

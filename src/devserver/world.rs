@@ -1,9 +1,13 @@
 //! The devserver's state: users, guilds with roles and members, channels and the message log.
 //! Plain data with small helpers; the server and the test API lock it briefly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// How many requests the devserver remembers.
+pub const REQUESTS_KEPT: usize = 10_000;
 
 /// Discord's epoch (2015-01-01) in Unix ms, for snowflakes that carry a real timestamp.
 const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
@@ -70,6 +74,21 @@ pub struct Msg {
     pub interaction: Option<u64>,
     /// Only the invoking user sees it (an ephemeral interaction response).
     pub ephemeral: bool,
+    /// Discord's message type: 0 chat, 19 a reply, anything else a system message (18 thread
+    /// created, 6 pin, 7 join, 8 boost, 20 a slash command's answer, …).
+    pub kind: u8,
+}
+
+/// Where an interaction's answer stands, as Discord tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Not acknowledged yet: an initial response is due within the deadline.
+    Pending,
+    /// Acknowledged with type 5 ("thinking…"); the first follow-up becomes the answer and keeps
+    /// this visibility whatever its own flags say.
+    Deferred { ephemeral: bool },
+    /// The initial response was posted (or the deferred one filled in).
+    Answered,
 }
 
 /// A slash command a user invoked, waiting for or holding the bot's answer.
@@ -80,6 +99,18 @@ pub struct Interaction {
     pub guild_id: u64,
     pub channel_id: u64,
     pub user_id: u64,
+    pub created: Instant,
+    pub answer: Answer,
+}
+
+/// A request the devserver refused as Discord would: the route, the HTTP status and Discord's
+/// error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub route: String,
+    pub status: u16,
+    pub code: u64,
+    pub message: String,
 }
 
 #[derive(Debug)]
@@ -96,6 +127,16 @@ pub struct World {
     pub unknown_routes: Vec<String>,
     pub commands: Vec<Value>,
     pub interactions: Vec<Interaction>,
+    /// How long after INTERACTION_CREATE an initial response is accepted (Discord: 3 s).
+    pub interaction_deadline: Duration,
+    /// Every request answered with an error status, oldest first.
+    pub rejections: Vec<Rejection>,
+    /// The latest requests the bot made (`METHOD /path`), oldest first, at most [`REQUESTS_KEPT`].
+    pub requests: std::collections::VecDeque<String>,
+    /// Users whose DMs are closed to the bot (posting there answers 50007).
+    pub closed_dms: HashSet<u64>,
+    /// Channels where the bot's next typing indicator deletes the newest member message.
+    pub delete_on_typing: HashSet<u64>,
     last_id: u64,
 }
 
@@ -113,6 +154,11 @@ impl World {
             unknown_routes: Vec::new(),
             commands: Vec::new(),
             interactions: Vec::new(),
+            interaction_deadline: Duration::from_secs(3),
+            rejections: Vec::new(),
+            requests: std::collections::VecDeque::new(),
+            closed_dms: HashSet::new(),
+            delete_on_typing: HashSet::new(),
             last_id: 0,
         };
         w.application_id = w.snowflake();
@@ -265,6 +311,7 @@ impl World {
             request: None,
             interaction: None,
             ephemeral: false,
+            kind: if reference.is_some() { 19 } else { 0 },
         });
         &self.messages[self.messages.len() - 1]
     }

@@ -88,7 +88,7 @@ async fn run(
             newest.get_or_insert(id);
             present.insert(id);
             report.read += 1;
-            if m.author.bot || m.webhook_id.is_some() {
+            if m.author.bot || m.webhook_id.is_some() || !message::is_chat(m) {
                 continue;
             }
             let incoming = Incoming {

@@ -33,6 +33,9 @@ pub fn usage(prefix: &str, command: &str) -> String {
 /// Show what mynah has collected and learned in this server.
 #[poise::command(prefix_command, slash_command, guild_only)]
 pub async fn llmstats(ctx: Context<'_>) -> Result<(), Error> {
+    // Everything that reads or writes the store is deferred first: under ingest load or right
+    // after a restart it can outlast Discord's 3 s to acknowledge an interaction.
+    ctx.defer().await?;
     let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
     let channel = ctx.channel_id().to_string();
     let core = &ctx.data().core;
@@ -56,6 +59,7 @@ pub async fn llmtrain(
     #[description = "force: train even if the policy says it is not needed; cancel: stop the running training"]
     option: Option<TrainOption>,
 ) -> Result<(), Error> {
+    ctx.defer().await?;
     let core = &ctx.data().core;
     if option == Some(TrainOption::Cancel) {
         let text = if core.cancel_training() {
@@ -140,8 +144,8 @@ async fn channel_add(
     ctx: Context<'_>,
     #[description = "The channel (default: this one)"] channel: Option<serenity::ChannelId>,
 ) -> Result<(), Error> {
-    let Some((guild, channel)) = guild_channel(ctx, channel).await? else { return Ok(()) };
     ctx.defer().await?;
+    let Some((guild, channel)) = guild_channel(ctx, channel).await? else { return Ok(()) };
     let core = &ctx.data().core;
     let change = core
         .set_channel(&guild.to_string(), &channel.to_string(), true, Some(&ctx.author().id.to_string()))
@@ -168,6 +172,7 @@ async fn channel_remove(
     ctx: Context<'_>,
     #[description = "The channel (default: this one)"] channel: Option<serenity::ChannelId>,
 ) -> Result<(), Error> {
+    ctx.defer().await?;
     let Some((guild, channel)) = guild_channel(ctx, channel).await? else { return Ok(()) };
     let core = &ctx.data().core;
     let change = core
@@ -236,6 +241,8 @@ async fn guild_channel(
 /// Stop mynah from storing or learning from your messages here, and delete what it stored.
 #[poise::command(prefix_command, slash_command, guild_only)]
 pub async fn llmoptout(ctx: Context<'_>) -> Result<(), Error> {
+    // Deferred ephemerally: the answer that follows a defer keeps the defer's visibility.
+    ctx.defer_ephemeral().await?;
     let (guild, user) = ids(ctx);
     let core = &ctx.data().core;
     let purged = core.opt_out(&guild, &user).await?;
@@ -259,6 +266,8 @@ pub async fn llmoptout(ctx: Context<'_>) -> Result<(), Error> {
 /// Let mynah learn from your messages here again (after llmoptout).
 #[poise::command(prefix_command, slash_command, guild_only)]
 pub async fn llmoptin(ctx: Context<'_>) -> Result<(), Error> {
+    // Deferred ephemerally: the answer that follows a defer keeps the defer's visibility.
+    ctx.defer_ephemeral().await?;
     let (guild, user) = ids(ctx);
     let text = if ctx.data().core.opt_in(&guild, &user).await? {
         "You're opted back in: your new messages in collected channels are stored and learned from again."
@@ -281,6 +290,7 @@ pub async fn llmforgetme(
     ctx: Context<'_>,
     #[description = "confirm: go ahead (after a first llmforgetme)"] confirm: Option<Confirm>,
 ) -> Result<(), Error> {
+    ctx.defer_ephemeral().await?;
     let (guild, user) = ids(ctx);
     let core = &ctx.data().core;
     let key = (ctx.guild_id().map(|g| g.get()).unwrap_or(0), ctx.author().id.get());
@@ -321,6 +331,8 @@ pub async fn llmforgetme(
 /// Get the messages of yours that mynah stored in this server, as a JSONL file sent privately.
 #[poise::command(prefix_command, slash_command, guild_only)]
 pub async fn llmmydata(ctx: Context<'_>) -> Result<(), Error> {
+    // Deferred ephemerally: the answer that follows a defer keeps the defer's visibility.
+    ctx.defer_ephemeral().await?;
     let (guild, user) = ids(ctx);
     let data = ctx.data().core.my_data(&guild, &user).await?;
     let status = if data.opted_out { " You are opted out of collection." } else { "" };

@@ -82,7 +82,7 @@ async fn on_message(
     };
     // Bots (this one included) are never collected nor answered: that is how reply loops and
     // models trained on their own output start.
-    if msg.author.bot || msg.webhook_id.is_some() {
+    if msg.author.bot || msg.webhook_id.is_some() || !message::is_chat(msg) {
         return Ok(());
     }
     let incoming = Incoming {
@@ -135,9 +135,12 @@ async fn answer(
         Err(ServiceError::ShuttingDown) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    // If the member deleted their message meanwhile, the answer goes out as a plain message
+    // (Discord refuses a reply to a deleted message unless told it may drop the reference).
+    let reference = serenity::MessageReference::from(msg).fail_if_not_exists(false);
     let reply = serenity::CreateMessage::new()
         .content(reply.text)
-        .reference_message(msg)
+        .reference_message(reference)
         .allowed_mentions(no_pings());
     msg.channel_id.send_message(&ctx.http, reply).await?;
     Ok(())

@@ -34,6 +34,13 @@ impl Filter {
     }
 }
 
+/// Whether a message is something a member said: plain chat and replies. Everything else
+/// Discord puts in a channel (thread created, pins, joins, boosts, renames, command answers)
+/// is a system message whose text is not chat, e.g. a thread's name.
+pub fn is_chat(msg: &serenity::Message) -> bool {
+    matches!(msg.kind, serenity::MessageType::Regular | serenity::MessageType::InlineReply)
+}
+
 /// Channels whose messages are chat: text, announcement and thread channels.
 pub fn is_text(c: &serenity::GuildChannel) -> bool {
     use serenity::ChannelType as T;

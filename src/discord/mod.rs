@@ -41,21 +41,47 @@ pub type Context<'a> = poise::Context<'a, Data, Error>;
 /// A running bot; [`BotHandle::shutdown`] disconnects it.
 pub struct BotHandle {
     shard_manager: Arc<serenity::ShardManager>,
-    task: tokio::task::JoinHandle<()>,
+    /// The client; ends with an error when it stopped by itself.
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl BotHandle {
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shard_manager.shutdown_all().await;
-        if tokio::time::timeout(Duration::from_secs(5), self.task).await.is_err() {
-            tracing::warn!("the Discord client did not stop within 5 s");
+        if let Some(task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                tracing::warn!("the Discord client did not stop within 5 s");
+            }
         }
     }
 
     /// True once the client task has ended (it failed or was shut down).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.as_ref().is_none_or(|t| t.is_finished())
     }
+
+    /// Resolves when the client stops by itself (Discord refused the token or the commands):
+    /// the error says why.
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        let Some(task) = self.task.as_mut() else { return std::future::pending().await };
+        let result = task.await;
+        self.task = None;
+        match result {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the Discord client stopped")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("the Discord client task failed: {e}")),
+        }
+    }
+}
+
+/// Checks the commands as Discord checks a registration (names, description lengths, option
+/// counts), so a doc comment that grew too long stops the start instead of failing
+/// registration in production with only a warning.
+pub fn check_commands(commands: &[poise::Command<Data, Error>]) -> anyhow::Result<()> {
+    let list = serde_json::to_value(poise::builtins::create_application_commands(commands))?;
+    let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    crate::devserver::rules::check_commands(list)
+        .map_err(|r| anyhow::anyhow!("Discord would refuse the slash commands: {}", r.message))
 }
 
 /// Allowed mentions that parse nothing: no @everyone, no roles, no users, no reply ping.
@@ -79,9 +105,14 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
         http = http.proxy(base.as_str()).ratelimiter_disabled(true);
     }
     let prefix = core.config().prefix.clone();
+    let commands = commands::all();
+    check_commands(&commands)?;
+    // Set when Discord refuses the registration: the client then stops with this error.
+    let refused: Arc<Mutex<Option<String>>> = Arc::default();
+    let refused_in_setup = refused.clone();
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
-            commands: commands::all(),
+            commands,
             prefix_options: poise::PrefixFrameworkOptions {
                 prefix: Some(prefix.into()),
                 // A mention is a conversation with the bot, not a command invocation.
@@ -97,6 +128,16 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
             Box::pin(async move {
                 tracing::info!(user = %ready.user.name, guilds = ready.guilds.len(), "connected to Discord");
                 if let Err(e) = poise::builtins::register_globally(ctx, &framework.options().commands).await {
+                    // Discord refusing the commands (4xx) is a bug to fix, not a blip: stop loudly.
+                    if let serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) = &e {
+                        if r.status_code.is_client_error() {
+                            let why = format!("Discord refused the slash commands: {}", r.error.message);
+                            tracing::error!("{why}");
+                            *refused_in_setup.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                            framework.shard_manager().shutdown_all().await;
+                            anyhow::bail!("slash-command registration refused");
+                        }
+                    }
                     tracing::warn!(error = %e, "could not register slash commands; prefix commands still work");
                 }
                 if !core.config().announce_channels.is_empty() {
@@ -112,11 +153,16 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
         .context("Failed to build the Discord client")?;
     let shard_manager = client.shard_manager.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = client.start().await {
-            tracing::error!(error = %e, "the Discord client stopped");
+        let started = client.start().await;
+        if let Some(why) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(anyhow::anyhow!(why));
         }
+        started.map_err(|e| {
+            tracing::error!(error = %e, "the Discord client stopped");
+            anyhow::Error::from(e).context("the Discord client stopped")
+        })
     });
-    Ok(BotHandle { shard_manager, task })
+    Ok(BotHandle { shard_manager, task: Some(task) })
 }
 
 /// Posts each new model of a guild in that guild's announcement channel.
@@ -182,6 +228,9 @@ async fn on_error(error: poise::FrameworkError<'_, Data, Error>) {
             let what = input.map(|i| format!("`{i}`: ")).unwrap_or_default();
             reply(ctx, format!("I didn't understand {what}{error}. Usage: {usage}")).await;
         }
+        poise::FrameworkError::Setup { error, .. } => {
+            tracing::error!(error = %error, "the bot could not set up; disconnecting");
+        }
         poise::FrameworkError::GuildOnly { ctx, .. } => {
             reply(ctx, "This command only works in a server channel.".into()).await;
         }
@@ -197,5 +246,19 @@ async fn reply(ctx: Context<'_>, text: String) {
     let message = poise::CreateReply::default().content(text).allowed_mentions(no_pings());
     if let Err(e) = ctx.send(message).await {
         tracing::warn!(error = %e, "could not send an error reply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commands_pass_discords_registration_rules() {
+        check_commands(&commands::all()).expect("the real commands register");
+        let mut long = commands::llmstats();
+        long.description = Some("a doc comment that grew ".repeat(5).into());
+        let e = check_commands(&[long]).expect_err("Discord refuses descriptions over 100 characters");
+        assert!(e.to_string().contains("0.description"), "{e}");
     }
 }

@@ -34,13 +34,20 @@ impl Core {
             || self.consent.is_forgotten(&r.guild_id, &r.author_id, r.created_ms().unwrap_or(i64::MAX))
         {
             Ingested::OptedOut
+        } else if self.deleted.contains(&r.guild_id, &r.channel_id, &r.id) {
+            Ingested::Deleted
         } else {
             let clean = self.scrubbed(r);
-            if self.store.insert_message(&clean).await? {
+            if !self.store.insert_message(&clean).await? {
+                Ingested::Duplicate
+            } else if self.deleted.contains(&r.guild_id, &r.channel_id, &r.id) {
+                // Deleted on Discord while it was being stored: the deletion's purge may have
+                // run before the insert, so purge it again.
+                self.store.purge_messages(&r.guild_id, std::slice::from_ref(&r.id)).await?;
+                Ingested::Deleted
+            } else {
                 self.learn(&clean);
                 Ingested::Stored
-            } else {
-                Ingested::Duplicate
             }
         };
         Ok(outcome)

@@ -13,6 +13,7 @@
 //! - `voices`: each serving model's voice (counts, words, copy index), kept in step with the store.
 
 mod corpus;
+mod deleted;
 mod models;
 mod privacy;
 mod replies;
@@ -98,6 +99,8 @@ pub struct Core {
     /// Set by [`Core::shutdown`]: no new replies or trainings start.
     closing: AtomicBool,
     replies_in_flight: AtomicUsize,
+    /// Messages and channels Discord deleted lately; history read before cannot restore them.
+    deleted: deleted::Deleted,
 }
 
 impl Core {
@@ -126,6 +129,7 @@ impl Core {
             started: Instant::now(),
             closing: AtomicBool::new(false),
             replies_in_flight: AtomicUsize::new(0),
+            deleted: deleted::Deleted::default(),
         });
         core.load_models().await;
         Ok(core)

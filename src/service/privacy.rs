@@ -111,6 +111,8 @@ impl Core {
 
     /// Messages deleted on Discord (one, or a bulk deletion).
     pub async fn messages_deleted(&self, guild: &str, ids: &[String]) -> Result<Purged, ServiceError> {
+        // Remembered first: a history page read before this cannot store them again.
+        self.deleted.messages(guild, ids);
         let purged = self.store.purge_messages(guild, ids).await?;
         self.removed(guild, &purged, "messages were deleted on Discord").await?;
         Ok(purged)
@@ -138,6 +140,7 @@ impl Core {
 
     /// A channel or thread was deleted on Discord.
     pub async fn channel_deleted(&self, guild: &str, channel: &str) -> Result<Purged, ServiceError> {
+        self.deleted.channel(guild, channel);
         let purged = self.store.purge_channel(guild, channel).await?;
         self.removed(guild, &purged, "a channel was deleted on Discord").await?;
         Ok(purged)

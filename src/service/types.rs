@@ -174,6 +174,8 @@ pub enum Ingested {
     FromBot,
     Command,
     Empty,
+    /// Discord deleted it (or its channel) lately: a history page read before the deletion.
+    Deleted,
 }
 
 /// The answer to a training request that started a run.

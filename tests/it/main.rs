@@ -14,4 +14,5 @@ mod resilience;
 mod schedule;
 mod slash;
 mod store;
+mod strict;
 mod support;

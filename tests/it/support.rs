@@ -128,7 +128,19 @@ impl Harness {
         wait_training_done(&self.core).await
     }
 
-    pub async fn stop(mut self) {
+    /// The bot's database, for tests that hold its write lock.
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}/mynah.db", self._dir.path().display())
+    }
+
+    /// Stops the bot and checks that it called only routes the devserver serves and that
+    /// Discord would have refused none of its requests.
+    pub async fn stop(self) {
+        self.stop_allowing(&[]).await;
+    }
+
+    /// [`Harness::stop`], where the test staged refusals with these Discord error codes.
+    pub async fn stop_allowing(mut self, codes: &[u64]) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
@@ -137,6 +149,9 @@ impl Harness {
             Vec::<String>::new(),
             "the bot called routes the devserver does not serve"
         );
+        let refused: Vec<_> =
+            self.server.rejections().into_iter().filter(|r| !codes.contains(&r.code)).collect();
+        assert!(refused.is_empty(), "Discord would have refused these requests of the bot: {refused:#?}");
     }
 }
 
