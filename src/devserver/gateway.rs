@@ -98,6 +98,7 @@ async fn session(mut socket: WebSocket, shared: Arc<Shared>) {
                 }
             }
             event = events.recv(), if s.identified => match event {
+                Ok(event) if !sees(&shared, s.bot_id, &event) => {}
                 Ok(event) => {
                     let frame = s.frame(event.name, s.visible(&event));
                     if socket.send(frame).await.is_err() {
@@ -116,6 +117,15 @@ async fn session(mut socket: WebSocket, shared: Arc<Shared>) {
         // Saturating: disconnect_all already reset the count.
         let _ = shared.ready_sessions.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
+}
+
+/// Whether the bot receives the event: a channel's messages only reach a bot that may view it.
+fn sees(shared: &Shared, bot: u64, event: &Event) -> bool {
+    if !event.name.starts_with("MESSAGE_") {
+        return true;
+    }
+    let channel = event.data["channel_id"].as_str().and_then(|c| c.parse::<u64>().ok());
+    channel.is_none_or(|c| shared.world().permissions_in(c, bot) & dj::VIEW_CHANNEL != 0)
 }
 
 /// Handles one client frame; `false` ends the session.

@@ -7,8 +7,17 @@ use super::world::{Channel, Guild, Interaction, Member, Msg, User, World};
 
 /// `MANAGE_GUILD`, the permission that makes a member an admin for mynah.
 pub const MANAGE_GUILD: u64 = 1 << 5;
-/// What `@everyone` may do in devserver guilds: view, send, read history, add reactions.
-pub const EVERYONE: u64 = (1 << 10) | (1 << 11) | (1 << 16) | (1 << 6);
+/// Channel permissions the bot needs, as Discord numbers them.
+pub const VIEW_CHANNEL: u64 = 1 << 10;
+pub const SEND_MESSAGES: u64 = 1 << 11;
+pub const ATTACH_FILES: u64 = 1 << 15;
+pub const READ_MESSAGE_HISTORY: u64 = 1 << 16;
+pub const SEND_MESSAGES_IN_THREADS: u64 = 1 << 38;
+pub const ADMINISTRATOR: u64 = 1 << 3;
+/// What `@everyone` may do in devserver guilds, as in a new Discord server: view, send (also
+/// in threads), attach, read history, add reactions.
+pub const EVERYONE: u64 =
+    VIEW_CHANNEL | SEND_MESSAGES | SEND_MESSAGES_IN_THREADS | ATTACH_FILES | READ_MESSAGE_HISTORY | (1 << 6);
 
 pub fn user(u: &User) -> Value {
     json!({
@@ -59,7 +68,12 @@ pub fn channel(c: &Channel, position: usize) -> Value {
         "guild_id": c.guild_id.to_string(),
         "name": c.name,
         "position": position,
-        "permission_overwrites": [],
+        "permission_overwrites": c.overwrites.iter().map(|o| json!({
+            "id": o.id.to_string(),
+            "type": o.kind,
+            "allow": o.allow.to_string(),
+            "deny": o.deny.to_string(),
+        })).collect::<Vec<_>>(),
         "topic": null,
         "nsfw": false,
         "last_message_id": null,
@@ -340,7 +354,8 @@ mod tests {
         assert_eq!(guild.channels.len(), 1);
         assert_eq!(guild.roles.len(), 2);
         let _: s::PartialGuild = parses(partial_guild(g));
-        let member: s::Member = parses(member(&w, &g.members[0]));
+        let alice = g.members.iter().find(|m| w.users[&m.user_id].name == "alice").unwrap();
+        let member: s::Member = parses(member(&w, alice));
         assert!(guild.member_permissions(&member).manage_guild());
         let msg: s::Message = parses(message(&w, &w.messages[0]));
         assert_eq!(msg.mentions.len(), 1);
@@ -362,7 +377,7 @@ mod tests {
             token: "t".into(),
             guild_id: g.id,
             channel_id: c,
-            user_id: g.members[0].user_id,
+            user_id: alice.user_id,
             created: std::time::Instant::now(),
             answer: crate::devserver::world::Answer::Pending,
         };

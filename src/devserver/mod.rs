@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, Notify};
 
-pub use json::MANAGE_GUILD;
+pub use json::{MANAGE_GUILD, READ_MESSAGE_HISTORY, SEND_MESSAGES, SEND_MESSAGES_IN_THREADS, VIEW_CHANNEL};
 pub use world::Rejection;
 use world::World;
 
@@ -162,6 +162,22 @@ impl DevServer {
         Some(id)
     }
 
+    /// Sets a channel's permission overwrite for a user or a role (the guild's ID is
+    /// @everyone), announced with CHANNEL_UPDATE as Discord does; `allow` and `deny` are
+    /// permission bits such as [`READ_MESSAGE_HISTORY`].
+    pub fn set_overwrite(&self, channel_id: u64, target_id: u64, allow: u64, deny: u64) {
+        let mut w = self.shared.world();
+        let kind = if w.users.contains_key(&target_id) { 1 } else { 0 };
+        let Some(pos) = w.channels.iter().position(|c| c.id == channel_id) else { return };
+        let c = &mut w.channels[pos];
+        c.overwrites.retain(|o| o.id != target_id);
+        c.overwrites.push(world::Overwrite { id: target_id, kind, allow, deny });
+        let guild = c.guild_id;
+        let position = w.channels_of(guild).position(|c| c.id == channel_id).unwrap_or(0);
+        let data = json::channel(&w.channels[pos], position);
+        self.shared.dispatch("CHANNEL_UPDATE", data);
+    }
+
     /// A human user (not yet in any guild).
     pub fn create_user(&self, name: &str) -> u64 {
         self.shared.world().create_user(name, false)
@@ -238,6 +254,12 @@ impl DevServer {
     /// Every request the devserver refused (status 4xx or 5xx), oldest first.
     pub fn rejections(&self) -> Vec<Rejection> {
         self.shared.world().rejections.clone()
+    }
+
+    /// Answers the next `times` calls of `route` (`"POST /api/v10/channels/1/messages"`) with
+    /// 429 and a `retry_after` of `wait`, as Discord's rate limits do.
+    pub fn rate_limit(&self, route: &str, times: usize, wait: Duration) {
+        self.shared.world().rate_limits.insert(route.to_string(), (times, wait));
     }
 
     /// The latest requests the bot made, as `METHOD /path`, oldest first.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::rules::{self, Refusal};
-use super::world::Rejection;
+use super::world::{Rejection, World};
 use super::{json as dj, Shared};
 
 pub(super) type Reply = Result<Json<Value>, (StatusCode, Json<Value>)>;
@@ -64,8 +64,44 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         // Uploads up to Discord's limit reach the handlers, which refuse what Discord refuses; the
         // margin is for the multipart framing and the JSON part.
         .layer(DefaultBodyLimit::max(rules::UPLOAD_LIMIT + 1024 * 1024))
+        .layer(middleware::from_fn_with_state(shared.clone(), rate_limit))
         .layer(middleware::from_fn_with_state(shared.clone(), record_rejections))
         .with_state(shared)
+}
+
+/// Answers 429 where a test asked for it, as Discord does: `Retry-After` and `X-RateLimit-*`
+/// headers, and `retry_after` in the JSON body.
+async fn rate_limit(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let route = format!("{} {}", req.method(), req.uri().path());
+    let limited = {
+        let mut w = shared.world();
+        match w.rate_limits.get_mut(&route) {
+            Some((n, wait)) if *n > 0 => {
+                *n -= 1;
+                Some(*wait)
+            }
+            _ => None,
+        }
+    };
+    let Some(wait) = limited else { return next.run(req).await };
+    let secs = wait.as_secs_f64();
+    let body =
+        json!({ "message": "You are being rate limited.", "retry_after": secs, "global": false, "code": 0 });
+    let headers = [
+        ("retry-after", format!("{}", wait.as_secs_f64().ceil() as u64)),
+        ("x-ratelimit-limit", "5".to_string()),
+        ("x-ratelimit-remaining", "0".to_string()),
+        ("x-ratelimit-reset-after", format!("{secs:.3}")),
+        ("x-ratelimit-bucket", "devserver-bucket".to_string()),
+        ("x-ratelimit-scope", "user".to_string()),
+    ];
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    for (name, value) in headers {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    response
 }
 
 /// Remembers every request, and records every one answered with an error status, with Discord's error code, so tests
@@ -166,6 +202,7 @@ async fn get_channel(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>
     if c.recipient.is_some() {
         return Ok(Json(dj::dm_channel(&w, c)));
     }
+    require(&w, channel, 0)?;
     let position = w.channels_of(c.guild_id).position(|x| x.id == channel).unwrap_or(0);
     Ok(Json(dj::channel(c, position)))
 }
@@ -176,6 +213,28 @@ struct ListQuery {
     before: Option<u64>,
     after: Option<u64>,
     around: Option<u64>,
+}
+
+/// The bot's permissions in `channel` must include `needed`: Discord answers 403 with 50001
+/// (Missing Access) without VIEW_CHANNEL and 50013 (Missing Permissions) without the rest.
+fn require(w: &World, channel: u64, needed: u64) -> Result<(), (StatusCode, Json<Value>)> {
+    let have = w.permissions_in(channel, w.bot.id);
+    if have & dj::VIEW_CHANNEL == 0 {
+        return Err(fail(StatusCode::FORBIDDEN, "Missing Access", 50001));
+    }
+    if have & needed != needed {
+        return Err(fail(StatusCode::FORBIDDEN, "Missing Permissions", 50013));
+    }
+    Ok(())
+}
+
+/// What sending in `channel` takes: SEND_MESSAGES, or SEND_MESSAGES_IN_THREADS in a thread.
+fn send_permission(w: &World, channel: u64) -> u64 {
+    if w.channel(channel).is_some_and(|c| c.parent_id.is_some()) {
+        dj::SEND_MESSAGES_IN_THREADS
+    } else {
+        dj::SEND_MESSAGES
+    }
 }
 
 pub(super) fn refuse(r: Refusal) -> (StatusCode, Json<Value>) {
@@ -190,6 +249,11 @@ async fn list_messages(
     let window = rules::history_window(q.limit, q.before, q.after, q.around).map_err(refuse)?;
     let w = shared.world();
     w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    require(&w, channel, 0)?;
+    // Without READ_MESSAGE_HISTORY Discord lists nothing (and says nothing).
+    if w.permissions_in(channel, w.bot.id) & dj::READ_MESSAGE_HISTORY == 0 {
+        return Ok(Json(json!([])));
+    }
     // Ephemeral answers belong to one user's screen, never to the channel's history.
     let ids: Vec<u64> = w
         .messages
@@ -203,6 +267,8 @@ async fn list_messages(
 
 async fn get_message(State(shared): State<Arc<Shared>>, Path((channel, message)): Path<(u64, u64)>) -> Reply {
     let w = shared.world();
+    w.channel(channel).ok_or_else(|| unknown("Channel", 10003))?;
+    require(&w, channel, dj::READ_MESSAGE_HISTORY)?;
     let m = w
         .message(message)
         .filter(|m| m.channel_id == channel && !m.deleted)
@@ -266,6 +332,15 @@ async fn create_message(
         if c.recipient.is_some_and(|u| w.closed_dms.contains(&u)) {
             return Err(fail(StatusCode::FORBIDDEN, "Cannot send messages to this user", 50007));
         }
+        let mut needed = send_permission(&w, channel);
+        if !files.is_empty() {
+            needed |= dj::ATTACH_FILES;
+        }
+        if reference.is_some() {
+            // A reply shows the message it answers: that takes reading the channel's history.
+            needed |= dj::READ_MESSAGE_HISTORY;
+        }
+        require(&w, channel, needed)?;
         match reference {
             Some(r) if !w.message(r).is_some_and(|m| m.channel_id == channel && !m.deleted) => {
                 // A reply to a message that is gone fails unless the bot said it may become a
@@ -362,6 +437,7 @@ async fn edit_message(
         if m.author_id != w.bot.id {
             return Err(fail(StatusCode::FORBIDDEN, "Cannot edit a message authored by another user", 50005));
         }
+        require(&w, channel, 0)?;
     }
     apply_edit(&shared, message, payload, Some(super::world::now_rfc3339()))
 }
@@ -382,6 +458,13 @@ async fn delete_message(
 
 async fn typing(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>) -> Response {
     let mut w = shared.world();
+    if w.channel(channel).is_none() {
+        return unknown("Channel", 10003).into_response();
+    }
+    let needed = send_permission(&w, channel);
+    if let Err(e) = require(&w, channel, needed) {
+        return e.into_response();
+    }
     w.typing.push(channel);
     if w.delete_on_typing.remove(&channel) {
         // The member deletes their message while the bot is busy answering it.

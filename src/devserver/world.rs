@@ -41,6 +41,16 @@ pub struct Guild {
     pub members: Vec<Member>,
 }
 
+/// A channel's permission overwrite for a role (`kind` 0; the guild's ID is @everyone) or a
+/// member (`kind` 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overwrite {
+    pub id: u64,
+    pub kind: u8,
+    pub allow: u64,
+    pub deny: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Channel {
     pub id: u64,
@@ -51,6 +61,8 @@ pub struct Channel {
     pub recipient: Option<u64>,
     /// For a thread: the channel it belongs to.
     pub parent_id: Option<u64>,
+    /// Threads have none: they follow their channel's.
+    pub overwrites: Vec<Overwrite>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +147,8 @@ pub struct World {
     pub requests: std::collections::VecDeque<String>,
     /// Users whose DMs are closed to the bot (posting there answers 50007).
     pub closed_dms: HashSet<u64>,
+    /// Routes (`METHOD /path`) answered 429 for their next `n` calls, with this retry delay.
+    pub rate_limits: std::collections::HashMap<String, (usize, Duration)>,
     /// Channels where the bot's next typing indicator deletes the newest member message.
     pub delete_on_typing: HashSet<u64>,
     last_id: u64,
@@ -159,6 +173,7 @@ impl World {
             requests: std::collections::VecDeque::new(),
             closed_dms: HashSet::new(),
             delete_on_typing: HashSet::new(),
+            rate_limits: std::collections::HashMap::new(),
             last_id: 0,
         };
         w.application_id = w.snowflake();
@@ -181,17 +196,23 @@ impl World {
         id
     }
 
-    /// A guild the bot is in (as its owner, so the bot never lacks a permission). `id` 0 picks
+    /// A guild the bot is in. `id` 0 picks
     /// a fresh snowflake; a fixed one lets the playground keep its guild across runs.
     pub fn create_guild(&mut self, name: &str, id: u64) -> u64 {
         let id = if id == 0 { self.snowflake() } else { id };
+        // The server's owner is someone else; the bot has what @everyone has, as a bot invited
+        // without extra permissions.
+        let owner = self.create_user(&format!("{name}'s owner"), false);
         let bot = self.bot.id;
         self.guilds.push(Guild {
             id,
             name: name.to_string(),
-            owner_id: bot,
+            owner_id: owner,
             roles: Vec::new(),
-            members: vec![Member { user_id: bot, roles: Vec::new() }],
+            members: vec![
+                Member { user_id: bot, roles: Vec::new() },
+                Member { user_id: owner, roles: Vec::new() },
+            ],
         });
         id
     }
@@ -204,6 +225,7 @@ impl World {
             name: name.to_string(),
             recipient: None,
             parent_id: None,
+            overwrites: Vec::new(),
         });
         id
     }
@@ -218,6 +240,7 @@ impl World {
             name: name.to_string(),
             recipient: None,
             parent_id: Some(parent_id),
+            overwrites: Vec::new(),
         });
         Some(id)
     }
@@ -234,6 +257,7 @@ impl World {
             name: String::new(),
             recipient: Some(user_id),
             parent_id: None,
+            overwrites: Vec::new(),
         });
         id
     }
@@ -276,6 +300,42 @@ impl World {
         }
         let roles = self.member(guild_id, user_id).map(|m| m.roles.clone()).unwrap_or_default();
         g.roles.iter().filter(|r| roles.contains(&r.id)).fold(super::json::EVERYONE, |p, r| p | r.permissions)
+    }
+
+    /// A user's permissions in a channel, computed as Discord does: the guild's, then the
+    /// channel's overwrites for @everyone, for the user's roles, for the user; nothing at all
+    /// without VIEW_CHANNEL. Threads follow their channel; direct messages allow everything.
+    pub fn permissions_in(&self, channel_id: u64, user_id: u64) -> u64 {
+        use super::json::{ADMINISTRATOR, VIEW_CHANNEL};
+        let all = u64::MAX >> 1;
+        let Some(c) = self.channel(channel_id) else { return 0 };
+        if c.recipient.is_some() {
+            return all;
+        }
+        let c = c.parent_id.and_then(|p| self.channel(p)).unwrap_or(c);
+        let Some(g) = self.guild(c.guild_id) else { return 0 };
+        let mut p = self.permissions(g.id, user_id);
+        if g.owner_id == user_id || p & ADMINISTRATOR != 0 {
+            return all;
+        }
+        let roles = self.member(g.id, user_id).map(|m| m.roles.clone()).unwrap_or_default();
+        let apply = |p: u64, allow: u64, deny: u64| (p & !deny) | allow;
+        if let Some(o) = c.overwrites.iter().find(|o| o.kind == 0 && o.id == g.id) {
+            p = apply(p, o.allow, o.deny);
+        }
+        let (allow, deny) = c
+            .overwrites
+            .iter()
+            .filter(|o| o.kind == 0 && roles.contains(&o.id))
+            .fold((0, 0), |(a, d), o| (a | o.allow, d | o.deny));
+        p = apply(p, allow, deny);
+        if let Some(o) = c.overwrites.iter().find(|o| o.kind == 1 && o.id == user_id) {
+            p = apply(p, o.allow, o.deny);
+        }
+        if p & VIEW_CHANNEL == 0 {
+            return 0;
+        }
+        p
     }
 
     pub fn member(&self, guild_id: u64, user_id: u64) -> Option<&Member> {

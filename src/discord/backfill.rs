@@ -27,6 +27,11 @@ pub async fn run_logged(
     guild: serenity::GuildId,
     channel: serenity::ChannelId,
 ) -> Option<Report> {
+    // Discord would refuse (or list nothing): not an error to log on every connection.
+    if !super::permissions::reads_history(ctx, guild, channel) {
+        tracing::debug!(%guild, %channel, "not reading back a channel whose history the bot may not read");
+        return None;
+    }
     let key = (guild.get(), channel.get());
     if !data.backfilling.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
         return None;

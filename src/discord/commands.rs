@@ -162,6 +162,15 @@ async fn channel_add(
     if let Some(r) = read.filter(|r| r.stored > 0) {
         text.push_str(&format!(" I read back {} earlier messages.", r.stored));
     }
+    match super::permissions::bot_in(ctx.serenity_context(), guild, channel) {
+        Some(p) if !p.view_channel() => text.push_str(
+            " But I can't see that channel: nothing is collected until I get View Channel there.",
+        ),
+        Some(p) if !p.read_message_history() => text.push_str(
+            " I can't read its earlier messages (I need Read Message History there), so I collect from now on.",
+        ),
+        _ => {}
+    }
     ctx.say(text).await?;
     Ok(())
 }

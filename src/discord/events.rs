@@ -113,6 +113,12 @@ async fn answer(
     if incoming.is_command || !msg.mentions.iter().any(|u| u.id == me) {
         return Ok(());
     }
+    // A channel the bot may not write in gets no answer (and no typing): Discord would refuse.
+    let guild = serenity::GuildId::new(incoming.record.guild_id.parse()?);
+    if !super::permissions::may_send(ctx, guild, msg.channel_id) {
+        tracing::debug!(channel = %msg.channel_id, "mention not answered: no permission to send here");
+        return Ok(());
+    }
     // Held until the reply is sent, so a shutdown lets it go out.
     let Ok(_sending) = core.begin_reply() else { return Ok(()) };
     if let Err(limited) = core.admit_reply(&msg.channel_id.to_string(), &msg.author.id.to_string()) {
@@ -138,10 +144,38 @@ async fn answer(
     // If the member deleted their message meanwhile, the answer goes out as a plain message
     // (Discord refuses a reply to a deleted message unless told it may drop the reference).
     let reference = serenity::MessageReference::from(msg).fail_if_not_exists(false);
-    let reply = serenity::CreateMessage::new()
-        .content(reply.text)
-        .reference_message(reference)
-        .allowed_mentions(no_pings());
-    msg.channel_id.send_message(&ctx.http, reply).await?;
+    let mut reply = serenity::CreateMessage::new().content(reply.text).allowed_mentions(no_pings());
+    // A reply shows the message it answers, which takes Read Message History; without it the
+    // answer goes out as a plain message.
+    if super::permissions::reads_history(ctx, guild, msg.channel_id) {
+        reply = reply.reference_message(reference);
+    }
+    send_retrying(ctx, msg.channel_id, reply).await?;
     Ok(())
+}
+
+/// Sends a message, trying again a few times when Discord answers 429. serenity's rate limiter
+/// waits out 429s by itself, but only when it is on, and it is off against `DISCORD_API_BASE`:
+/// serenity 0.12 builds rate-limited requests without the proxy (`http/ratelimiting.rs`,
+/// serenity#1739). The 429's `retry_after` does not reach serenity's error, so the waits back
+/// off from half a second.
+async fn send_retrying(
+    ctx: &serenity::Context,
+    channel: serenity::ChannelId,
+    message: serenity::CreateMessage,
+) -> serenity::Result<serenity::Message> {
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff =
+        ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(500)).with_max_times(4);
+    (|| channel.send_message(&ctx.http, message.clone()))
+        .retry(backoff)
+        .when(|e| {
+            let limited = matches!(e, serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r))
+                if r.status_code == serenity::StatusCode::TOO_MANY_REQUESTS);
+            if limited {
+                tracing::info!(%channel, "Discord rate-limited the reply; trying again shortly");
+            }
+            limited
+        })
+        .await
 }

@@ -6,6 +6,7 @@ mod backfill;
 mod commands;
 mod events;
 mod message;
+mod permissions;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -97,6 +97,66 @@ async fn a_member_whose_dms_are_closed_is_told_in_the_channel() {
     h.stop_allowing(&[50007]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_the_bot_may_not_read_or_write_get_what_discord_allows() {
+    use mynah::devserver::{READ_MESSAGE_HISTORY, SEND_MESSAGES_IN_THREADS, VIEW_CHANNEL};
+    let h = Harness::start().await;
+    let bot = h.server.bot_id();
+    // It may speak in #general but not read its history: the answer comes without the reply.
+    h.server.set_overwrite(h.general, bot, 0, READ_MESSAGE_HISTORY);
+    let reply = h.ask(h.general, h.member, &format!("<@{bot}> hi")).await;
+    assert!(!reply.content.is_empty());
+    assert_eq!(reply.reference, None, "a reply reference needs Read Message History");
+
+    // It cannot see #off-topic: opting it in says so, and nothing is read back or answered.
+    h.server.set_overwrite(h.offtopic, bot, 0, VIEW_CHANNEL);
+    h.server.say(h.offtopic, h.member, "hidden from the bot");
+    let added = h.ask(h.general, h.admin, &format!("!llmchannel add <#{}>", h.offtopic)).await;
+    assert!(added.content.contains("I can't see that channel"), "{}", added.content);
+    h.server.say(h.offtopic, h.member, &format!("<@{bot}> hello?"));
+
+    // Nobody may post in #general's threads: a mention there is not answered.
+    let thread = h.server.create_thread(h.general, "a-thread").unwrap();
+    h.server.set_overwrite(h.general, h.guild, 0, SEND_MESSAGES_IN_THREADS);
+    h.server.say(thread, h.member, &format!("<@{bot}> in a thread"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.server.bot_messages(h.offtopic).is_empty());
+    assert!(h.server.bot_messages(thread).is_empty());
+    assert_eq!(h.server.typing_in(h.offtopic) + h.server.typing_in(thread), 0);
+    let reads = format!("GET /api/v10/channels/{}/messages", h.offtopic);
+    assert!(!h.server.requests().contains(&reads), "no read-back attempt in a channel it cannot see");
+    // And no request Discord would refuse (403s included).
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_presences_intent_admin_checks_fetch_the_member() {
+    let h = Harness::start().await;
+    // GUILD_CREATE listed only the bot itself, as Discord sends it to a bot without presences.
+    let refused = h.ask(h.general, h.member, "!llmtrain").await;
+    assert!(refused.content.contains("Only server admins"), "{}", refused.content);
+    let allowed = h.ask(h.general, h.admin, "!llmtrain").await;
+    assert!(allowed.content.starts_with("Not training now"), "{}", allowed.content);
+    let fetched = format!("GET /api/v10/guilds/{}/members/{}", h.guild, h.admin);
+    assert!(h.server.requests().contains(&fetched), "{:?}", h.server.requests());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_reply_still_arrives_after_the_wait() {
+    let h = Harness::start().await;
+    let bot = h.server.bot_id();
+    let route = format!("POST /api/v10/channels/{}/messages", h.general);
+    h.server.rate_limit(&route, 1, Duration::from_millis(300));
+    let reply = h.ask(h.general, h.member, &format!("<@{bot}> are you there?")).await;
+    assert!(!reply.content.is_empty());
+    let limited: Vec<_> = h.server.rejections().into_iter().filter(|r| r.status == 429).collect();
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert_eq!(limited[0].route, route);
+    assert_eq!(h.server.bot_messages(h.general).len(), 1, "sent once, after the wait");
+    h.stop_allowing(&[0]).await;
+}
+
 /// A client for the devserver's REST API, as a bot would call it.
 struct Rest {
     base: String,
