@@ -11,17 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::rest::{apply_edit, fail, message_body, post_bot_message, unknown, Reply};
-use super::rules::{self, Refusal};
+use super::rest::{apply_edit, fail, message_body, post_bot_message, refuse, unknown, Reply};
+use super::rules;
 use super::world::{Answer, Interaction};
 use super::Shared;
 
 /// Message flag: only the invoking user sees the message.
 const EPHEMERAL: u64 = 1 << 6;
-
-fn refuse(r: Refusal) -> (StatusCode, Json<Value>) {
-    fail(r.status, &r.message, r.code)
-}
 
 /// Stores the bot's slash commands and answers them as Discord would, with IDs filled in; a
 /// registration Discord would refuse is refused whole.
@@ -75,7 +71,7 @@ fn post_answer(
     post_bot_message(shared, it.channel_id, content, None, payload, files, Some((it.id, ephemeral)))
 }
 
-fn file_sizes(files: &[Value]) -> Vec<usize> {
+pub(super) fn file_sizes(files: &[Value]) -> Vec<usize> {
     files.iter().map(|f| f["size"].as_u64().unwrap_or(0) as usize).collect()
 }
 

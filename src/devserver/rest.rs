@@ -319,8 +319,7 @@ async fn create_message(
     body: Bytes,
 ) -> Reply {
     let (payload, files) = message_body(&headers, body).await?;
-    let sizes: Vec<usize> = files.iter().map(|f| f["size"].as_u64().unwrap_or(0) as usize).collect();
-    rules::check_message(&payload, &sizes).map_err(refuse)?;
+    rules::check_message(&payload, &super::interactions::file_sizes(&files)).map_err(refuse)?;
     let content = payload.get("content").and_then(Value::as_str).unwrap_or("").to_string();
     let reference = payload
         .pointer("/message_reference/message_id")
