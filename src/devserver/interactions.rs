@@ -26,6 +26,9 @@ pub(super) async fn set_commands(State(shared): State<Arc<Shared>>, body: Bytes)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, &format!("Invalid Form Body ({e})"), 50035))?;
     rules::check_commands(&list).map_err(refuse)?;
     let mut w = shared.world();
+    if let Some(why) = w.refuse_registration.take() {
+        return Err(fail(StatusCode::BAD_REQUEST, &format!("Invalid Form Body ({why})"), 50035));
+    }
     let app = w.application_id.to_string();
     let mut out = Vec::new();
     for mut cmd in list {

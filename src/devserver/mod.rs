@@ -262,6 +262,12 @@ impl DevServer {
         self.shared.world().rate_limits.insert(route.to_string(), (times, wait));
     }
 
+    /// Refuses the next slash-command registration with 400 50035 and `why`, as Discord does
+    /// when it enforces a rule the bot's own check does not know.
+    pub fn refuse_next_registration(&self, why: &str) {
+        self.shared.world().refuse_registration = Some(why.to_string());
+    }
+
     /// The latest requests the bot made, as `METHOD /path`, oldest first.
     pub fn requests(&self) -> Vec<String> {
         self.shared.world().requests.iter().cloned().collect()

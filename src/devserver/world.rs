@@ -147,6 +147,9 @@ pub struct World {
     pub requests: std::collections::VecDeque<String>,
     /// Users whose DMs are closed to the bot (posting there answers 50007).
     pub closed_dms: HashSet<u64>,
+    /// Set: the next command registration is refused with this reason (a rule Discord added
+    /// that the bot's own check does not know yet).
+    pub refuse_registration: Option<String>,
     /// Routes (`METHOD /path`) answered 429 for their next `n` calls, with this retry delay.
     pub rate_limits: std::collections::HashMap<String, (usize, Duration)>,
     /// Channels where the bot's next typing indicator deletes the newest member message.
@@ -174,6 +177,7 @@ impl World {
             closed_dms: HashSet::new(),
             delete_on_typing: HashSet::new(),
             rate_limits: std::collections::HashMap::new(),
+            refuse_registration: None,
             last_id: 0,
         };
         w.application_id = w.snowflake();

@@ -132,7 +132,13 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
                     // Discord refusing the commands (4xx) is a bug to fix, not a blip: stop loudly.
                     if let serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) = &e {
                         if r.status_code.is_client_error() {
-                            let why = format!("Discord refused the slash commands: {}", r.error.message);
+                            let details: Vec<String> =
+                                r.error.errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+                            let why = format!(
+                                "Discord refused the slash commands: {} {}",
+                                r.error.message,
+                                details.join("; ")
+                            );
                             tracing::error!("{why}");
                             *refused_in_setup.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                             framework.shard_manager().shutdown_all().await;

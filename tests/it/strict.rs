@@ -157,6 +157,24 @@ async fn a_rate_limited_reply_still_arrives_after_the_wait() {
     h.stop_allowing(&[0]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_stops_the_bot_loudly() {
+    let server = DevServer::start().await.unwrap();
+    world(&server);
+    server.refuse_next_registration("0.description: a rule the bot does not know");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::support::config(dir.path());
+    cfg.discord_token = Some(mynah::config::Secret::new(server.token()));
+    cfg.discord_api_base = Some(server.base_url());
+    let mut running = mynah::app::start(cfg).await.unwrap();
+    // What `mynah run` waits on: it exits with this error instead of serving without commands.
+    let stopped = tokio::time::timeout(WAIT, running.failed()).await.expect("the bot stops by itself");
+    let e = stopped.expect_err("stopping is a failure");
+    assert!(e.to_string().contains("Discord refused the slash commands"), "{e:#}");
+    assert!(e.to_string().contains("a rule the bot does not know"), "{e:#}");
+    running.shutdown().await;
+}
+
 /// A client for the devserver's REST API, as a bot would call it.
 struct Rest {
     base: String,
