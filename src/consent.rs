@@ -124,11 +124,11 @@ impl Consent {
         }
     }
 
-    /// Forgets everything about a guild the bot left.
+    /// Forgets the channel choices of a guild the bot left; who opted out or asked to be
+    /// forgotten stays known, in case the bot is invited back.
     pub fn forget_guild(&self, guild: &str) {
+        // Opt-outs and forget requests are kept, as the store keeps them.
         write(&self.channels).retain(|(g, _), _| g != guild);
-        write(&self.opted_out).retain(|(g, _)| g != guild);
-        write(&self.forgotten).retain(|(g, _), _| g != guild);
     }
 }
 

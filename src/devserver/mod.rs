@@ -381,8 +381,21 @@ impl DevServer {
     /// The bot is kicked from (or leaves) a guild.
     pub fn remove_bot_from_guild(&self, guild_id: u64) {
         let mut w = self.shared.world();
-        w.guilds.retain(|g| g.id != guild_id);
+        if let Some(pos) = w.guilds.iter().position(|g| g.id == guild_id) {
+            let g = w.guilds.remove(pos);
+            w.left_guilds.push(g);
+        }
         self.shared.dispatch("GUILD_DELETE", serde_json::json!({ "id": guild_id.to_string() }));
+    }
+
+    /// The bot is invited back to a guild it left; the guild kept its channels, members and
+    /// history meanwhile. Announced with GUILD_CREATE as Discord does.
+    pub fn return_bot_to_guild(&self, guild_id: u64) {
+        let mut w = self.shared.world();
+        let Some(pos) = w.left_guilds.iter().position(|g| g.id == guild_id) else { return };
+        let g = w.left_guilds.remove(pos);
+        w.guilds.push(g);
+        self.announce_guild(&w, guild_id);
     }
 
     /// Messages the bot sent to `user_id` in private, oldest first.

@@ -132,6 +132,8 @@ pub struct World {
     pub application_id: u64,
     pub users: BTreeMap<u64, User>,
     pub guilds: Vec<Guild>,
+    /// Guilds the bot was removed from, kept whole (channels, members, history) for a re-invite.
+    pub left_guilds: Vec<Guild>,
     pub channels: Vec<Channel>,
     pub messages: Vec<Msg>,
     /// The channel of every typing indicator the bot sent.
@@ -165,6 +167,7 @@ impl World {
             application_id: 0,
             users: BTreeMap::new(),
             guilds: Vec::new(),
+            left_guilds: Vec::new(),
             channels: Vec::new(),
             messages: Vec::new(),
             typing: Vec::new(),

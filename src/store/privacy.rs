@@ -184,7 +184,9 @@ impl Store {
                 .bind(guild)
                 .fetch_all(&mut *tx)
                 .await?;
-        for table in ["channel_settings", "opt_outs", "forget_marks", "channel_sync", "model_staleness"] {
+        // Opt-outs and forget requests stay (IDs and a time, no content): if the bot is invited
+        // back, reading the history back must not store those members' messages again.
+        for table in ["channel_settings", "channel_sync", "model_staleness"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE guild_id = ?"))
                 .bind(guild)
                 .execute(&mut *tx)
@@ -403,7 +405,7 @@ mod tests {
         store.mark_stale("g", "run-1", "deleted", 1).await.unwrap();
         assert_eq!(store.purge_guild("g").await.unwrap().messages, 2);
         assert!(store.channel_settings().await.unwrap().is_empty());
-        assert!(store.opt_outs().await.unwrap().is_empty());
+        assert_eq!(store.opt_outs().await.unwrap().len(), 1, "who opted out outlives the guild's data");
         assert_eq!(store.synced_through("g", "c1").await.unwrap(), None);
         assert_eq!(store.staleness("g", "run-1").await.unwrap(), None);
     }

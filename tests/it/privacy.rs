@@ -309,3 +309,32 @@ async fn the_voice_learns_a_new_message_at_once_and_forgets_a_deleted_one_at_onc
     until("the deletion reached the voice", async || h.core.voice_holds(&guild, secret) == Some(false)).await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_outs_and_forget_requests_outlive_leaving_the_guild() {
+    let h = Harness::start().await;
+    h.server.say(h.general, h.member, "bob's old message");
+    h.server.say(h.general, h.listed_admin, "olga's old message");
+    h.server.say(h.general, h.admin, "alice's message");
+    h.wait_stored(3).await;
+    h.ask(h.general, h.member, "!llmoptout").await;
+    h.ask(h.general, h.listed_admin, "!llmforgetme").await;
+    h.ask(h.general, h.listed_admin, "!llmforgetme confirm").await;
+    h.wait_stored(1).await;
+
+    // Kicked, then invited back to the same server, whose history is still there: the read-back
+    // must not bring back what bob and olga took out.
+    h.server.remove_bot_from_guild(h.guild);
+    h.wait_stored(0).await;
+    h.server.return_bot_to_guild(h.guild);
+    h.wait_stored(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(contents(&h).await, vec!["alice's message"]);
+    // Bob is still opted out for what he says from now on.
+    h.server.say(h.general, h.member, "bob, after the return");
+    h.server.say(h.general, h.admin, "alice, after the return");
+    h.wait_stored(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!contents(&h).await.iter().any(|c| c.starts_with("bob")));
+    h.stop().await;
+}
