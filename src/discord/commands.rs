@@ -62,10 +62,11 @@ pub async fn llmtrain(
     ctx.defer().await?;
     let core = &ctx.data().core;
     if option == Some(TrainOption::Cancel) {
-        let text = if core.cancel_training() {
+        let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
+        let text = if core.cancel_training_of(&guild) {
             "Cancelling the running training; the current model stays."
         } else {
-            "No training is running."
+            "No training is running for this server."
         };
         ctx.say(text).await?;
         return Ok(());

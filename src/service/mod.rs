@@ -47,8 +47,13 @@ use crate::store::{Store, StoreError};
 pub enum ServiceError {
     #[error("not training: {} (use force to train anyway)", decision.reason)]
     NotNeeded { guild_id: String, decision: Decision },
-    #[error("a training run is already in progress{}", guild_id.as_deref().map(|g| format!(" (guild {g})")).unwrap_or_default())]
-    AlreadyRunning { guild_id: Option<String> },
+    /// The slot is taken; `guild_id` is the guild training now, never shown to another guild.
+    #[error("a training run is already in progress {}", if guild_id.as_deref() == Some(requested.as_str()) {
+        "for this guild"
+    } else {
+        "for another guild; try again when it has finished"
+    })]
+    AlreadyRunning { guild_id: Option<String>, requested: String },
     #[error("no guild has any collected messages yet, so there is nothing to train on")]
     NothingToTrain,
     #[error("several guilds have messages: say which one with guild_id ({0})")]

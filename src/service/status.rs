@@ -91,7 +91,7 @@ impl Core {
             mode,
             mode_reason,
             model,
-            training: self.trainer.view(),
+            training: self.training_of(guild_id),
             collection: match channel_id {
                 Some(c) => Collection::Channel { collected: self.consent.collects(guild_id, c) },
                 None => Collection::Default { channels: self.consent.describe_default() },
@@ -170,6 +170,20 @@ impl Core {
     /// The running training's progress, or how the last one ended.
     pub fn training(&self) -> TrainingView {
         self.trainer.view()
+    }
+
+    /// The training as one guild may see it: its own run, or its own last result; another
+    /// guild's run shows as idle.
+    pub fn training_of(&self, guild_id: &str) -> TrainingView {
+        let view = self.trainer.view();
+        let own = view.guild_id.as_deref() == Some(guild_id);
+        TrainingView {
+            state: if own { view.state } else { crate::models::trainer::TrainingState::Idle },
+            guild_id: Some(guild_id.to_string()),
+            run_id: view.run_id.filter(|_| own),
+            progress: view.progress.filter(|_| own),
+            last: view.last.filter(|l| l.guild_id == guild_id),
+        }
     }
 
     /// Whether a training run holds the slot.

@@ -53,16 +53,17 @@ impl Core {
         let guild_id = self.resolve_guild(req.guild_id.as_deref()).await?;
         check_guild_id(&guild_id)?;
         let decision = self.should_train(&guild_id).await?;
+        let busy = || ServiceError::AlreadyRunning {
+            guild_id: self.trainer.view().guild_id,
+            requested: guild_id.clone(),
+        };
         if self.trainer.is_running() {
-            return Err(ServiceError::AlreadyRunning { guild_id: self.trainer.view().guild_id });
+            return Err(busy());
         }
         if !req.force && !decision.should_train {
             return Err(ServiceError::NotNeeded { guild_id, decision });
         }
-        let slot = self
-            .trainer
-            .try_begin(&guild_id)
-            .ok_or_else(|| ServiceError::AlreadyRunning { guild_id: self.trainer.view().guild_id })?;
+        let slot = self.trainer.try_begin(&guild_id).ok_or_else(busy)?;
         let records = self.store.export(Some(&guild_id)).await?;
         if records.len() < 20 {
             return Err(ServiceError::Engine(EngineError::NotEnoughData(format!(
@@ -118,6 +119,12 @@ impl Core {
     /// Asks a running training to stop; `false` if none runs.
     pub fn cancel_training(&self) -> bool {
         self.trainer.cancel()
+    }
+
+    /// Cancels the running training only if it is `guild`'s: an admin of one guild cannot stop
+    /// another's run (nor learn that there is one).
+    pub fn cancel_training_of(&self, guild: &str) -> bool {
+        self.trainer.view().guild_id.as_deref() == Some(guild) && self.trainer.cancel()
     }
 
     /// Runs one training on a dedicated thread and records what came of it.

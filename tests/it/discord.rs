@@ -186,3 +186,37 @@ async fn slash_commands_are_registered() {
     assert!(names.contains(&"llmstats".to_string()) && names.contains(&"llmtrain".to_string()), "{names:?}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_guild_neither_sees_nor_cancels_anothers_training() {
+    let h = Harness::start_with(|c| c.engine.epochs = 200).await;
+    let a = h.guild.to_string();
+    h.core.import_jsonl(crate::support::sample(), Some(&a), true).await.unwrap();
+    // A second server with its own admin.
+    let other = h.server.create_guild("Other Guild");
+    let lobby = h.server.create_channel(other, "lobby");
+    let boss = h.server.create_user("boss");
+    h.server.add_member(other, boss, mynah::devserver::MANAGE_GUILD);
+    h.server.wait_for(WAIT, || h.server.channel_name(lobby)).await.unwrap();
+
+    let started = h.ask(h.general, h.admin, "!llmtrain force").await;
+    assert!(started.content.starts_with("Training started"), "{}", started.content);
+    assert!(h.core.is_training());
+
+    let stats = h.ask(lobby, boss, "!llmstats").await;
+    assert!(stats.content.contains("**Training:** idle"), "{}", stats.content);
+    assert!(!stats.content.contains(&a), "no trace of the other guild: {}", stats.content);
+    let cancel = h.ask(lobby, boss, "!llmtrain cancel").await;
+    assert_eq!(cancel.content, "No training is running for this server.");
+    assert!(h.core.is_training(), "the other guild's run goes on");
+    let busy = h.ask(lobby, boss, "!llmtrain force").await;
+    assert!(busy.content.contains("already in progress for another guild"), "{}", busy.content);
+    assert!(!busy.content.contains(&a), "{}", busy.content);
+
+    let mine = h.ask(h.general, h.admin, "!llmstats").await;
+    assert!(mine.content.contains("**Training:** running"), "{}", mine.content);
+    let cancel = h.ask(h.general, h.admin, "!llmtrain cancel").await;
+    assert!(cancel.content.starts_with("Cancelling"), "{}", cancel.content);
+    h.wait_training_done().await;
+    h.stop().await;
+}
