@@ -48,6 +48,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             return Err(e.into());
         }
     };
+    core.remove_model_leftovers().await;
     core.build_voices_later();
     let (stop, stopped) = watch::channel(false);
     let api = listener.map(|listener| {

@@ -99,6 +99,9 @@ pub struct Config {
     /// Messages read back from a channel's history when it is first collected (and at most
     /// this many when catching up after downtime); 0 reads nothing back.
     pub backfill_messages: u64,
+    /// How many replaced models of a guild stay on disk besides the current one
+    /// (`MYNAH_KEEP_RUNS`); the rest are deleted at each swap and at start-up.
+    pub keep_runs: usize,
     /// Messages older than this many days are deleted (`None`: kept until removed otherwise).
     pub retention_days: Option<u64>,
 }
@@ -149,6 +152,7 @@ impl Default for Config {
             limits: Limits::default(),
             stale_fallback: false,
             backfill_messages: 1000,
+            keep_runs: 2,
             retention_days: None,
         }
     }
@@ -241,6 +245,7 @@ impl Config {
         l.channel_per_minute =
             number(&get, "MYNAH_CHANNEL_REPLIES_PER_MINUTE", l.channel_per_minute as u64)?.min(10_000) as u32;
         cfg.backfill_messages = number(&get, "MYNAH_BACKFILL_MESSAGES", cfg.backfill_messages)?;
+        cfg.keep_runs = number(&get, "MYNAH_KEEP_RUNS", cfg.keep_runs as u64)? as usize;
         cfg.retention_days = match number(&get, "MYNAH_RETENTION_DAYS", 0)? {
             0 => None,
             n => Some(n.min(100_000)),

@@ -79,6 +79,88 @@ pub fn set_current(guild_dir: &Path, run: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// When a run's manifest was written (its directory's time if it has none).
+fn written(run_dir: &Path) -> std::time::SystemTime {
+    std::fs::metadata(run_dir.join("meta.json"))
+        .or_else(|_| std::fs::metadata(run_dir))
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+}
+
+/// The run directories of a guild written before the current one, newest first. A run newer
+/// than the current one is left alone: a training may be about to point `CURRENT` at it.
+fn older_runs(guild_dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(current) = std::fs::read_to_string(guild_dir.join(CURRENT)) else { return Vec::new() };
+    let current = current.trim().to_string();
+    let current_written = written(&guild_dir.join(&current));
+    let Ok(entries) = std::fs::read_dir(guild_dir) else { return Vec::new() };
+    let mut runs: Vec<(std::time::SystemTime, String, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .filter(|(name, _)| name.starts_with("run-") && *name != current)
+        .map(|(name, path)| (written(&path), name, path))
+        .filter(|(at, _, _)| *at <= current_written)
+        .collect();
+    runs.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    runs.into_iter().map(|(_, name, path)| (name, path)).collect()
+}
+
+/// Deletes the guild's runs that may not stay: all but the current one and the `keep` newest
+/// older ones, and any older one `drop` names (it learned from messages removed since).
+/// Returns the names deleted; a run that cannot be deleted is logged and left.
+pub fn prune(guild_dir: &Path, keep: usize, drop: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut kept = 0;
+    let mut deleted = Vec::new();
+    for (name, path) in older_runs(guild_dir) {
+        if !drop(&name) && kept < keep {
+            kept += 1;
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => deleted.push(name),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not delete an old model run"),
+        }
+    }
+    deleted
+}
+
+/// Deletes what interrupted work left in a guild's directory: half-written runs (`.tmp-*`) and
+/// bundle uploads (`.incoming-*`). Only at start-up, when nothing can be writing them.
+pub fn remove_leftovers(guild_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(guild_dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        let Ok(name) = e.file_name().into_string() else { continue };
+        if !(name.starts_with(".tmp-") || name.starts_with(".incoming-")) {
+            continue;
+        }
+        let gone = if e.path().is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        match gone {
+            Ok(()) => removed.push(name),
+            Err(err) => {
+                tracing::warn!(path = %e.path().display(), error = %err, "could not delete a leftover")
+            }
+        }
+    }
+    removed
+}
+
+/// The guild directories under `root` (the pretrained base's left out).
+pub fn guild_dirs(root: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .filter(|(name, _)| !RESERVED.contains(&name.as_str()) && !name.starts_with('.'))
+        .collect()
+}
+
 fn current(guild_id: &str, guild_dir: &Path) -> Found {
     let broken = |reason: String| Found::Broken { guild_id: guild_id.to_string(), reason };
     let run = match std::fs::read_to_string(guild_dir.join(CURRENT)) {
@@ -136,6 +218,41 @@ mod tests {
         set_current(root.path(), "run-2").unwrap();
         assert_eq!(std::fs::read_to_string(root.path().join(CURRENT)).unwrap(), "run-2");
         assert!(!root.path().join(format!("{CURRENT}.tmp")).exists());
+    }
+
+    #[test]
+    fn old_runs_are_pruned_to_the_newest_and_leftovers_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for run in ["run-1", "run-2", "run-3", "run-4", "run-5"] {
+            checkpoint(root, "g", run, "{}");
+            // Distinct modification times, oldest first.
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        let g = root.join("g");
+        // run-5 is newer than the current run: a training about to switch to it.
+        set_current(&g, "run-4").unwrap();
+        std::fs::create_dir_all(g.join(".tmp-run-9")).unwrap();
+        std::fs::create_dir_all(g.join(".incoming-00ff")).unwrap();
+        let deleted = prune(&g, 1, |name| name == "run-3");
+        assert_eq!(
+            deleted,
+            vec!["run-3".to_string(), "run-1".to_string()],
+            "stale, then beyond the newest one"
+        );
+        for (run, exists) in
+            [("run-1", false), ("run-2", true), ("run-3", false), ("run-4", true), ("run-5", true)]
+        {
+            assert_eq!(g.join(run).exists(), exists, "{run}");
+        }
+        assert_eq!(remove_leftovers(&g).len(), 2);
+        assert!(!g.join(".tmp-run-9").exists() && !g.join(".incoming-00ff").exists());
+        assert_eq!(prune(&g, 0, |_| true), vec!["run-2".to_string()]);
+        assert!(g.join("run-5").exists(), "never a run newer than the current one");
+        assert!(
+            matches!(&scan(root)[0], Found::Ready(m) if m.run == "run-4"),
+            "the current run always stays"
+        );
     }
 
     #[test]

@@ -150,12 +150,38 @@ impl Core {
         self.events.subscribe()
     }
 
+    /// Deletes what a stop interrupted under `models/`: half-written runs and bundle uploads.
+    /// Only for the serving process at start-up (`app::start`), when nothing of its own writes
+    /// them; a one-shot command next to a live bot must not.
+    pub async fn remove_model_leftovers(&self) {
+        let root = self.config.models_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            crate::models::registry::guild_dirs(&root)
+                .iter()
+                .flat_map(|(_, dir)| crate::models::registry::remove_leftovers(dir))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        if !removed.is_empty() {
+            tracing::info!(leftovers = ?removed, "deleted what an interrupted training or upload left");
+        }
+    }
+
     /// Closes the database (after [`Core::shutdown`], or at the end of a one-shot command).
     pub async fn close(&self) {
         self.store.close().await;
     }
 
     async fn load_models(self: &Arc<Self>) {
+        // Models beyond what may stay go before anything loads.
+        let root = self.config.models_dir.clone();
+        let guilds = tokio::task::spawn_blocking(move || crate::models::registry::guild_dirs(&root))
+            .await
+            .unwrap_or_default();
+        for (guild, _) in guilds {
+            self.prune_runs(&guild).await;
+        }
         let core = self.clone();
         let loaded =
             tokio::task::spawn_blocking(move || core.serving.load_all(&core.config.models_dir, &core.device));

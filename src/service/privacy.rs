@@ -223,6 +223,16 @@ impl Core {
             if seen > 0 {
                 self.store.mark_stale(guild, &run_name(&model), reason, seen).await?;
                 tracing::info!(guild, seen, reason, "the serving model is stale");
+                // Its predecessors learned from the same removed messages (or older ones): they
+                // go now; the stale model itself goes once a retrained one replaces it.
+                let dir = self.config.models_dir.join(guild);
+                let pruned =
+                    tokio::task::spawn_blocking(move || crate::models::registry::prune(&dir, 0, |_| true))
+                        .await
+                        .unwrap_or_default();
+                if !pruned.is_empty() {
+                    tracing::info!(guild, runs = ?pruned, "deleted the stale model's predecessors");
+                }
             }
         }
         Ok(())

@@ -181,6 +181,27 @@ impl Core {
     }
 
     /// Records a model that is already current on disk, serves it and announces it.
+    /// Deletes the guild's replaced models beyond `MYNAH_KEEP_RUNS`, and those that learned
+    /// from messages removed since: weights must not keep what members took back.
+    pub(super) async fn prune_runs(&self, guild_id: &str) {
+        let stale = match self.store.stale_runs(guild_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(guild = guild_id, error = %e, "not pruning old models: staleness unknown");
+                return;
+            }
+        };
+        let (dir, keep) = (self.config.models_dir.join(guild_id), self.config.keep_runs);
+        let pruned = tokio::task::spawn_blocking(move || {
+            crate::models::registry::prune(&dir, keep, |run| stale.iter().any(|s| s == run))
+        })
+        .await
+        .unwrap_or_default();
+        if !pruned.is_empty() {
+            tracing::info!(guild = guild_id, runs = ?pruned, "deleted replaced models");
+        }
+    }
+
     pub(super) async fn serve_new_model(&self, guild_id: &str, run_id: i64, loaded: Arc<Loaded>) {
         let meta = &loaded.meta;
         if let Err(e) = self
@@ -200,6 +221,7 @@ impl Core {
         let previous = self.serving.get(guild_id).and_then(|m| m.meta.val_bits_per_byte);
         let val_bits_per_byte = meta.val_bits_per_byte.unwrap_or(f64::NAN);
         self.serving.install(guild_id, loaded);
+        self.prune_runs(guild_id).await;
         if let Err(e) = self.build_voice(guild_id).await {
             tracing::warn!(error = %e, "could not build the new model's voice");
         }

@@ -309,6 +309,14 @@ impl Store {
         Ok(())
     }
 
+    /// The guild's runs marked stale (they learned from messages removed since).
+    pub async fn stale_runs(&self, guild: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT run FROM model_staleness WHERE guild_id = ?")
+            .bind(guild)
+            .fetch_all(&self.read)
+            .await?)
+    }
+
     pub async fn staleness(&self, guild: &str, run: &str) -> Result<Option<Staleness>> {
         let row = sqlx::query(
             "SELECT since_ms, reason, removed FROM model_staleness WHERE guild_id = ? AND run = ?",

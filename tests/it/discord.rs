@@ -49,7 +49,7 @@ async fn admins_are_told_why_training_cannot_start_and_nothing_false_is_recorded
     assert!(reply.content.contains("I didn't understand"), "{}", reply.content);
     assert!(reply.content.contains("`!llmtrain force`"), "{}", reply.content);
     let reply = h.ask(h.general, h.admin, "!llmtrain cancel").await;
-    assert_eq!(reply.content, "No training is running.");
+    assert_eq!(reply.content, "No training is running for this server.");
     let reply = h.ask(h.general, h.member, "!llmtrain cancel").await;
     assert!(reply.content.contains("Only server admins"), "{}", reply.content);
     assert_eq!(h.core.runs(None, 10).await.unwrap(), vec![], "no run was recorded");

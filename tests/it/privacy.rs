@@ -338,3 +338,38 @@ async fn opt_outs_and_forget_requests_outlive_leaving_the_guild() {
     assert!(!contents(&h).await.iter().any(|c| c.starts_with("bob")));
     h.stop().await;
 }
+
+/// The run directories of a guild on disk, sorted.
+fn runs_on_disk(h: &Harness) -> Vec<String> {
+    let dir = h.core.config().models_dir.join(h.guild.to_string());
+    let mut runs: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("run-"))
+        .collect();
+    runs.sort();
+    runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_models_are_pruned_and_those_that_learned_removed_messages_go() {
+    let h = Harness::start_with(|c| c.keep_runs = 1).await;
+    h.core.import_jsonl(crate::support::sample(), Some(&h.guild.to_string()), true).await.unwrap();
+    let doomed = h.server.say(h.general, h.member, "a message that will be deleted");
+    h.wait_stored(1501).await;
+    for _ in 0..3 {
+        h.ask(h.general, h.admin, "!llmtrain force").await;
+        assert_eq!(h.wait_training_done().await.outcome, mynah::store::RunOutcome::Succeeded);
+    }
+    // The current model and one replaced one.
+    assert_eq!(runs_on_disk(&h), vec!["run-2", "run-3"]);
+
+    // A deletion makes the serving model stale; the older one learned the message too and goes.
+    h.server.delete(doomed);
+    until("the older model is deleted", async || runs_on_disk(&h) == vec!["run-3"]).await;
+    // Once retrained, the stale model goes as well, though one replaced model may stay.
+    h.ask(h.general, h.admin, "!llmtrain force").await;
+    assert_eq!(h.wait_training_done().await.outcome, mynah::store::RunOutcome::Succeeded);
+    assert_eq!(runs_on_disk(&h), vec!["run-4"]);
+    h.stop().await;
+}
