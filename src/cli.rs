@@ -153,7 +153,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                     let token = token.context("--remote needs --token (or MYNAH_REMOTE_TOKEN)")?;
                     let guild = match guild {
                         Some(g) => g,
-                        None => crate::models::remote::only_guild(&url).await?,
+                        None => crate::models::remote::only_guild(&url, &token).await?,
                     };
                     if let Some(e) = epochs {
                         config.engine.epochs = e as usize;

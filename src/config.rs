@@ -80,6 +80,9 @@ pub struct Config {
     /// `None` when the API is switched off (`MYNAH_API_ADDR=off`).
     pub api_addr: Option<SocketAddr>,
     pub api_token: Option<Secret>,
+    /// With a token set: whether `GET /api/ml/status` answers without it, in a public form
+    /// (no IDs, no error text) (`MYNAH_PUBLIC_STATUS`).
+    pub public_status: bool,
     pub prefix: String,
     pub admin_ids: BTreeSet<u64>,
     pub collect: Collect,
@@ -140,6 +143,7 @@ impl Default for Config {
             models_dir: PathBuf::from("models"),
             api_addr: Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
             api_token: None,
+            public_status: false,
             prefix: "!".into(),
             admin_ids: BTreeSet::new(),
             collect: Collect::Nothing,
@@ -187,7 +191,20 @@ impl Config {
                 })?)
             };
         }
-        cfg.api_token = get("MYNAH_API_TOKEN").map(Secret::new);
+        if let Some(token) = get("MYNAH_API_TOKEN") {
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                let shown = "*".repeat(token.chars().count());
+                return Err(err(
+                    "MYNAH_API_TOKEN",
+                    &shown,
+                    "at least 16 characters (e.g. the output of `openssl rand -hex 24`)",
+                ));
+            }
+            cfg.api_token = Some(Secret::new(token));
+        }
+        if let Some(v) = get("MYNAH_PUBLIC_STATUS") {
+            cfg.public_status = switch(&v).ok_or_else(|| err("MYNAH_PUBLIC_STATUS", &v, "on or off"))?;
+        }
         if let Some(prefix) = get("MYNAH_PREFIX") {
             if prefix.chars().any(char::is_whitespace) || prefix.chars().count() > 8 {
                 return Err(err("MYNAH_PREFIX", &prefix, "1 to 8 characters without spaces, like !"));
@@ -349,6 +366,9 @@ fn seconds(
     Ok(std::time::Duration::from_secs_f64(float(get, var, default.as_secs_f64(), 0.0, 86_400.0)?))
 }
 
+/// The shortest `MYNAH_API_TOKEN` accepted: a token that can be guessed protects nothing.
+const MIN_TOKEN_CHARS: usize = 16;
+
 fn switch(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "on" | "true" | "1" | "yes" => Some(true),
@@ -442,7 +462,12 @@ mod tests {
     fn an_open_api_without_a_token_is_refused() {
         let open = config(&[("MYNAH_API_ADDR", "0.0.0.0:3000")]).unwrap();
         assert!(open.check_api_exposure().unwrap_err().contains("MYNAH_API_TOKEN"));
-        let guarded = config(&[("MYNAH_API_ADDR", "0.0.0.0:3000"), ("MYNAH_API_TOKEN", "t")]).unwrap();
+        let guarded =
+            config(&[("MYNAH_API_ADDR", "0.0.0.0:3000"), ("MYNAH_API_TOKEN", "a-long-enough-token")])
+                .unwrap();
+        let short = config(&[("MYNAH_API_TOKEN", "hunter2")]).unwrap_err();
+        assert_eq!(short.var, "MYNAH_API_TOKEN");
+        assert!(!short.to_string().contains("hunter2"), "the value is never echoed: {short}");
         assert!(guarded.check_api_exposure().is_ok());
         assert!(config(&[]).unwrap().check_api_exposure().is_ok());
     }

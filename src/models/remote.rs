@@ -19,10 +19,15 @@ pub struct Pushed {
 }
 
 /// The only guild with messages on the instance at `base`, for `--remote` without `--guild`.
-pub async fn only_guild(base: &str) -> anyhow::Result<String> {
-    let status: serde_json::Value = reqwest::get(format!("{}/api/ml/status", base.trim_end_matches('/')))
+pub async fn only_guild(base: &str, token: &str) -> anyhow::Result<String> {
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/ml/status", base.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
         .await
         .with_context(|| format!("Failed to reach {base}"))?
+        .error_for_status()
+        .with_context(|| format!("{base} refused the status request (is the token right?)"))?
         .json()
         .await
         .context("unexpected answer from /api/ml/status")?;

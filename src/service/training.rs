@@ -180,7 +180,6 @@ impl Core {
         drop(slot);
     }
 
-    /// Records a model that is already current on disk, serves it and announces it.
     /// Deletes the guild's replaced models beyond `MYNAH_KEEP_RUNS`, and those that learned
     /// from messages removed since: weights must not keep what members took back.
     pub(super) async fn prune_runs(&self, guild_id: &str) {
@@ -202,6 +201,7 @@ impl Core {
         }
     }
 
+    /// Records a model that is already current on disk, serves it and announces it.
     pub(super) async fn serve_new_model(&self, guild_id: &str, run_id: i64, loaded: Arc<Loaded>) {
         let meta = &loaded.meta;
         if let Err(e) = self

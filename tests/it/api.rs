@@ -20,9 +20,13 @@ struct Api {
 
 impl Api {
     async fn new(token: Option<&str>) -> Api {
+        Self::with(|cfg| cfg.api_token = token.map(Secret::new)).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut mynah::config::Config)) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = support::config(dir.path());
-        cfg.api_token = token.map(Secret::new);
+        tweak(&mut cfg);
         let store = Store::open(&cfg.database_url).await.unwrap();
         Api { core: Core::open(cfg, store).await.unwrap(), dir }
     }
@@ -232,8 +236,9 @@ async fn initialize_rereads_the_models_directory() {
 }
 
 #[tokio::test]
-async fn post_routes_need_the_token_when_one_is_set() {
-    let api = Api::new(Some("s3cret")).await;
+async fn every_route_needs_the_token_when_one_is_set_but_health() {
+    const TOKEN: &str = "a-token-of-24-characters";
+    let api = Api::new(Some(TOKEN)).await;
     let first = support::sample().lines().take(100).collect::<Vec<_>>().join("\n");
     api.core.import_jsonl(&first, Some("42"), true).await.unwrap();
     let (status, body) = api.call("POST", "/api/ml/train", Some("{}"), None).await;
@@ -241,11 +246,48 @@ async fn post_routes_need_the_token_when_one_is_set() {
     assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
     let (status, _) = api.call("POST", "/api/ml/initialize", None, Some("wrong")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, body) = api.call("POST", "/api/ml/train", Some("{}"), Some("s3cret")).await;
+    // Reading is guarded too: status, runs and decisions name guilds, admins and errors.
+    for path in ["/api/ml/status", "/api/ml/runs", "/api/ml/should-train", "/api/ml/nope"] {
+        let (status, _) = api.call("GET", path, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let (status, _) = api.call("GET", path, None, Some(&TOKEN[..23])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: a token one character short");
+    }
+    let (status, body) = api.call("GET", "/healthz", None, None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "ok": true })));
+    let (status, body) = api.call("POST", "/api/ml/train", Some("{}"), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["started"], false, "the policy wants 500 messages for a first model: {body}");
-    let (status, _) = api.call("GET", "/api/ml/status", None, None).await;
+    let (status, body) = api.call("GET", "/api/ml/status", None, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["guilds"][0]["guild_id"], "42");
+}
+
+#[tokio::test]
+async fn a_public_status_shows_no_ids_and_posts_must_be_json() {
+    let api = Api::with(|cfg| {
+        cfg.api_token = Some(Secret::new("a-token-of-24-characters"));
+        cfg.public_status = true;
+    })
+    .await;
+    api.core.import_jsonl(support::sample(), Some("42"), true).await.unwrap();
+    let (status, body) = api.call("GET", "/api/ml/status", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["guilds"], 1, "{body}");
+    assert!(!body.to_string().contains("42"), "no guild IDs in public: {body}");
+    let (status, _) = api.call("GET", "/api/ml/runs", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "only the status is public");
+
+    // A web page can post text or a form to a loopback API without asking; not JSON.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/ml/train")
+        .header("authorization", "Bearer a-token-of-24-characters")
+        .header("content-type", "text/plain")
+        .body(Body::from("{}"))
+        .unwrap();
+    let res = mynah::api::router(api.core.clone()).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ async fn serve(core: Arc<Core>) -> (String, tokio::sync::oneshot::Sender<()>) {
 async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = support::config(dir.path());
-    cfg.api_token = Some(Secret::new("s3cret"));
+    cfg.api_token = Some(Secret::new("s3cret-s3cret-s3cret"));
     let store = Store::open(&cfg.database_url).await.unwrap();
     let serving = Core::open(cfg, store).await.unwrap();
     serving.import_jsonl(support::sample(), Some("42"), true).await.unwrap();
@@ -41,7 +41,7 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     assert_eq!(res.status(), 401);
     let res = client
         .get(format!("{url}/api/training/corpus?guild_id=42"))
-        .bearer_auth("s3cret")
+        .bearer_auth("s3cret-s3cret-s3cret")
         .send()
         .await
         .unwrap();
@@ -51,9 +51,11 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     // The second instance: its own config and models, no database of its own needed.
     let trainer_dir = tempfile::tempdir().unwrap();
     let trainer_cfg = support::config(trainer_dir.path());
-    assert_eq!(mynah::models::remote::only_guild(&url).await.unwrap(), "42");
+    assert_eq!(mynah::models::remote::only_guild(&url, "s3cret-s3cret-s3cret").await.unwrap(), "42");
     let pushed =
-        mynah::models::remote::train_remote(&trainer_cfg, &url, "s3cret", "42", |_| {}).await.unwrap();
+        mynah::models::remote::train_remote(&trainer_cfg, &url, "s3cret-s3cret-s3cret", "42", |_| {})
+            .await
+            .unwrap();
     assert_eq!(pushed.guild_id, "42");
 
     let status = serving.status().await.unwrap();
@@ -86,13 +88,18 @@ async fn a_model_trained_elsewhere_is_validated_and_served_without_a_restart() {
     std::fs::write(tampered.path().join("config.json"), config.to_string()).unwrap();
     let bundle = mynah::models::bundle::pack(tampered.path()).unwrap();
     let push = |body: Vec<u8>, token: &'static str| {
-        client.post(format!("{url}/api/training/model?guild_id=42")).bearer_auth(token).body(body).send()
+        client
+            .post(format!("{url}/api/training/model?guild_id=42"))
+            .bearer_auth(token)
+            .header("content-type", "application/x-tar")
+            .body(body)
+            .send()
     };
-    let res = push(bundle.clone(), "s3cret").await.unwrap();
+    let res = push(bundle.clone(), "s3cret-s3cret-s3cret").await.unwrap();
     assert_eq!(res.status(), 400);
     let body: serde_json::Value = res.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("refused"), "{body}");
-    assert_eq!(push(b"not a tar archive".to_vec(), "s3cret").await.unwrap().status(), 400);
+    assert_eq!(push(b"not a tar archive".to_vec(), "s3cret-s3cret-s3cret").await.unwrap().status(), 400);
     assert_eq!(push(bundle, "wrong").await.unwrap().status(), 401);
     let after = serving.status().await.unwrap();
     assert_eq!(after.model.unwrap().run, format!("run-{}", pushed.run_id), "the current model stays");

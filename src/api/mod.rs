@@ -1,6 +1,8 @@
 //! The HTTP API (axum), compatible with the old bot's clients. Every handler is a thin adapter
 //! over [`crate::service::Core`]; errors are JSON `{"error": "..."}` with a fitting status.
 
+mod auth;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -81,9 +83,11 @@ pub fn router(core: Arc<Core>) -> Router {
             post(upload_model)
                 .layer(axum::extract::DefaultBodyLimit::max(crate::models::bundle::MAX_BUNDLE_BYTES)),
         )
-        .route_layer(middleware::from_fn_with_state(core.clone(), require_token_always));
+        .route_layer(middleware::from_fn_with_state(core.clone(), remote_allowed));
+    let guard = Arc::new(auth::Guard::default());
     Router::new()
         .merge(remote)
+        .route("/healthz", get(healthz))
         .route("/api/ml/status", get(status))
         .route("/api/ml/train", post(train).delete(cancel))
         .route("/api/ml/should-train", get(should_train))
@@ -91,7 +95,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/ml/runs", get(runs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(core.clone(), require_token))
+        .layer(middleware::from_fn(json_posts_only))
+        .layer(middleware::from_fn_with_state((core.clone(), guard), auth::check))
         .with_state(core)
 }
 
@@ -102,56 +107,54 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!("HTTP API listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(core)).with_graceful_shutdown(shutdown).await?;
+    let app = router(core).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
 
-/// When `MYNAH_API_TOKEN` is set, every state-changing request needs it as a bearer token.
-async fn require_token(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
-    match &core.config().api_token {
-        Some(token) if req.method() != Method::GET && !bearer_matches(&req, token) => unauthorized(),
-        _ => next.run(req).await,
-    }
-}
-
-fn bearer_matches(req: &Request, token: &crate::config::Secret) -> bool {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    presented == Some(token.expose())
-}
-
-fn unauthorized() -> Response {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong token: send Authorization: Bearer <MYNAH_API_TOKEN>",
-    )
-    .into_response()
-}
-
-async fn require_token_always(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
-    let Some(token) = &core.config().api_token else {
+/// Remote training hands out the whole corpus and replaces models: without a token configured
+/// its routes stay shut (with one, [`auth::check`] has already checked it).
+async fn remote_allowed(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
+    if core.config().api_token.is_none() {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "remote training is off: set MYNAH_API_TOKEN on this instance to allow it",
         )
         .into_response();
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(token.expose()) {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token: send Authorization: Bearer <MYNAH_API_TOKEN>",
-        )
-        .into_response();
     }
     next.run(req).await
+}
+
+/// POST bodies must say they are JSON (or, for a model bundle, binary): a web page can post a
+/// form or text to a loopback API without asking, but not a JSON body.
+async fn json_posts_only(req: Request, next: Next) -> Response {
+    if req.method() == Method::POST {
+        let kind = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let kind = kind.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let wanted = if req.uri().path() == "/api/training/model" {
+            ["application/octet-stream", "application/x-tar", "application/gzip"].contains(&kind.as_str())
+        } else {
+            kind == "application/json" || (kind.is_empty() && is_empty_body(&req))
+        };
+        if !wanted {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("send the body as application/json (or a bundle as application/octet-stream), not {kind:?}"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// A POST without a body (`curl -X POST`) needs no content type: there is nothing to read.
+fn is_empty_body(req: &Request) -> bool {
+    axum::body::HttpBody::size_hint(req.body()).exact() == Some(0)
+}
+
+/// Liveness for load balancers and Docker: no data, no token needed.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "ok": true }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,8 +200,20 @@ async fn upload_model(
     Ok(Json(json!({ "installed": true, "guild_id": installed.guild_id, "run_id": installed.run_id })))
 }
 
-async fn status(State(core): State<Arc<Core>>) -> ApiResult {
-    Ok(Json(json!(core.status().await?)))
+async fn status(State(core): State<Arc<Core>>, access: Option<axum::Extension<auth::Access>>) -> ApiResult {
+    let status = core.status().await?;
+    if access.map(|a| a.0) != Some(auth::Access::Public) {
+        return Ok(Json(json!(status)));
+    }
+    // The public form: what a status page shows, without guild IDs, user IDs or error text.
+    Ok(Json(json!({
+        "mode": status.mode,
+        "guilds": status.guilds.len(),
+        "models": status.models.len(),
+        "training": status.training.state,
+        "uptime_seconds": status.uptime_seconds,
+        "version": status.version,
+    })))
 }
 
 #[derive(Debug, Default, Deserialize)]
