@@ -2,6 +2,17 @@
 //! over [`crate::service::Core`]; errors are JSON `{"error": "..."}` with a fitting status.
 
 mod auth;
+mod serve;
+
+pub use serve::{serve_with, Limits};
+
+/// A whole request (headers to response) may take this long; then 408.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// A request body must arrive within this; a model bundle (up to 512 MiB) gets longer.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+const BUNDLE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Requests served at once; more wait their turn.
+const IN_FLIGHT: usize = 64;
 
 use std::sync::Arc;
 
@@ -83,33 +94,37 @@ pub fn router(core: Arc<Core>) -> Router {
             post(upload_model)
                 .layer(axum::extract::DefaultBodyLimit::max(crate::models::bundle::MAX_BUNDLE_BYTES)),
         )
+        .route_layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BUNDLE_DEADLINE))
         .route_layer(middleware::from_fn_with_state(core.clone(), remote_allowed));
     let guard = Arc::new(auth::Guard::default());
     Router::new()
-        .merge(remote)
         .route("/healthz", get(healthz))
         .route("/api/ml/status", get(status))
         .route("/api/ml/train", post(train).delete(cancel))
         .route("/api/ml/should-train", get(should_train))
         .route("/api/ml/initialize", post(initialize))
         .route("/api/ml/runs", get(runs))
+        .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_DEADLINE,
+        ))
+        .route_layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_DEADLINE))
+        .merge(remote)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(json_posts_only))
         .layer(middleware::from_fn_with_state((core.clone(), guard), auth::check))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(IN_FLIGHT))
         .with_state(core)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, with the default [`Limits`].
 pub async fn serve(
     core: Arc<Core>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!("HTTP API listening on http://{}", listener.local_addr()?);
-    let app = router(core).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+    serve_with(core, listener, shutdown, Limits::default()).await
 }
 
 /// Remote training hands out the whole corpus and replaces models: without a token configured
