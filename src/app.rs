@@ -65,6 +65,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(minutes, "scheduled retraining is on");
         tasks.push(crate::scheduler::spawn(core.clone(), Duration::from_secs(minutes * 60), stopped.clone()));
     }
+    tasks.push(crate::scheduler::spawn_removal_retries(core.clone(), config.removal_retry, stopped.clone()));
     if let Some(days) = config.retention_days {
         tracing::info!(days, "messages older than the retention period are deleted hourly");
         tasks.push(crate::scheduler::spawn_retention(core.clone(), stopped.clone()));

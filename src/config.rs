@@ -105,6 +105,9 @@ pub struct Config {
     /// How many replaced models of a guild stay on disk besides the current one
     /// (`MYNAH_KEEP_RUNS`); the rest are deleted at each swap and at start-up.
     pub keep_runs: usize,
+    /// How often removals from Discord that could not be applied are retried (30 s; tests
+    /// shorten it).
+    pub removal_retry: std::time::Duration,
     /// Messages older than this many days are deleted (`None`: kept until removed otherwise).
     pub retention_days: Option<u64>,
 }
@@ -157,6 +160,7 @@ impl Default for Config {
             stale_fallback: false,
             backfill_messages: 1000,
             keep_runs: 2,
+            removal_retry: std::time::Duration::from_secs(30),
             retention_days: None,
         }
     }

@@ -83,6 +83,23 @@ pub fn spawn_retention(core: Arc<Core>, stop: watch::Receiver<bool>) -> tokio::t
     })
 }
 
+/// Retries the removals from Discord that could not be applied yet, every `every`.
+pub fn spawn_removal_retries(
+    core: Arc<Core>,
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    periodic(every, stop, move || {
+        let core = core.clone();
+        async move {
+            let left = core.apply_pending_removals().await;
+            if left > 0 {
+                tracing::warn!(pending = left, "removals from Discord still wait to be applied");
+            }
+        }
+    })
+}
+
 /// Runs `round` now and then every `every`, one at a time, until `stop` turns true.
 fn periodic<F, Fut>(
     every: Duration,

@@ -74,7 +74,7 @@ impl Core {
 
     /// Stored messages, of one guild or all, oldest first.
     pub async fn export(&self, guild_id: Option<&str>) -> Result<Vec<Record>, ServiceError> {
-        Ok(self.store.export(guild_id).await?)
+        self.corpus_records(guild_id).await
     }
 
     /// The guild's corpus as JSONL lines, oldest first (for training on another machine).

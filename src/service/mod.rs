@@ -16,6 +16,7 @@ mod corpus;
 mod deleted;
 mod models;
 mod privacy;
+mod removals;
 mod replies;
 mod status;
 mod training;
@@ -106,6 +107,8 @@ pub struct Core {
     replies_in_flight: AtomicUsize,
     /// Messages and channels Discord deleted lately; history read before cannot restore them.
     deleted: deleted::Deleted,
+    /// Removals from Discord not applied to the store yet (it failed); retried until they are.
+    pending: removals::PendingRemovals,
 }
 
 impl Core {
@@ -135,8 +138,15 @@ impl Core {
             closing: AtomicBool::new(false),
             replies_in_flight: AtomicUsize::new(0),
             deleted: deleted::Deleted::default(),
+            pending: removals::PendingRemovals::default(),
         });
         core.load_models().await;
+        // Removals a previous run could not apply come before anything reads the corpus.
+        core.load_pending_removals().await?;
+        let left = core.apply_pending_removals().await;
+        if left > 0 {
+            tracing::warn!(pending = left, "removals from Discord still cannot be applied; retrying");
+        }
         Ok(core)
     }
 

@@ -109,43 +109,6 @@ impl Core {
         })
     }
 
-    /// Messages deleted on Discord (one, or a bulk deletion).
-    pub async fn messages_deleted(&self, guild: &str, ids: &[String]) -> Result<Purged, ServiceError> {
-        // Remembered first: a history page read before this cannot store them again.
-        self.deleted.messages(guild, ids);
-        let purged = self.store.purge_messages(guild, ids).await?;
-        self.removed(guild, &purged, "messages were deleted on Discord").await?;
-        Ok(purged)
-    }
-
-    /// A message edited on Discord: the stored copy takes the new text (scrubbed); the old text
-    /// counts as removed.
-    pub async fn message_edited(
-        &self,
-        guild: &str,
-        id: &str,
-        content: &str,
-        edited_at: &str,
-    ) -> Result<bool, ServiceError> {
-        let content =
-            if self.config.scrub { crate::scrub::scrub(content).into_owned() } else { content.to_string() };
-        let Some(created_ms) = self.store.update_content(guild, id, &content, edited_at).await? else {
-            return Ok(false);
-        };
-        self.build_voice(guild).await?;
-        self.mark_if_seen(guild, |until| u64::from(created_ms <= until), "a message was edited on Discord")
-            .await?;
-        Ok(true)
-    }
-
-    /// A channel or thread was deleted on Discord.
-    pub async fn channel_deleted(&self, guild: &str, channel: &str) -> Result<Purged, ServiceError> {
-        self.deleted.channel(guild, channel);
-        let purged = self.store.purge_channel(guild, channel).await?;
-        self.removed(guild, &purged, "a channel was deleted on Discord").await?;
-        Ok(purged)
-    }
-
     /// The bot was removed from a guild: its messages, settings and models go. Nobody there
     /// can talk to the model any more, and it was made of their messages.
     pub async fn guild_removed(&self, guild: &str) -> Result<Purged, ServiceError> {
@@ -201,7 +164,12 @@ impl Core {
         self.messages_deleted(guild, &gone).await
     }
 
-    async fn removed(&self, guild: &str, purged: &Purged, reason: &str) -> Result<(), ServiceError> {
+    pub(super) async fn removed(
+        &self,
+        guild: &str,
+        purged: &Purged,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
         if purged.messages == 0 {
             return Ok(());
         }
@@ -212,7 +180,7 @@ impl Core {
 
     /// Marks the guild's serving model stale if `seen` (given the time of the newest message
     /// the model was trained on) counts any removed message it learned from.
-    async fn mark_if_seen(
+    pub(super) async fn mark_if_seen(
         &self,
         guild: &str,
         seen: impl Fn(i64) -> u64,

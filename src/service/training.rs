@@ -64,7 +64,7 @@ impl Core {
             return Err(ServiceError::NotNeeded { guild_id, decision });
         }
         let slot = self.trainer.try_begin(&guild_id).ok_or_else(busy)?;
-        let records = self.store.export(Some(&guild_id)).await?;
+        let records = self.corpus_records(Some(&guild_id)).await?;
         if records.len() < 20 {
             return Err(ServiceError::Engine(EngineError::NotEnoughData(format!(
                 "{} messages; at least 20 are needed",

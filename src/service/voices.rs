@@ -14,7 +14,7 @@ impl Core {
         let Some(model) = self.serving.get(guild) else { return Ok(()) };
         // Taken before reading the store: a build that read it earlier cannot win over this one.
         let ticket = self.serving.voice_ticket(guild);
-        let records = self.store.export(Some(guild)).await?;
+        let records = self.corpus_records(Some(guild)).await?;
         let for_model = model.clone();
         let built = tokio::task::spawn_blocking(move || {
             Voice::build(&for_model.tokenizer, for_model.meta.mixer.as_deref(), records.iter().map(said))

@@ -4,9 +4,11 @@
 //! deletion, `runs` those of training runs and models.
 
 mod privacy;
+mod removals;
 mod runs;
 
 pub use privacy::{ChannelSetting, Purged, Staleness};
+pub use removals::Removal;
 pub use runs::{LastRun, RunOutcome, RunResult, RunRow};
 
 use std::path::Path;

@@ -380,3 +380,82 @@ async fn replaced_models_are_pruned_and_those_that_learned_removed_messages_go()
     assert_eq!(runs_on_disk(&h), vec!["run-4"]);
     h.stop().await;
 }
+
+/// Makes the bot's database refuse to delete or change messages, as a full disk or a damaged
+/// page would, until [`allow_removals`].
+async fn refuse_removals(h: &Harness) -> sqlx::SqliteConnection {
+    use sqlx::Connection as _;
+    let mut db = sqlx::SqliteConnection::connect(&h.database_url()).await.unwrap();
+    for sql in [
+        "CREATE TRIGGER no_deletes BEFORE DELETE ON messages BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        "CREATE TRIGGER no_edits BEFORE UPDATE ON messages BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    ] {
+        sqlx::query(sql).execute(&mut db).await.unwrap();
+    }
+    db
+}
+
+async fn allow_removals(db: &mut sqlx::SqliteConnection) {
+    for sql in ["DROP TRIGGER no_deletes", "DROP TRIGGER no_edits"] {
+        sqlx::query(sql).execute(&mut *db).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_the_database_refuses_is_kept_out_of_the_corpus_and_applied_later() {
+    let h = Harness::start_with(|c| c.removal_retry = Duration::from_millis(200)).await;
+    h.server.say(h.general, h.member, "this stays");
+    let gone = h.server.say(h.general, h.member, "this is deleted");
+    let edited = h.server.say(h.general, h.member, "the old text");
+    h.wait_stored(3).await;
+
+    let mut db = refuse_removals(&h).await;
+    h.server.delete(gone);
+    h.server.edit(edited, "the new text");
+    // The store still holds both, but nothing reads them from the corpus: not training, not the
+    // voice, not an export.
+    until("the removals are held back", async || contents(&h).await == vec!["this stays"]).await;
+    assert_eq!(h.stored().await, 3);
+
+    // Once the database takes the writes again, the queued removals are applied.
+    allow_removals(&mut db).await;
+    until("the removals are applied", async || {
+        let mut now = contents(&h).await;
+        now.sort();
+        now == vec!["the new text", "this stays"]
+    })
+    .await;
+    h.wait_stored(2).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn removals_queued_before_a_stop_are_applied_at_the_next_start() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::support::config(dir.path());
+    let lines = crate::support::sample().lines().take(3).collect::<Vec<_>>().join("\n");
+    let open = || async {
+        let store = mynah::store::Store::open(&cfg.database_url).await.unwrap();
+        mynah::service::Core::open(cfg.clone(), store).await.unwrap()
+    };
+    let core = open().await;
+    core.import_jsonl(&lines, Some("42"), true).await.unwrap();
+    let first = core.export(Some("42")).await.unwrap()[0].id.clone();
+    let mut db = sqlx::SqliteConnection::connect(&cfg.database_url).await.unwrap();
+    sqlx::query("CREATE TRIGGER no_deletes BEFORE DELETE ON messages BEGIN SELECT RAISE(ABORT, 'x'); END")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(core.messages_deleted("42", std::slice::from_ref(&first)).await.unwrap().messages, 0);
+    assert_eq!(core.export(Some("42")).await.unwrap().len(), 2, "held back at once");
+    core.close().await;
+    drop(core);
+
+    sqlx::query("DROP TRIGGER no_deletes").execute(&mut db).await.unwrap();
+    let core = open().await;
+    let left = core.export(Some("42")).await.unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|r| r.id != first));
+    assert_eq!(core.counts("42", None).await.unwrap().messages, 2, "applied in the store, not only hidden");
+}
