@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::middleware as mw;
 use super::rules::{self, Refusal};
-use super::world::{Rejection, World};
+use super::world::World;
 use super::{json as dj, Shared};
 
 pub(super) type Reply = Result<Json<Value>, (StatusCode, Json<Value>)>;
@@ -48,7 +49,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/guilds/{guild}/channels", get(get_channels))
         .route("/applications/{app}/commands", put(ix::set_commands).get(ix::get_commands))
         .route("/applications/{app}/guilds/{guild}/commands", put(ix::set_commands).get(ix::get_commands))
-        .layer(middleware::from_fn_with_state(shared.clone(), require_bot_token))
+        .layer(middleware::from_fn_with_state(shared.clone(), mw::require_bot_token))
         // Discord serves the gateway URL without authentication.
         .route("/gateway", get(gateway_url))
         // Interaction responses are authenticated by the interaction's token in the path.
@@ -58,97 +59,15 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .nest("/api/v10", api)
         .route("/gateway", get(super::gateway::upgrade))
-        .fallback(not_found)
+        .fallback(mw::not_found)
         // A known path with a method it does not serve is a gap too (axum would answer a bare 405).
-        .method_not_allowed_fallback(not_found)
+        .method_not_allowed_fallback(mw::not_found)
         // Uploads up to Discord's limit reach the handlers, which refuse what Discord refuses; the
         // margin is for the multipart framing and the JSON part.
         .layer(DefaultBodyLimit::max(rules::UPLOAD_LIMIT + 1024 * 1024))
-        .layer(middleware::from_fn_with_state(shared.clone(), rate_limit))
-        .layer(middleware::from_fn_with_state(shared.clone(), record_rejections))
+        .layer(middleware::from_fn_with_state(shared.clone(), mw::rate_limit))
+        .layer(middleware::from_fn_with_state(shared.clone(), mw::record_rejections))
         .with_state(shared)
-}
-
-/// Answers 429 where a test asked for it, as Discord does: `Retry-After` and `X-RateLimit-*`
-/// headers, and `retry_after` in the JSON body.
-async fn rate_limit(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let route = format!("{} {}", req.method(), req.uri().path());
-    let limited = {
-        let mut w = shared.world();
-        match w.rate_limits.get_mut(&route) {
-            Some((n, wait)) if *n > 0 => {
-                *n -= 1;
-                Some(*wait)
-            }
-            _ => None,
-        }
-    };
-    let Some(wait) = limited else { return next.run(req).await };
-    let secs = wait.as_secs_f64();
-    let body =
-        json!({ "message": "You are being rate limited.", "retry_after": secs, "global": false, "code": 0 });
-    let headers = [
-        ("retry-after", format!("{}", wait.as_secs_f64().ceil() as u64)),
-        ("x-ratelimit-limit", "5".to_string()),
-        ("x-ratelimit-remaining", "0".to_string()),
-        ("x-ratelimit-reset-after", format!("{secs:.3}")),
-        ("x-ratelimit-bucket", "devserver-bucket".to_string()),
-        ("x-ratelimit-scope", "user".to_string()),
-    ];
-    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
-    for (name, value) in headers {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, v);
-        }
-    }
-    response
-}
-
-/// Remembers every request, and records every one answered with an error status, with Discord's error code, so tests
-/// can tell a refusal the bot provoked from one they staged.
-async fn record_rejections(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let route = format!("{} {}", req.method(), req.uri().path());
-    {
-        let mut w = shared.world();
-        if w.requests.len() >= super::world::REQUESTS_KEPT {
-            w.requests.pop_front();
-        }
-        w.requests.push_back(route.clone());
-    }
-    let response = next.run(req).await;
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
-    let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let rejection = Rejection {
-        route,
-        status: status.as_u16(),
-        code: parsed["code"].as_u64().unwrap_or(0),
-        message: parsed["message"].as_str().unwrap_or("").to_string(),
-    };
-    tracing::debug!(target: "devserver", ?rejection, "request refused");
-    shared.world().rejections.push(rejection);
-    Response::from_parts(parts, axum::body::Body::from(bytes))
-}
-
-async fn require_bot_token(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let expected = format!("Bot {}", shared.world().token);
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if given != Some(expected.as_str()) {
-        tracing::warn!(target: "devserver", path = %req.uri().path(), "request with a wrong or missing bot token");
-        return fail(StatusCode::UNAUTHORIZED, "401: Unauthorized", 0).into_response();
-    }
-    next.run(req).await
-}
-
-async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: axum::http::Uri) -> Response {
-    let route = format!("{method} {}", uri.path());
-    tracing::warn!(target: "devserver", %route, "route not served by the devserver");
-    shared.world().unknown_routes.push(route);
-    fail(StatusCode::NOT_FOUND, "404: Not Found", 0).into_response()
 }
 
 fn gateway_ws_url(shared: &Shared) -> String {
