@@ -26,5 +26,7 @@ ENV DATABASE_URL=sqlite:///app/data/mynah.db \
     MYNAH_API_ADDR=0.0.0.0:3000
 VOLUME ["/app/data", "/app/models"]
 EXPOSE 3000
+# `mynah health` asks the API's /healthz (no token needed, no data); the image has no curl.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 CMD ["mynah", "health"]
 ENTRYPOINT ["mynah"]
 CMD ["run"]

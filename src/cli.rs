@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the bot (when DISCORD_TOKEN is set) and the HTTP API.
     Run,
+    /// Exit 0 if the running bot's HTTP API answers `GET /healthz` (a container health check).
+    Health,
     /// Try the real bot against a built-in local Discord server, from this terminal.
     Playground {
         /// The playground's own database, kept apart from the real bot's.
@@ -132,6 +134,7 @@ pub enum CorpusCommand {
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => run_bot(config).await,
+        Command::Health => health(&config).await,
         Command::Playground { database } => {
             crate::playground::run(Config { database_url: database, ..config }).await
         }
@@ -293,6 +296,20 @@ async fn reply(
         Ok(())
     })
     .await
+}
+
+/// Asks the local API whether it is alive; the image has no curl for its health check.
+async fn health(config: &Config) -> anyhow::Result<()> {
+    let mut addr = config.api_addr.context("the HTTP API is off (MYNAH_API_ADDR=off): nothing to check")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/healthz");
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?;
+    let answer = client.get(&url).send().await.with_context(|| format!("{url} did not answer"))?;
+    anyhow::ensure!(answer.status().is_success(), "{url} answered {}", answer.status());
+    println!("ok");
+    Ok(())
 }
 
 async fn run_bot(config: Config) -> anyhow::Result<()> {

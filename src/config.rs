@@ -274,6 +274,10 @@ impl Config {
 
         cfg.schedule_minutes = match number(&get, "MYNAH_SCHEDULE_MINUTES", 30)? {
             0 => None,
+            // Beyond a year the interval would overflow the scheduler's clock arithmetic.
+            n if n > 525_600 => {
+                return Err(err("MYNAH_SCHEDULE_MINUTES", &n.to_string(), "0 (off) or 1 to 525600 (a year)"))
+            }
             n => Some(n),
         };
 
@@ -420,6 +424,12 @@ mod tests {
         assert!(!line.contains('\n'));
 
         assert_eq!(config(&[("MYNAH_ADMIN_IDS", "12,abc")]).unwrap_err().var, "MYNAH_ADMIN_IDS");
+        // An interval the scheduler's clock cannot hold is refused at start, not a dead scheduler.
+        assert_eq!(
+            config(&[("MYNAH_SCHEDULE_MINUTES", "18446744073709551615")]).unwrap_err().var,
+            "MYNAH_SCHEDULE_MINUTES"
+        );
+        assert_eq!(config(&[("MYNAH_SCHEDULE_MINUTES", "525600")]).unwrap().schedule_minutes, Some(525_600));
         assert_eq!(
             config(&[("MYNAH_COLLECT_CHANNELS", "general")]).unwrap_err().var,
             "MYNAH_COLLECT_CHANNELS"

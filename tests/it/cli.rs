@@ -147,3 +147,28 @@ fn an_operator_handles_a_users_request_from_the_command_line() {
     let out = mynah(dir.path()).args(["user", "data"]).args(briguy).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_passes_against_a_live_api_and_fails_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::support::config(dir.path());
+    let store = mynah::store::Store::open(&cfg.database_url).await.unwrap();
+    let core = mynah::service::Core::open(cfg, store).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mynah::api::serve(core, listener, async {
+        let _ = stopped.await;
+    }));
+    let health = |addr: String| {
+        let mut cmd = mynah(dir.path());
+        cmd.env("MYNAH_API_ADDR", addr).arg("health");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let alive = health(addr.to_string()).await.unwrap();
+    assert!(alive.status.success(), "{}", String::from_utf8_lossy(&alive.stderr));
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let gone = health(addr.to_string()).await.unwrap();
+    assert!(!gone.status.success(), "nothing listens any more");
+}
