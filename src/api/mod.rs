@@ -62,7 +62,9 @@ impl From<ServiceError> for ApiError {
                     }),
                 }
             }
-            ServiceError::AlreadyRunning { .. } | ServiceError::NothingToTrain => StatusCode::CONFLICT,
+            ServiceError::AlreadyRunning { .. }
+            | ServiceError::NothingToTrain
+            | ServiceError::UploadInProgress => StatusCode::CONFLICT,
             ServiceError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Engine(crate::engine::EngineError::NotEnoughData(_)) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -208,10 +210,10 @@ async fn corpus(
 async fn upload_model(
     State(core): State<Arc<Core>>,
     query: Result<Query<RequiredGuild>, QueryRejection>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult {
     let guild = required_guild(query)?;
-    let installed = core.install_bundle(&guild, body.to_vec()).await?;
+    let installed = core.install_bundle_stream(&guild, body.into_data_stream()).await?;
     Ok(Json(json!({ "installed": true, "guild_id": installed.guild_id, "run_id": installed.run_id })))
 }
 

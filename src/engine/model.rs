@@ -41,6 +41,17 @@ fn default_model_type() -> String {
     "llama".into()
 }
 
+/// The largest configurations accepted: far beyond what mynah trains, well below what would
+/// exhaust memory or overflow size arithmetic.
+const MAX_VOCAB: usize = 262_144;
+const MAX_HIDDEN: usize = 8_192;
+const MAX_INTERMEDIATE: usize = 65_536;
+const MAX_LAYERS: usize = 128;
+const MAX_HEADS: usize = 256;
+const MAX_POSITIONS: usize = 32_768;
+/// Weights or key/value cache of one model, in bytes.
+const MAX_MODEL_BYTES: u64 = 2 << 30;
+
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
@@ -50,13 +61,30 @@ impl ModelConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Checks the configuration before anything is allocated from it: configs come from disk
+    /// and from bundles uploaded over the network.
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad = |why: String| Err(EngineError::BadConfig(why));
         if self.model_type != "llama" {
             return bad(format!("model_type {:?} is not llama", self.model_type));
         }
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
-            return bad("sizes must be positive".into());
+        let bounds = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("intermediate_size", self.intermediate_size, MAX_INTERMEDIATE),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.kv_heads(), MAX_HEADS),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+        ];
+        for (name, value, max) in bounds {
+            if !(1..=max).contains(&value) {
+                return bad(format!("{name} must be 1 to {max}, not {value}"));
+            }
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
+            return bad("rms_norm_eps and rope_theta must be positive numbers".into());
         }
         if self.hidden_size % self.num_attention_heads != 0 || self.head_dim() % 2 != 0 {
             return bad(format!(
@@ -66,6 +94,19 @@ impl ModelConfig {
         }
         if self.num_attention_heads % self.kv_heads() != 0 {
             return bad("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        // What loading it would take: the weights, and the key/value cache serving allocates.
+        let weights = self.params().saturating_mul(4);
+        let cache =
+            (self.num_hidden_layers * self.max_position_embeddings * self.kv_heads() * self.head_dim())
+                .saturating_mul(2 * 4) as u64;
+        if weights > MAX_MODEL_BYTES || cache > MAX_MODEL_BYTES {
+            return bad(format!(
+                "the model would need {} MB of weights and {} MB of cache (at most {} MB each)",
+                weights >> 20,
+                cache >> 20,
+                MAX_MODEL_BYTES >> 20
+            ));
         }
         Ok(())
     }
@@ -346,4 +387,41 @@ fn rope_tables(cfg: &ModelConfig, device: &Device) -> candle_core::Result<(Tenso
     let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
     let freqs = pos.broadcast_mul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn config() -> ModelConfig {
+        serde_json::from_value(serde_json::json!({
+            "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 128
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn configs_are_bounded_before_anything_is_allocated() {
+        assert!(config().validate().is_ok());
+        let cases: [(&str, serde_json::Value); 7] = [
+            ("num_key_value_heads", serde_json::json!(0)),
+            ("max_position_embeddings", serde_json::json!(1usize << 40)),
+            ("vocab_size", serde_json::json!(0)),
+            ("hidden_size", serde_json::json!(1usize << 20)),
+            ("num_hidden_layers", serde_json::json!(100_000)),
+            ("rope_theta", serde_json::json!(-1.0)),
+            ("intermediate_size", serde_json::json!(0)),
+        ];
+        for (field, value) in cases {
+            let mut v = serde_json::to_value(config()).unwrap();
+            v[field] = value;
+            let c: ModelConfig = serde_json::from_value(v).unwrap();
+            assert!(c.validate().is_err(), "{field} accepted");
+        }
+        let mut huge = config();
+        (huge.hidden_size, huge.intermediate_size, huge.num_hidden_layers, huge.num_attention_heads) =
+            (8192, 65_536, 128, 64);
+        assert!(huge.validate().unwrap_err().to_string().contains("MB"), "too large to load");
+    }
 }

@@ -42,8 +42,13 @@ pub fn unpack(bytes: &[u8], into: &Path) -> Result<(), BundleError> {
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(BundleError::TooLarge);
     }
+    unpack_from(bytes, into)
+}
+
+/// [`unpack`] from a reader (an upload stored on disk), each file streamed to disk.
+pub fn unpack_from(reader: impl Read, into: &Path) -> Result<(), BundleError> {
     let bad = |e: std::io::Error| BundleError::NotAnArchive(e.to_string());
-    let mut archive = tar::Archive::new(bytes);
+    let mut archive = tar::Archive::new(reader);
     let mut seen: Vec<String> = Vec::new();
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -56,12 +61,12 @@ pub fn unpack(bytes: &[u8], into: &Path) -> Result<(), BundleError> {
         if seen.contains(&name) {
             return Err(BundleError::Duplicate(name));
         }
-        let mut data = Vec::new();
-        entry.by_ref().take(MAX_BUNDLE_BYTES as u64 + 1).read_to_end(&mut data).map_err(bad)?;
-        if data.len() > MAX_BUNDLE_BYTES {
+        let mut out = std::fs::File::create(into.join(&name))?;
+        let written =
+            std::io::copy(&mut entry.by_ref().take(MAX_BUNDLE_BYTES as u64 + 1), &mut out).map_err(bad)?;
+        if written > MAX_BUNDLE_BYTES as u64 {
             return Err(BundleError::TooLarge);
         }
-        std::fs::write(into.join(&name), data)?;
         seen.push(name);
     }
     match CHECKPOINT_FILES.iter().find(|f| !seen.iter().any(|s| s == *f)) {

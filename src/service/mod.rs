@@ -65,6 +65,8 @@ pub enum ServiceError {
     ShuttingDown,
     #[error("the model bundle was refused: {0}")]
     BadBundle(String),
+    #[error("another model upload is being installed; try again when it has finished")]
+    UploadInProgress,
     #[error("the training engine failed: {0}")]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -83,6 +85,7 @@ impl ServiceError {
             | ServiceError::BadRequest(_)
             | ServiceError::ShuttingDown
             | ServiceError::BadBundle(_)
+            | ServiceError::UploadInProgress
             | ServiceError::Engine(EngineError::NotEnoughData(_)) => true,
             ServiceError::Engine(_) | ServiceError::Store(_) => false,
         }
@@ -109,6 +112,8 @@ pub struct Core {
     deleted: deleted::Deleted,
     /// Removals from Discord not applied to the store yet (it failed); retried until they are.
     pending: removals::PendingRemovals,
+    /// Held while a model bundle is received and installed: one at a time.
+    uploads: tokio::sync::Mutex<()>,
 }
 
 impl Core {
@@ -139,6 +144,7 @@ impl Core {
             replies_in_flight: AtomicUsize::new(0),
             deleted: deleted::Deleted::default(),
             pending: removals::PendingRemovals::default(),
+            uploads: tokio::sync::Mutex::new(()),
         });
         core.load_models().await;
         // Removals a previous run could not apply come before anything reads the corpus.

@@ -1,6 +1,7 @@
 //! Installing a model trained elsewhere (remote training): a bundle is validated whole before
 //! it is recorded and serves; a refused bundle changes nothing.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -11,6 +12,23 @@ use crate::engine::EngineError;
 use crate::models::registry;
 use crate::store::{RunOutcome, RunResult};
 
+/// Deletes a path when dropped: an upload's file or directory goes whatever happens to it
+/// (after a successful install the directory has moved away and nothing is left to delete).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ =
+            if self.0.is_dir() { std::fs::remove_dir_all(&self.0) } else { std::fs::remove_file(&self.0) };
+    }
+}
+
+/// Where a bundle's bytes are: in memory, or in an upload file on disk.
+enum Source {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
 impl Core {
     /// Validates a model bundle trained elsewhere and, only if it is sound, records it as a
     /// `remote` run and makes it the guild's current model.
@@ -20,18 +38,62 @@ impl Core {
         bytes: Vec<u8>,
     ) -> Result<TrainAccepted, ServiceError> {
         check_guild_id(guild_id)?;
+        let _one = self.uploads.try_lock().map_err(|_| ServiceError::UploadInProgress)?;
+        self.install(guild_id, Source::Bytes(bytes)).await
+    }
+
+    /// [`Core::install_bundle`] for a bundle arriving as a stream of chunks (an HTTP upload):
+    /// written to disk as it comes, up to the bundle limit, never held in memory whole.
+    pub async fn install_bundle_stream<S, E>(
+        self: &Arc<Self>,
+        guild_id: &str,
+        mut chunks: S,
+    ) -> Result<TrainAccepted, ServiceError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        check_guild_id(guild_id)?;
+        let _one = self.uploads.try_lock().map_err(|_| ServiceError::UploadInProgress)?;
+        let guild_dir = self.config.models_dir.join(guild_id);
+        tokio::fs::create_dir_all(&guild_dir).await.map_err(EngineError::Io)?;
+        let path = guild_dir.join(format!(".incoming-{:016x}.tar", rand::random::<u64>()));
+        let _cleanup = RemoveOnDrop(path.clone());
+        let mut file = tokio::fs::File::create(&path).await.map_err(EngineError::Io)?;
+        let mut total = 0usize;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| ServiceError::BadBundle(format!("the upload broke off: {e}")))?;
+            total += chunk.len();
+            if total > crate::models::bundle::MAX_BUNDLE_BYTES {
+                return Err(ServiceError::BadBundle(
+                    crate::models::bundle::BundleError::TooLarge.to_string(),
+                ));
+            }
+            file.write_all(&chunk).await.map_err(EngineError::Io)?;
+        }
+        file.flush().await.map_err(EngineError::Io)?;
+        drop(file);
+        self.install(guild_id, Source::File(path.clone())).await
+    }
+
+    /// Validates and installs a bundle; the caller holds the upload lock.
+    async fn install(
+        self: &Arc<Self>,
+        guild_id: &str,
+        source: Source,
+    ) -> Result<TrainAccepted, ServiceError> {
         let guild_dir = self.config.models_dir.join(guild_id);
         let tmp = guild_dir.join(format!(".incoming-{:016x}", rand::random::<u64>()));
+        let _cleanup = RemoveOnDrop(tmp.clone());
         let (device, check_dir) = (self.device.clone(), tmp.clone());
-        let checked = tokio::task::spawn_blocking(move || validate_bundle(&bytes, &check_dir, &device))
+        let checked = tokio::task::spawn_blocking(move || validate_bundle(source, &check_dir, &device))
             .await
             .map_err(|e| ServiceError::BadBundle(format!("validation panicked: {e}")))?;
         let mut loaded = match checked {
             Ok(loaded) => loaded,
-            Err(reason) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(ServiceError::BadBundle(reason));
-            }
+            Err(reason) => return Err(ServiceError::BadBundle(reason)),
         };
         let meta = loaded.meta.clone();
         let run_id = self
@@ -52,7 +114,6 @@ impl Core {
             .map_err(EngineError::Io)
             .and_then(|_| registry::set_current(&guild_dir, &run));
         if let Err(e) = placed {
-            let _ = std::fs::remove_dir_all(&tmp);
             let failed =
                 RunResult { outcome: RunOutcome::Failed, error: Some(e.to_string()), ..RunResult::default() };
             self.store.finish_run(run_id, &failed).await?;
@@ -75,9 +136,15 @@ impl Core {
 
 /// Unpacks and fully validates a bundle in `tmp`: files, config, tokenizer, every tensor's
 /// shape, and one test generation.
-fn validate_bundle(bytes: &[u8], tmp: &std::path::Path, device: &Device) -> Result<Loaded, String> {
+fn validate_bundle(source: Source, tmp: &std::path::Path, device: &Device) -> Result<Loaded, String> {
     std::fs::create_dir_all(tmp).map_err(|e| e.to_string())?;
-    crate::models::bundle::unpack(bytes, tmp).map_err(|e| e.to_string())?;
+    match source {
+        Source::Bytes(bytes) => crate::models::bundle::unpack(&bytes, tmp),
+        Source::File(path) => std::fs::File::open(&path)
+            .map_err(crate::models::bundle::BundleError::from)
+            .and_then(|f| crate::models::bundle::unpack_from(std::io::BufReader::new(f), tmp)),
+    }
+    .map_err(|e| e.to_string())?;
     let loaded = checkpoint::load(tmp, device).map_err(|e| e.to_string())?;
     let history = vec![("someone".to_string(), "hello, how is everyone?".to_string())];
     let sampling = crate::engine::generate::Sampling { max_tokens: 8, ..Default::default() };

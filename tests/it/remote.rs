@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt as _;
+
 use mynah::config::Secret;
 use mynah::service::{Core, Mode, ReplyRequest};
 use mynah::store::Store;
@@ -122,4 +124,40 @@ async fn remote_training_is_off_without_a_token() {
     let res = reqwest::get(format!("{url}/api/training/corpus?guild_id=42")).await.unwrap();
     assert_eq!(res.status(), 403);
     assert!(res.text().await.unwrap().contains("MYNAH_API_TOKEN"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upload_at_a_time_and_an_abandoned_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::config(dir.path());
+    let store = Store::open(&cfg.database_url).await.unwrap();
+    let core = Core::open(cfg, store).await.unwrap();
+    // An upload whose client sends a first chunk and then nothing more.
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"partial"))])
+        .chain(futures::stream::pending());
+    let slow = {
+        let core = core.clone();
+        tokio::spawn(async move { core.install_bundle_stream("42", Box::pin(first)).await })
+    };
+    let incoming = || -> Vec<String> {
+        std::fs::read_dir(dir.path().join("models/42"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    };
+    for _ in 0..100 {
+        if !incoming().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(incoming().len(), 1, "the upload goes to disk as it comes");
+    let second = core.install_bundle("42", b"another".to_vec()).await.unwrap_err();
+    assert!(matches!(second, mynah::service::ServiceError::UploadInProgress), "{second}");
+    // The client goes away: its partial upload is deleted.
+    slow.abort();
+    let _ = slow.await;
+    assert_eq!(incoming(), Vec::<String>::new());
+    let third = core.install_bundle("42", b"not a tar".to_vec()).await.unwrap_err();
+    assert!(matches!(third, mynah::service::ServiceError::BadBundle(_)), "{third}");
+    assert_eq!(incoming(), Vec::<String>::new(), "a refused bundle leaves nothing either");
 }
