@@ -49,10 +49,17 @@ pub enum Command {
         /// train here, push the model back.
         #[arg(long)]
         remote: Option<String>,
-        /// The remote instance's MYNAH_API_TOKEN.
+        /// The remote instance's MYNAH_API_TOKEN (better from MYNAH_REMOTE_TOKEN than on the
+        /// command line, where other users of the machine can read it).
         #[arg(long, env = "MYNAH_REMOTE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Allow plain http:// to another machine (the token and corpus travel unencrypted).
+        #[arg(long)]
+        insecure: bool,
     },
+    /// Models trained here for another instance.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Print one reply to TEXT, as a mention in the guild would get.
     Reply {
         #[arg(long)]
@@ -80,6 +87,23 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Push a trained run directory (one kept after a failed push) to the instance at --remote.
+    Push {
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        remote: String,
+        #[arg(long)]
+        guild: String,
+        /// The remote instance's MYNAH_API_TOKEN.
+        #[arg(long, env = "MYNAH_REMOTE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long)]
+        insecure: bool,
     },
 }
 
@@ -145,7 +169,14 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             export(&config, guild.as_deref(), output).await
         }
         Command::Stats { guild, json } => stats(config, guild.as_deref(), json).await,
-        Command::Train { guild, epochs, max_minutes, preset, remote, token } => {
+        Command::Model(ModelCommand::Push { dir, remote, guild, token, insecure }) => {
+            let url = crate::models::remote::check_url(&remote, insecure)?;
+            let token = token.context("push needs --token (or MYNAH_REMOTE_TOKEN)")?;
+            let pushed = crate::models::remote::push_dir(&url, &token, &guild, &dir).await?;
+            println!("pushed: guild {} now serves run-{}", pushed.guild_id, pushed.run_id);
+            Ok(())
+        }
+        Command::Train { guild, epochs, max_minutes, preset, remote, token, insecure } => {
             let mut config = config;
             if let Some(name) = preset {
                 config.engine.preset = crate::engine::Preset::by_name(&name)
@@ -153,7 +184,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
             match remote {
                 Some(url) => {
-                    let token = token.context("--remote needs --token (or MYNAH_REMOTE_TOKEN)")?;
+                    let url = crate::models::remote::check_url(&url, insecure)?;
+                    let token = token.context("--remote needs MYNAH_REMOTE_TOKEN (or --token)")?;
                     let guild = match guild {
                         Some(g) => g,
                         None => crate::models::remote::only_guild(&url, &token).await?,

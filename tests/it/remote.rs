@@ -161,3 +161,40 @@ async fn one_upload_at_a_time_and_an_abandoned_one_leaves_nothing() {
     assert!(matches!(third, mynah::service::ServiceError::BadBundle(_)), "{third}");
     assert_eq!(incoming(), Vec::<String>::new(), "a refused bundle leaves nothing either");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_push_fails_is_kept_and_can_be_pushed_later() {
+    const TOKEN: &str = "s3cret-s3cret-s3cret";
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = support::config(dir.path());
+    cfg.api_token = Some(Secret::new(TOKEN));
+    let store = Store::open(&cfg.database_url).await.unwrap();
+    let serving = Core::open(cfg, store).await.unwrap();
+    serving.import_jsonl(support::sample(), Some("42"), true).await.unwrap();
+    let (url, _stop) = serve(serving.clone()).await;
+    // Another upload holds the serving instance's single upload slot: the push gets 409.
+    let blocker = {
+        let core = serving.clone();
+        let stream = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+        tokio::spawn(async move { core.install_bundle_stream("42", stream).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let trainer_dir = tempfile::tempdir().unwrap();
+    let trainer_cfg = support::config(trainer_dir.path());
+    let e = mynah::models::remote::train_remote(&trainer_cfg, &url, TOKEN, "42", |_| {}).await.unwrap_err();
+    let message = format!("{e:#}");
+    assert!(message.contains("mynah model push"), "{message}");
+    let kept = std::fs::read_dir(trainer_dir.path().join("models/.unpushed"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(message.contains(&kept.display().to_string()), "{message}");
+
+    blocker.abort();
+    let _ = blocker.await;
+    let pushed = mynah::models::remote::push_dir(&url, TOKEN, "42", &kept).await.unwrap();
+    assert_eq!(serving.status().await.unwrap().model.unwrap().run, format!("run-{}", pushed.run_id));
+}
