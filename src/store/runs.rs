@@ -122,8 +122,8 @@ impl Store {
     ) -> Result<i64> {
         let id = sqlx::query(
             "INSERT INTO training_runs (guild_id, trigger, requested_by, started_ms, outcome, epochs,
-                                        corpus_messages, corpus_until_ms)
-             VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                                        corpus_messages, corpus_until_ms, owner_pid)
+             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
         )
         .bind(guild)
         .bind(trigger)
@@ -132,6 +132,7 @@ impl Store {
         .bind(epochs)
         .bind(corpus_messages)
         .bind(corpus_until_ms)
+        .bind(std::process::id() as i64)
         .execute(&self.pool)
         .await?
         .last_insert_rowid();
@@ -159,15 +160,28 @@ impl Store {
 
     /// Runs still marked running belong to a process that died: mark them interrupted.
     pub async fn mark_interrupted_runs(&self) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE training_runs SET outcome = 'interrupted', finished_ms = ?,
-                    error = 'the process stopped during training'
-             WHERE outcome = 'running'",
-        )
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let running: Vec<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT id, owner_pid FROM training_runs WHERE outcome = 'running'")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut marked = 0;
+        for (id, owner) in running {
+            // Another live process (a bot next to this one-shot command) is still training it.
+            if owner.is_some_and(|pid| pid != std::process::id() as i64 && process_alive(pid)) {
+                continue;
+            }
+            marked += sqlx::query(
+                "UPDATE training_runs SET outcome = 'interrupted', finished_ms = ?,
+                        error = 'the process stopped during training'
+                 WHERE id = ? AND outcome = 'running'",
+            )
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(marked)
     }
 
     /// The newest runs, of one guild or all.
@@ -242,5 +256,41 @@ impl Store {
         .last_insert_rowid();
         tx.commit().await?;
         Ok(id)
+    }
+}
+
+/// Whether a process with this ID runs on this machine (Linux's `/proc`; elsewhere unknown,
+/// taken as gone, which marks the run as before).
+fn process_alive(pid: i64) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_runs_whose_process_is_gone_are_marked_interrupted() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let ours = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
+        let live = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
+        let gone = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
+        // `live` belongs to another process that is alive (this test's parent, say); `gone` to
+        // a process ID no system hands out.
+        let parent = std::os::unix::process::parent_id() as i64;
+        for (id, pid) in [(live, parent), (gone, i64::from(u32::MAX))] {
+            sqlx::query("UPDATE training_runs SET owner_pid = ? WHERE id = ?")
+                .bind(pid)
+                .bind(id)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.mark_interrupted_runs().await.unwrap(), 2, "this process's own run and the orphan");
+        let runs = store.runs(Some("g"), 10).await.unwrap();
+        let outcome = |id| runs.iter().find(|r| r.id == id).unwrap().outcome;
+        assert_eq!(outcome(ours), RunOutcome::Interrupted);
+        assert_eq!(outcome(live), RunOutcome::Running);
+        assert_eq!(outcome(gone), RunOutcome::Interrupted);
     }
 }
