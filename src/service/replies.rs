@@ -58,7 +58,10 @@ impl Core {
         }
         let messages = self.store.counts(&req.guild_id, None).await?.messages;
         let note = match self.serving.broken(&req.guild_id) {
-            Some(reason) => Some(format!("my model is unusable ({reason})")),
+            // The reason (file names, errors) is for `!llmstats` and the log, not for a reply.
+            Some(_) => {
+                Some(format!("my model can't be used right now (`{}llmstats` says why)", self.config.prefix))
+            }
             None if model.is_some() => Some(
                 "my model still contains messages that were removed, so it stays quiet until it is retrained"
                     .into(),

@@ -27,7 +27,13 @@ impl Core {
             return Ok((mode, reason, Some(view)));
         }
         Ok(match self.serving.broken(guild_id) {
-            Some(reason) => (Mode::Fallback, ModeReason::Unusable { reason }, None),
+            Some(reason) => {
+                // Paths relative to the models directory: where the operator keeps files is
+                // nobody else's business.
+                let root = self.config.models_dir.display().to_string();
+                let reason = if root.is_empty() { reason } else { reason.replace(&root, "models") };
+                (Mode::Fallback, ModeReason::Unusable { reason }, None)
+            }
             None => (Mode::Fallback, ModeReason::NoModel, None),
         })
     }

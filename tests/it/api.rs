@@ -207,7 +207,24 @@ async fn initialize_rereads_the_models_directory() {
     // A damaged checkpoint means fallback mode with the reason, not a crash.
     assert_eq!(after["models"], json!([]));
     assert_eq!(after["guilds"][0]["mode"], "fallback");
-    assert!(after["guilds"][0]["mode_reason"].as_str().unwrap().contains("unusable"), "{after}");
+    let reason = after["guilds"][0]["mode_reason"].as_str().unwrap();
+    assert!(reason.contains("unusable"), "{after}");
+    assert!(!reason.contains(&api.dir.path().display().to_string()), "no absolute paths: {reason}");
+    let reply = api
+        .core
+        .reply(&mynah::service::ReplyRequest {
+            guild_id: "42".into(),
+            author: "bob".into(),
+            text: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        reply.text.contains("can't be used right now") && !reply.text.contains("models"),
+        "{}",
+        reply.text
+    );
 
     // A real checkpoint dropped in by an operator starts serving.
     let lines: Vec<_> = mynah::corpus::parse_all(support::sample(), None)
