@@ -57,6 +57,8 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
     #[error("device {0}")]
     Device(String),
+    #[error("generation failed unexpectedly: {0}")]
+    Panicked(String),
 }
 
 /// Named model sizes. `tiny` is for tests, `small` trains on the playground's sample in about a

@@ -45,6 +45,40 @@ struct Job {
     answer: oneshot::Sender<Result<Generated, EngineError>>,
 }
 
+/// The generation thread's loop: each job answered in turn. A bug in one generation must not
+/// end the thread, or every later reply would fall back for the rest of the process's life.
+fn work(queue: std::sync::mpsc::Receiver<Job>, run: impl Fn(&Job) -> Result<Generated, EngineError>) {
+    for job in queue {
+        let out =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job))).unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "a generation panicked; the reply falls back");
+                Err(EngineError::Panicked(what))
+            });
+        // The asker may have given up waiting; that is fine.
+        let _ = job.answer.send(out);
+    }
+}
+
+/// One job's reply: the best-ranked candidate.
+fn generate_one(job: &Job) -> Result<Generated, EngineError> {
+    let mut rng = StdRng::seed_from_u64(job.seed);
+    let voice = job.voice.as_ref().map(|v| v.read().unwrap_or_else(|p| p.into_inner()));
+    decode::reply(
+        &job.model.fast,
+        &job.model.tokenizer,
+        &job.history,
+        &job.sampling,
+        voice.as_deref(),
+        &mut rng,
+    )
+    .map(|mut ranked| ranked.swap_remove(0).reply)
+}
+
 /// The per-guild models and the generation worker.
 pub struct Serving {
     models: RwLock<HashMap<String, Arc<Loaded>>>,
@@ -71,23 +105,9 @@ impl Serving {
     /// Starts the generation thread.
     pub fn new() -> Serving {
         let (jobs, queue) = sync_channel::<Job>(QUEUE);
-        let spawned = std::thread::Builder::new().name("mynah-generate".into()).spawn(move || {
-            for job in queue {
-                let mut rng = StdRng::seed_from_u64(job.seed);
-                let voice = job.voice.as_ref().map(|v| v.read().unwrap_or_else(|p| p.into_inner()));
-                let out = decode::reply(
-                    &job.model.fast,
-                    &job.model.tokenizer,
-                    &job.history,
-                    &job.sampling,
-                    voice.as_deref(),
-                    &mut rng,
-                )
-                .map(|mut ranked| ranked.swap_remove(0).reply);
-                // The asker may have given up waiting; that is fine.
-                let _ = job.answer.send(out);
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("mynah-generate".into())
+            .spawn(move || work(queue, generate_one));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the generation thread; replies will use fallback mode");
         }
@@ -236,6 +256,24 @@ mod tests {
         let (loaded, _, _) =
             crate::engine::run::train_and_save(&spec, &Device::Cpu, &cancel, |_| {}).unwrap();
         (Arc::new(loaded), dir)
+    }
+
+    #[test]
+    fn a_generation_that_panics_is_answered_with_an_error_and_the_thread_goes_on() {
+        let (model, _dir) = tiny_model();
+        let (jobs, queue) = sync_channel::<Job>(4);
+        std::thread::spawn(move || {
+            work(queue, |job| if job.seed == 666 { panic!("a bug") } else { generate_one(job) })
+        });
+        let ask = |seed| {
+            let (answer, answered) = oneshot::channel();
+            let history = vec![("bob".to_string(), "hi".to_string())];
+            let sampling = Sampling { max_tokens: 4, ..Sampling::default() };
+            jobs.send(Job { model: model.clone(), voice: None, history, sampling, seed, answer }).unwrap();
+            answered.blocking_recv().unwrap()
+        };
+        assert!(matches!(ask(666), Err(EngineError::Panicked(m)) if m == "a bug"));
+        assert!(ask(1).is_ok(), "the next reply is generated as usual");
     }
 
     #[test]
