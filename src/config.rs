@@ -176,7 +176,8 @@ impl Config {
     /// Unset and empty variables take their defaults.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let mut cfg = Config { discord_token: get("DISCORD_TOKEN").map(Secret::new), ..Config::default() };
+        let discord_token = secret(&get, "DISCORD_TOKEN", "DISCORD_TOKEN_FILE")?.map(Secret::new);
+        let mut cfg = Config { discord_token, ..Config::default() };
         if let Some(url) = get("DATABASE_URL") {
             if !url.starts_with("sqlite:") {
                 return Err(err("DATABASE_URL", &url, "a SQLite URL like sqlite://data/mynah.db"));
@@ -195,7 +196,7 @@ impl Config {
                 })?)
             };
         }
-        if let Some(token) = get("MYNAH_API_TOKEN") {
+        if let Some(token) = secret(&get, "MYNAH_API_TOKEN", "MYNAH_API_TOKEN_FILE")? {
             if token.chars().count() < MIN_TOKEN_CHARS {
                 let shown = "*".repeat(token.chars().count());
                 return Err(err(
@@ -331,6 +332,26 @@ impl Config {
 
     pub fn is_admin(&self, user_id: u64) -> bool {
         self.admin_ids.contains(&user_id)
+    }
+}
+
+/// A secret from `var`, or read from the file `file_var` names (Docker and Kubernetes mount
+/// secrets as files, which keeps them out of `docker inspect` and the process environment).
+fn secret(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    file_var: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match (get(var), get(file_var)) {
+        (Some(_), Some(_)) => {
+            Err(err(file_var, "(set as well)", "either the variable or its _FILE, not both"))
+        }
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_string()).filter(|s| !s.is_empty())),
+            Err(_) => Err(err(file_var, &path, "the path of a readable file holding the secret")),
+        },
+        (None, None) => Ok(None),
     }
 }
 
@@ -506,6 +527,21 @@ mod tests {
                 assert!(vars.contains_key(quoted), "{quoted} is read but not in .env.example");
             }
         }
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-a-file-0123456789\n").unwrap();
+        let path = file.display().to_string();
+        let cfg = config(&[("DISCORD_TOKEN_FILE", &path), ("MYNAH_API_TOKEN_FILE", &path)]).unwrap();
+        assert_eq!(cfg.discord_token.unwrap().expose(), "from-a-file-0123456789");
+        assert_eq!(cfg.api_token.unwrap().expose(), "from-a-file-0123456789");
+        let both = config(&[("DISCORD_TOKEN", "x"), ("DISCORD_TOKEN_FILE", &path)]).unwrap_err();
+        assert_eq!(both.var, "DISCORD_TOKEN_FILE");
+        let missing = config(&[("DISCORD_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
+        assert_eq!(missing.var, "DISCORD_TOKEN_FILE");
     }
 
     #[test]
