@@ -45,6 +45,11 @@ impl Scheduler {
                     self.last_started.insert(guild.clone(), Instant::now());
                     return Ok(Some(guild));
                 }
+                // Another run slipped in: it waits in the queue and starts after it.
+                Err(ServiceError::Queued { .. }) => {
+                    self.last_started.insert(guild.clone(), Instant::now());
+                    return Ok(Some(guild));
+                }
                 // The policy changed its mind or another run slipped in: try again next round.
                 Err(ServiceError::NotNeeded { .. } | ServiceError::AlreadyRunning { .. }) => return Ok(None),
                 Err(e) => {

@@ -51,6 +51,12 @@ impl IntoResponse for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let status = match &e {
+            ServiceError::Queued { guild_id, position } => {
+                return ApiError {
+                    status: StatusCode::ACCEPTED,
+                    body: json!({ "started": false, "queued": true, "position": position, "guild_id": guild_id }),
+                }
+            }
             ServiceError::NotNeeded { guild_id, decision } => {
                 return ApiError {
                     status: StatusCode::OK,

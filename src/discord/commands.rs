@@ -7,7 +7,7 @@ use poise::serenity_prelude as serenity;
 
 use super::{backfill, message};
 use super::{no_pings, Context, Error};
-use crate::service::{ServiceError, TrainRequest, Trigger};
+use crate::service::{Cancelled, ServiceError, TrainRequest, Trigger};
 
 /// How long an `llmforgetme` waits for its confirmation.
 const FORGET_CONFIRM_WITHIN: Duration = Duration::from_secs(300);
@@ -63,10 +63,10 @@ pub async fn llmtrain(
     let core = &ctx.data().core;
     if option == Some(TrainOption::Cancel) {
         let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
-        let text = if core.cancel_training_of(&guild) {
-            "Cancelling the running training; the current model stays."
-        } else {
-            "No training is running for this server."
+        let text = match core.cancel_training_of(&guild) {
+            Cancelled::Running => "Cancelling the running training; the current model stays.",
+            Cancelled::Queued => "Took this server's training out of the queue; the current model stays.",
+            Cancelled::Nothing => "No training is running for this server.",
         };
         ctx.say(text).await?;
         return Ok(());
@@ -85,6 +85,11 @@ pub async fn llmtrain(
             a.epochs,
             if a.epochs == 1 { "" } else { "s" },
             core.config().engine.max_minutes,
+            core.config().prefix
+        ),
+        Err(ServiceError::Queued { position, .. }) => format!(
+            "Another server's model is training right now; this server's training is queued \
+             (position {position}) and starts by itself as soon as it can. `{}llmtrain cancel` takes it out.",
             core.config().prefix
         ),
         Err(ServiceError::NotNeeded { decision, .. }) => format!(

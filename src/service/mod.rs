@@ -16,6 +16,7 @@ mod corpus;
 mod deleted;
 mod models;
 mod privacy;
+mod queue;
 mod removals;
 mod replies;
 mod status;
@@ -25,6 +26,7 @@ mod voices;
 
 pub use corpus::{import_jsonl, ImportSummary};
 pub use privacy::{ChannelChange, ChannelList, MyData};
+pub use queue::Cancelled;
 pub use replies::InFlight;
 pub use types::*;
 
@@ -67,6 +69,9 @@ pub enum ServiceError {
     BadBundle(String),
     #[error("another model upload is being installed; try again when it has finished")]
     UploadInProgress,
+    /// Another guild's run holds the slot: this request waits its turn (`position`, from 1).
+    #[error("another server's model is training; this one is queued (position {position}) and starts as soon as it can")]
+    Queued { guild_id: String, position: usize },
     #[error("the training engine failed: {0}")]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -86,6 +91,7 @@ impl ServiceError {
             | ServiceError::ShuttingDown
             | ServiceError::BadBundle(_)
             | ServiceError::UploadInProgress
+            | ServiceError::Queued { .. }
             | ServiceError::Engine(EngineError::NotEnoughData(_)) => true,
             ServiceError::Engine(_) | ServiceError::Store(_) => false,
         }
@@ -114,6 +120,8 @@ pub struct Core {
     pending: removals::PendingRemovals,
     /// Held while a model bundle is received and installed: one at a time.
     uploads: tokio::sync::Mutex<()>,
+    /// Training requests waiting for the slot, one per guild.
+    queue: queue::TrainQueue,
 }
 
 impl Core {
@@ -145,7 +153,9 @@ impl Core {
             deleted: deleted::Deleted::default(),
             pending: removals::PendingRemovals::default(),
             uploads: tokio::sync::Mutex::new(()),
+            queue: queue::TrainQueue::default(),
         });
+        queue::TrainQueue::spawn_pump(&core);
         core.load_models().await;
         // Removals a previous run could not apply come before anything reads the corpus.
         core.load_pending_removals().await?;

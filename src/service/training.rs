@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+use super::queue::Cancelled;
 use super::{check_guild_id, Core, CoreEvent, ServiceError, TrainAccepted, TrainRequest};
 use crate::corpus::Record;
 use crate::engine::checkpoint::{Loaded, Meta};
@@ -37,6 +38,15 @@ impl Core {
         self: &Arc<Self>,
         req: TrainRequest,
     ) -> Result<TrainAccepted, ServiceError> {
+        self.start_training(req, false).await
+    }
+
+    /// [`Core::request_training`]; `from_queue` when the queue hands over its next request.
+    pub(super) async fn start_training(
+        self: &Arc<Self>,
+        req: TrainRequest,
+        from_queue: bool,
+    ) -> Result<TrainAccepted, ServiceError> {
         if let Some(e) = req.epochs {
             if !(1..=1000).contains(&e) {
                 return Err(ServiceError::BadRequest(format!("epochs must be 1 to 1000, not {e}")));
@@ -57,8 +67,18 @@ impl Core {
             guild_id: self.trainer.view().guild_id,
             requested: guild_id.clone(),
         };
-        if self.trainer.is_running() {
+        if self.trainer.view().guild_id.as_deref() == Some(guild_id.as_str()) && self.trainer.is_running() {
             return Err(busy());
+        }
+        // Another guild trains (or others wait): this one waits its turn.
+        if self.trainer.is_running() || (!from_queue && self.queue.waiting() > 0) {
+            let wanted =
+                req.force || decision.should_train || decision.code == crate::policy::Reason::AlreadyRunning;
+            if !wanted {
+                return Err(ServiceError::NotNeeded { guild_id, decision });
+            }
+            let position = self.queue.push(TrainRequest { guild_id: Some(guild_id.clone()), ..req });
+            return Err(ServiceError::Queued { guild_id, position });
         }
         if !req.force && !decision.should_train {
             return Err(ServiceError::NotNeeded { guild_id, decision });
@@ -121,10 +141,16 @@ impl Core {
         self.trainer.cancel()
     }
 
-    /// Cancels the running training only if it is `guild`'s: an admin of one guild cannot stop
+    /// Cancels `guild`'s running or queued training: an admin of one guild cannot stop
     /// another's run (nor learn that there is one).
-    pub fn cancel_training_of(&self, guild: &str) -> bool {
-        self.trainer.view().guild_id.as_deref() == Some(guild) && self.trainer.cancel()
+    pub fn cancel_training_of(&self, guild: &str) -> Cancelled {
+        if self.trainer.view().guild_id.as_deref() == Some(guild) && self.trainer.cancel() {
+            Cancelled::Running
+        } else if self.queue.remove(guild) {
+            Cancelled::Queued
+        } else {
+            Cancelled::Nothing
+        }
     }
 
     /// Runs one training on a dedicated thread and records what came of it.
@@ -178,6 +204,8 @@ impl Core {
             seconds,
         });
         drop(slot);
+        // The next guild waiting, if any, starts now.
+        self.queue.wake();
     }
 
     /// Deletes the guild's replaced models beyond `MYNAH_KEEP_RUNS`, and those that learned

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use mynah::config::Secret;
+use mynah::models::trainer::TrainingState;
 use mynah::service::Core;
 use mynah::store::Store;
 use serde_json::{json, Value};
@@ -379,4 +380,32 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_guilds_request_is_queued_and_starts_after_the_first() {
+    let api = Api::with(|cfg| cfg.engine.epochs = 200).await;
+    for guild in ["42", "43"] {
+        api.core.import_jsonl(support::sample(), Some(guild), true).await.unwrap();
+    }
+    let (status, first) =
+        api.call("POST", "/api/ml/train", Some(r#"{"force": true, "guild_id": "42"}"#), None).await;
+    assert_eq!((status, &first["started"]), (StatusCode::ACCEPTED, &json!(true)), "{first}");
+    let (status, second) =
+        api.call("POST", "/api/ml/train", Some(r#"{"force": true, "guild_id": "43"}"#), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{second}");
+    assert_eq!((&second["queued"], &second["position"]), (&json!(true), &json!(1)), "{second}");
+
+    api.call("DELETE", "/api/ml/train", None, None).await;
+    let mut watch = api.core.watch_training();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        watch.wait_for(|v| v.guild_id.as_deref() == Some("43") && v.state == TrainingState::Running),
+    )
+    .await
+    .expect("the queued guild trains next")
+    .unwrap();
+    drop(watch);
+    api.call("DELETE", "/api/ml/train", None, None).await;
+    support::wait_training_done(&api.core).await;
 }

@@ -209,13 +209,32 @@ async fn one_guild_neither_sees_nor_cancels_anothers_training() {
     let cancel = h.ask(lobby, boss, "!llmtrain cancel").await;
     assert_eq!(cancel.content, "No training is running for this server.");
     assert!(h.core.is_training(), "the other guild's run goes on");
-    let busy = h.ask(lobby, boss, "!llmtrain force").await;
-    assert!(busy.content.contains("already in progress for another guild"), "{}", busy.content);
-    assert!(!busy.content.contains(&a), "{}", busy.content);
+    // A request while another guild trains waits its turn, and starts by itself after it.
+    h.core.import_jsonl(crate::support::sample(), Some(&other.to_string()), true).await.unwrap();
+    let queued = h.ask(lobby, boss, "!llmtrain force").await;
+    assert!(queued.content.contains("queued (position 1)"), "{}", queued.content);
+    assert!(!queued.content.contains(&a), "{}", queued.content);
+    let again = h.ask(h.general, h.admin, "!llmtrain force").await;
+    assert!(again.content.contains("already in progress for this guild"), "{}", again.content);
 
     let mine = h.ask(h.general, h.admin, "!llmstats").await;
     assert!(mine.content.contains("**Training:** running"), "{}", mine.content);
     let cancel = h.ask(h.general, h.admin, "!llmtrain cancel").await;
+    assert!(cancel.content.starts_with("Cancelling"), "{}", cancel.content);
+    let mut watch = h.core.watch_training();
+    let other_id = other.to_string();
+    tokio::time::timeout(
+        WAIT,
+        watch.wait_for(|v| {
+            v.guild_id.as_deref() == Some(other_id.as_str())
+                && v.state == mynah::models::trainer::TrainingState::Running
+        }),
+    )
+    .await
+    .expect("the queued guild's training starts when the slot frees")
+    .unwrap();
+    drop(watch);
+    let cancel = h.ask(lobby, boss, "!llmtrain cancel").await;
     assert!(cancel.content.starts_with("Cancelling"), "{}", cancel.content);
     h.wait_training_done().await;
     h.stop().await;
