@@ -214,6 +214,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
         Command::User(cmd) => user(config, cmd).await,
         Command::Bench(crate::bench::Bench::Ingest { messages }) => crate::bench::ingest::run(messages).await,
+        Command::Bench(crate::bench::Bench::Load { clients, seconds }) => {
+            crate::bench::load::run(clients, seconds).await
+        }
         Command::Bench(b) => tokio::task::spawn_blocking(move || crate::bench::run(b)).await?,
     }
 }

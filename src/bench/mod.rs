@@ -4,6 +4,7 @@
 //! (`ingest`). Never run as timed tests.
 
 pub mod ingest;
+pub mod load;
 pub mod quality;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 10_000)]
         messages: usize,
     },
+    /// Mention reply latency while concurrent clients hammer the HTTP API, next to an idle API.
+    Load {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// How long the API load lasts at most.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// What replies are worth on the newest 10 % of a corpus: held-out bits per byte of the
     /// network, the count model and their mixture (frozen and online) next to xz and PPMd;
     /// readability of replies before and now next to the humans'; latency; sample replies.
@@ -120,7 +129,9 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
                 samples,
             })
         }
-        Bench::Ingest { .. } => anyhow::bail!("bench ingest runs on the async runtime (see cli::run)"),
+        Bench::Ingest { .. } | Bench::Load { .. } => {
+            anyhow::bail!("bench ingest and load run on the async runtime (see cli::run)")
+        }
     }
 }
 
