@@ -107,9 +107,9 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
     for r in RULES.iter() {
         let replaced = if r.standalone {
-            replace_standalone(&out, r)
+            replace_where(&out, r, standalone)
         } else if let Some(accept) = r.accept {
-            replace_checked(&out, r, accept)
+            replace_where(&out, r, |_, m| accept(m.as_str()))
         } else {
             match r.pattern.replace_all(&out, r.replacement) {
                 Cow::Borrowed(_) => None,
@@ -123,13 +123,14 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
     out
 }
 
-/// Replaces the matches that pass `accept`: group 1 if the pattern has one, else the match.
-fn replace_checked(text: &str, r: &Rule, accept: fn(&str) -> bool) -> Option<String> {
+/// Replaces the matches (group 1 if the pattern has one, else the whole match) that `wanted`
+/// accepts, given the text around them; `None` if none was.
+fn replace_where(text: &str, r: &Rule, wanted: impl Fn(&str, regex::Match<'_>) -> bool) -> Option<String> {
     let mut out = String::new();
     let mut last = 0;
     for caps in r.pattern.captures_iter(text) {
         let Some(m) = caps.get(1).or_else(|| caps.get(0)) else { continue };
-        if !accept(m.as_str()) {
+        if !wanted(text, m) {
             continue;
         }
         out.push_str(&text[last..m.start()]);
@@ -189,27 +190,15 @@ fn aws_secret(s: &str) -> bool {
         && s.chars().any(|c| c.is_ascii_digit())
 }
 
-/// Replaces matches that are not glued to a word, a number or a mention on either side.
-fn replace_standalone(text: &str, r: &Rule) -> Option<String> {
-    let mut out = String::new();
-    let mut last = 0;
-    for m in r.pattern.find_iter(text) {
-        let before = text[..m.start()].chars().next_back();
-        let after = text[m.end()..].chars().next();
-        let glued_before = before.is_some_and(|c| c.is_alphanumeric() || "_@#<:/&".contains(c));
-        let glued_after = after.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '>');
-        let digits = m.as_str().chars().filter(char::is_ascii_digit).count();
-        if glued_before || glued_after || !(7..=15).contains(&digits) {
-            continue;
-        }
-        out.push_str(&text[last..m.start()]);
-        out.push_str(r.replacement);
-        last = m.end();
-    }
-    (last > 0).then(|| {
-        out.push_str(&text[last..]);
-        out
-    })
+/// Whether a match stands alone: not glued to a word, a number or a mention on either side,
+/// with 7 to 15 digits (a phone number, not an ID or a date).
+fn standalone(text: &str, m: regex::Match<'_>) -> bool {
+    let before = text[..m.start()].chars().next_back();
+    let after = text[m.end()..].chars().next();
+    let glued_before = before.is_some_and(|c| c.is_alphanumeric() || "_@#<:/&".contains(c));
+    let glued_after = after.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '>');
+    let digits = m.as_str().chars().filter(char::is_ascii_digit).count();
+    !glued_before && !glued_after && (7..=15).contains(&digits)
 }
 
 #[cfg(test)]

@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-
 use crate::config::{Collect, Config, Secret};
 use crate::devserver::DevServer;
 use crate::service::Core;
@@ -39,7 +37,7 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
 
     let mut idle = Vec::new();
     for _ in 0..20 {
-        idle.push(mention(&server, channel, asker, bot_id).await?);
+        idle.push(super::mention_ms(&server, channel, asker, bot_id, "how is it going?").await?);
     }
     let before = stored(&core, &guild_id).await?;
 
@@ -57,7 +55,7 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
         });
         let mut during = Vec::new();
         while !burst.is_finished() || during.len() < 5 {
-            during.push(mention(&server, channel, asker, bot_id).await?);
+            during.push(super::mention_ms(&server, channel, asker, bot_id, "how is it going?").await?);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         burst.await?;
@@ -75,10 +73,10 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
         "ingest: {messages} messages over the gateway stored in {seconds:.2} s ({:.0} messages/s), none lost",
         messages as f64 / seconds
     );
-    let (p50, p99) = quantiles(&mut idle);
+    let (p50, p99) = super::p50_p99(&mut idle);
     println!("mention replies, idle bot:        p50 {p50:.1} ms  p99 {p99:.1} ms  ({} replies)", idle.len());
     let mut during = during;
-    let (p50, p99) = quantiles(&mut during);
+    let (p50, p99) = super::p50_p99(&mut during);
     println!(
         "mention replies during the burst: p50 {p50:.1} ms  p99 {p99:.1} ms  ({} replies)",
         during.len()
@@ -88,22 +86,6 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mentions the bot and returns the milliseconds until its reply arrives.
-async fn mention(server: &DevServer, channel: u64, user: u64, bot: u64) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    let sent = server.say(channel, user, &format!("<@{bot}> how is it going?"));
-    server
-        .wait_for_bot_message(channel, sent, Duration::from_secs(30))
-        .await
-        .context("a mention got no reply")?;
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
-}
-
 async fn stored(core: &Core, guild: &str) -> anyhow::Result<u64> {
     Ok(core.counts(guild, None).await?.messages)
-}
-
-fn quantiles(ms: &mut [f64]) -> (f64, f64) {
-    ms.sort_by(f64::total_cmp);
-    (super::percentile(ms, 0.5), super::percentile(ms, 0.99))
 }

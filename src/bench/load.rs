@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-
 use crate::config::{Collect, Config, Secret};
 use crate::devserver::DevServer;
 use crate::service::{TrainRequest, Trigger};
@@ -61,7 +59,7 @@ pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
 
     let mut idle = Vec::with_capacity(MENTIONS);
     for _ in 0..MENTIONS {
-        idle.push(mention(&server, channel, asker, bot).await?);
+        idle.push(super::mention_ms(&server, channel, asker, bot, "what is everyone working on?").await?);
     }
 
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -86,7 +84,7 @@ pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut loaded = Vec::with_capacity(MENTIONS);
     while loaded.len() < MENTIONS && Instant::now() < deadline {
-        loaded.push(mention(&server, channel, asker, bot).await?);
+        loaded.push(super::mention_ms(&server, channel, asker, bot, "what is everyone working on?").await?);
     }
     for t in tasks {
         t.await?;
@@ -95,12 +93,12 @@ pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
     let _ = stop_api.send(());
     api.await??;
 
-    let (p50, p99) = quantiles(&mut idle);
+    let (p50, p99) = super::p50_p99(&mut idle);
     println!(
         "mention replies, API idle:          p50 {p50:.1} ms  p99 {p99:.1} ms  ({} replies)",
         idle.len()
     );
-    let (lp50, lp99) = quantiles(&mut loaded);
+    let (lp50, lp99) = super::p50_p99(&mut loaded);
     println!(
         "mention replies, {clients} API clients:   p50 {lp50:.1} ms  p99 {lp99:.1} ms  ({} replies)",
         loaded.len()
@@ -114,20 +112,4 @@ pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
     );
     running.shutdown().await;
     Ok(())
-}
-
-/// Mentions the bot and returns the milliseconds until its reply arrives.
-async fn mention(server: &DevServer, channel: u64, user: u64, bot: u64) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    let sent = server.say(channel, user, &format!("<@{bot}> what is everyone working on?"));
-    server
-        .wait_for_bot_message(channel, sent, Duration::from_secs(30))
-        .await
-        .context("a mention got no reply")?;
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
-}
-
-fn quantiles(ms: &mut [f64]) -> (f64, f64) {
-    ms.sort_by(f64::total_cmp);
-    (super::percentile(ms, 0.5), super::percentile(ms, 0.99))
 }

@@ -403,3 +403,27 @@ fn bench_memory(model: &Path, replies: usize) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Mentions the bot with `text` on the local Discord-compatible server and returns the
+/// milliseconds until its reply arrives (bench ingest and load).
+pub(crate) async fn mention_ms(
+    server: &crate::devserver::DevServer,
+    channel: u64,
+    user: u64,
+    bot: u64,
+    text: &str,
+) -> anyhow::Result<f64> {
+    let t = std::time::Instant::now();
+    let sent = server.say(channel, user, &format!("<@{bot}> {text}"));
+    server
+        .wait_for_bot_message(channel, sent, std::time::Duration::from_secs(30))
+        .await
+        .context("a mention got no reply")?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// The median and the 99th percentile of `ms`, which it sorts.
+pub(crate) fn p50_p99(ms: &mut [f64]) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    (percentile(ms, 0.5), percentile(ms, 0.99))
+}
