@@ -13,7 +13,12 @@ use super::words::{self, CopyGuard};
 use super::EngineError;
 
 /// Score lost per share of a candidate's words that are neither the guild's nor the prompt's.
-const NON_WORD_PENALTY: f64 = 3.0;
+const NON_WORD_PENALTY: f64 = 1.5;
+/// Weight of the length prior: the mean log-probability alone favours one-word replies
+/// ("yeah", "lol"), which members' own replies are not. A reply of `LENGTH_TARGET` words or
+/// more loses nothing; shorter ones lose `LENGTH_WEIGHT * ln((words + 1) / (target + 1))`.
+const LENGTH_WEIGHT: f64 = 0.5;
+const LENGTH_TARGET: usize = 12;
 /// Score lost by a candidate that repeats a word 4-gram.
 const LOOP_PENALTY: f64 = 1.0;
 /// Draws refused by the copy guard before the message is ended instead.
@@ -220,6 +225,8 @@ fn score(decoded: &Decoded, voice: Option<&Voice>, context: &str) -> f64 {
         return f64::NEG_INFINITY;
     }
     let mut score = logp.iter().sum::<f64>() / logp.len() as f64;
+    let words = reply.text.split_whitespace().count().min(LENGTH_TARGET);
+    score += LENGTH_WEIGHT * ((words + 1) as f64 / (LENGTH_TARGET + 1) as f64).ln();
     if let Some(v) = voice {
         let texts = [reply.text.clone()];
         let real = words::real_word_share(&texts, &v.vocab, &[context.to_string()]);
