@@ -237,3 +237,26 @@ fn score(decoded: &Decoded, voice: Option<&Voice>, context: &str) -> f64 {
     }
     score
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(text: &str, logp: f64) -> Decoded {
+        let reply = Generated { author: "a".into(), text: text.into(), tokens: 3, finished: true };
+        (reply, vec![logp; 3])
+    }
+
+    #[test]
+    fn a_one_word_reply_needs_a_clearly_better_likelihood_to_beat_a_sentence() {
+        let short = decoded("yeah", -2.0);
+        let sentence = decoded("i think the tests pass on my machine now", -2.0);
+        assert!(score(&sentence, None, "") > score(&short, None, ""), "equal likelihood: the sentence wins");
+        // Twelve words or more lose nothing to the prior.
+        let long = "one two three four five six seven eight nine ten eleven twelve thirteen";
+        assert_eq!(score(&decoded(long, -2.0), None, ""), -2.0);
+        // A far likelier short reply still wins.
+        assert!(score(&decoded("yeah", -0.5), None, "") > score(&sentence, None, ""));
+        assert_eq!(score(&decoded("  ", -1.0), None, ""), f64::NEG_INFINITY);
+    }
+}
