@@ -97,11 +97,9 @@ pub fn router(core: Arc<Core>) -> Router {
     // on loopback, and without one configured these routes stay shut.
     let remote = Router::new()
         .route("/api/training/corpus", get(corpus))
-        .route(
-            "/api/training/model",
-            post(upload_model)
-                .layer(axum::extract::DefaultBodyLimit::max(crate::models::bundle::MAX_BUNDLE_BYTES)),
-        )
+        // The upload streams to disk and `install_bundle_stream` caps it (axum's body limit only
+        // applies to extractors that buffer).
+        .route("/api/training/model", post(upload_model))
         .route_layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BUNDLE_DEADLINE))
         .route_layer(middleware::from_fn_with_state(core.clone(), remote_allowed));
     let guard = Arc::new(auth::Guard::default());

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Collect, Config, Secret};
 use crate::devserver::DevServer;
 use crate::service::Core;
 
@@ -18,17 +17,7 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
     server.add_member(guild, talker, 0);
     server.add_member(guild, asker, 0);
     let dir = tempfile::tempdir()?;
-    let config = Config {
-        database_url: format!("sqlite://{}/bench.db", dir.path().display()),
-        models_dir: dir.path().join("models"),
-        api_addr: None,
-        discord_token: Some(Secret::new(server.token())),
-        discord_api_base: Some(server.base_url()),
-        collect: Collect::Channels([channel.to_string()].into()),
-        limits: crate::ratelimit::Limits::off(),
-        schedule_minutes: None,
-        ..Config::default()
-    };
+    let config = super::bot_config(dir.path(), &server, channel);
     let running = crate::app::start(config).await?;
     let core = running.core().clone();
     anyhow::ensure!(server.wait_until_ready(Duration::from_secs(30)).await, "the bot did not connect");

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Collect, Config, Secret};
+use crate::config::Secret;
 use crate::devserver::DevServer;
 use crate::service::{TrainRequest, Trigger};
 
@@ -22,18 +22,8 @@ pub async fn run(clients: usize, seconds: u64) -> anyhow::Result<()> {
     let asker = server.create_user("asker");
     server.add_member(guild, asker, 0);
     let dir = tempfile::tempdir()?;
-    let mut config = Config {
-        database_url: format!("sqlite://{}/bench.db", dir.path().display()),
-        models_dir: dir.path().join("models"),
-        api_addr: None,
-        api_token: Some(Secret::new(TOKEN)),
-        discord_token: Some(Secret::new(server.token())),
-        discord_api_base: Some(server.base_url()),
-        collect: Collect::Channels([channel.to_string()].into()),
-        limits: crate::ratelimit::Limits::off(),
-        schedule_minutes: None,
-        ..Config::default()
-    };
+    let mut config = super::bot_config(dir.path(), &server, channel);
+    config.api_token = Some(Secret::new(TOKEN));
     config.engine.preset = crate::engine::Preset::tiny();
     config.engine.max_minutes = 0.5;
     let running = crate::app::start(config).await?;

@@ -427,3 +427,25 @@ pub(crate) fn p50_p99(ms: &mut [f64]) -> (f64, f64) {
     ms.sort_by(f64::total_cmp);
     (percentile(ms, 0.5), percentile(ms, 0.99))
 }
+
+/// The real bot's configuration for a bench on the local Discord-compatible server: a
+/// throwaway database and models under `dir`, `channel` collected, no cool-downs, no schedule,
+/// no API socket of its own.
+pub(crate) fn bot_config(
+    dir: &std::path::Path,
+    server: &crate::devserver::DevServer,
+    channel: u64,
+) -> crate::config::Config {
+    use crate::config::{Collect, Config, Secret};
+    Config {
+        database_url: format!("sqlite://{}/bench.db", dir.display()),
+        models_dir: dir.join("models"),
+        api_addr: None,
+        discord_token: Some(Secret::new(server.token())),
+        discord_api_base: Some(server.base_url()),
+        collect: Collect::Channels([channel.to_string()].into()),
+        limits: crate::ratelimit::Limits::off(),
+        schedule_minutes: None,
+        ..Config::default()
+    }
+}

@@ -28,7 +28,7 @@ pub async fn run_logged(
     channel: serenity::ChannelId,
 ) -> Option<Report> {
     // Discord would refuse (or list nothing): not an error to log on every connection.
-    if !super::permissions::reads_history(ctx, guild, channel) {
+    if super::permissions::bot_in(ctx, guild, channel).is_some_and(|c| !c.reads_history()) {
         tracing::debug!(%guild, %channel, "not reading back a channel whose history the bot may not read");
         return None;
     }

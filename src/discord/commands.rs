@@ -168,7 +168,7 @@ async fn channel_add(
     if let Some(r) = read.filter(|r| r.stored > 0) {
         text.push_str(&format!(" I read back {} earlier messages.", r.stored));
     }
-    match super::permissions::bot_in(ctx.serenity_context(), guild, channel) {
+    match super::permissions::bot_in(ctx.serenity_context(), guild, channel).map(|c| c.permissions) {
         Some(p) if !p.view_channel() => text.push_str(
             " But I can't see that channel: nothing is collected until I get View Channel there.",
         ),

@@ -114,8 +114,9 @@ async fn answer(
         return Ok(());
     }
     // A channel the bot may not write in gets no answer (and no typing): Discord would refuse.
-    let guild = serenity::GuildId::new(incoming.record.guild_id.parse()?);
-    if !super::permissions::may_send(ctx, guild, msg.channel_id) {
+    let Some(guild) = msg.guild_id else { return Ok(()) };
+    let here = super::permissions::bot_in(ctx, guild, msg.channel_id);
+    if here.is_some_and(|c| !c.may_send()) {
         tracing::debug!(channel = %msg.channel_id, "mention not answered: no permission to send here");
         return Ok(());
     }
@@ -147,7 +148,7 @@ async fn answer(
     let mut reply = serenity::CreateMessage::new().content(reply.text).allowed_mentions(no_pings());
     // A reply shows the message it answers, which takes Read Message History; without it the
     // answer goes out as a plain message.
-    if super::permissions::reads_history(ctx, guild, msg.channel_id) {
+    if here.is_none_or(|c| c.reads_history()) {
         reply = reply.reference_message(reference);
     }
     send_retrying(ctx, msg.channel_id, reply).await?;

@@ -4,43 +4,44 @@
 
 use poise::serenity_prelude as serenity;
 
+/// The bot's permissions in one channel, and whether that channel is a thread.
+#[derive(Debug, Clone, Copy)]
+pub struct InChannel {
+    pub permissions: serenity::Permissions,
+    pub thread: bool,
+}
+
+impl InChannel {
+    /// Send Messages, or Send Messages in Threads in a thread.
+    pub fn may_send(&self) -> bool {
+        if self.thread {
+            self.permissions.send_messages_in_threads()
+        } else {
+            self.permissions.send_messages()
+        }
+    }
+
+    pub fn reads_history(&self) -> bool {
+        self.permissions.view_channel() && self.permissions.read_message_history()
+    }
+}
+
 /// The bot's permissions in `channel` (a thread follows its parent channel); `None` when the
-/// cache does not know the guild, the channel or the bot's member yet.
+/// cache does not know the guild, the channel or the bot's member yet (then Discord will say).
 pub fn bot_in(
     ctx: &serenity::Context,
     guild: serenity::GuildId,
     channel: serenity::ChannelId,
-) -> Option<serenity::Permissions> {
+) -> Option<InChannel> {
     let me = ctx.cache.current_user().id;
     let guild = ctx.cache.guild(guild)?;
     let member = guild.members.get(&me)?;
-    let channel = match guild.channels.get(&channel) {
-        Some(c) => c,
+    let (channel, thread) = match guild.channels.get(&channel) {
+        Some(c) => (c, false),
         None => {
             let thread = guild.threads.iter().find(|t| t.id == channel)?;
-            guild.channels.get(&thread.parent_id?)?
+            (guild.channels.get(&thread.parent_id?)?, true)
         }
     };
-    Some(guild.user_permissions_in(channel, member))
-}
-
-/// Whether the bot may post in `channel`: Send Messages, or Send Messages in Threads in a
-/// thread (unknown counts as yes: Discord will say).
-pub fn may_send(ctx: &serenity::Context, guild: serenity::GuildId, channel: serenity::ChannelId) -> bool {
-    let Some(p) = bot_in(ctx, guild, channel) else { return true };
-    let in_thread = ctx.cache.guild(guild).is_some_and(|g| g.threads.iter().any(|t| t.id == channel));
-    if in_thread {
-        p.send_messages_in_threads()
-    } else {
-        p.send_messages()
-    }
-}
-
-/// Whether the bot can read `channel`'s history (unknown counts as yes: Discord will say).
-pub fn reads_history(
-    ctx: &serenity::Context,
-    guild: serenity::GuildId,
-    channel: serenity::ChannelId,
-) -> bool {
-    bot_in(ctx, guild, channel).is_none_or(|p| p.view_channel() && p.read_message_history())
+    Some(InChannel { permissions: guild.user_permissions_in(channel, member), thread })
 }

@@ -54,6 +54,10 @@ impl Deleted {
     /// Whether the message, or the channel it was in, was deleted lately.
     pub fn contains(&self, guild: &str, channel: &str, id: &str) -> bool {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Every ingested message asks: no keys to build when nothing was deleted lately.
+        if inner.set.is_empty() {
+            return false;
+        }
         let (guild, channel, id) = (guild.to_string(), channel.to_string(), id.to_string());
         inner.set.contains(&Gone::Message { guild: guild.clone(), id })
             || inner.set.contains(&Gone::Channel { guild, channel })

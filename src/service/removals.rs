@@ -9,6 +9,10 @@ use super::{Core, ServiceError};
 use crate::corpus::Record;
 use crate::store::{Purged, Removal, StoreError};
 
+/// Why a model that learned removed messages is stale, as `!llmstats` shows it.
+const MESSAGES_DELETED: &str = "messages were deleted on Discord";
+const CHANNEL_DELETED: &str = "a channel was deleted on Discord";
+
 /// A removal not applied yet, and its row in `pending_removals` if it has one.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -47,17 +51,11 @@ impl Core {
     pub async fn messages_deleted(&self, guild: &str, ids: &[String]) -> Result<Purged, ServiceError> {
         // Remembered first: a history page read before this cannot store them again.
         self.deleted.messages(guild, ids);
-        match self.store.purge_messages(guild, ids).await {
-            Ok(purged) => {
-                self.removed(guild, &purged, "messages were deleted on Discord").await?;
-                Ok(purged)
-            }
-            Err(e) => {
-                let removals = ids.iter().map(|id| Removal::Message { guild: guild.into(), id: id.clone() });
-                self.defer_removals(removals.collect(), e).await;
-                Ok(Purged::default())
-            }
-        }
+        let purge = self.store.purge_messages(guild, ids).await;
+        self.purged_or_deferred(guild, purge, MESSAGES_DELETED, || {
+            ids.iter().map(|id| Removal::Message { guild: guild.into(), id: id.clone() }).collect()
+        })
+        .await
     }
 
     /// A message edited on Discord: the stored copy takes the new text (scrubbed); the old text
@@ -85,17 +83,29 @@ impl Core {
     /// A channel or thread was deleted on Discord.
     pub async fn channel_deleted(&self, guild: &str, channel: &str) -> Result<Purged, ServiceError> {
         self.deleted.channel(guild, channel);
-        match self.store.purge_channel(guild, channel).await {
+        let purge = self.store.purge_channel(guild, channel).await;
+        self.purged_or_deferred(guild, purge, CHANNEL_DELETED, || {
+            vec![Removal::Channel { guild: guild.into(), channel: channel.into() }]
+        })
+        .await
+    }
+
+    /// After a purge: the bookkeeping of what it removed, or, if the store refused it, the
+    /// removals queued for later.
+    async fn purged_or_deferred(
+        &self,
+        guild: &str,
+        purge: Result<Purged, StoreError>,
+        reason: &str,
+        removals: impl FnOnce() -> Vec<Removal>,
+    ) -> Result<Purged, ServiceError> {
+        match purge {
             Ok(purged) => {
-                self.removed(guild, &purged, "a channel was deleted on Discord").await?;
+                self.removed(guild, &purged, reason).await?;
                 Ok(purged)
             }
             Err(e) => {
-                self.defer_removals(
-                    vec![Removal::Channel { guild: guild.into(), channel: channel.into() }],
-                    e,
-                )
-                .await;
+                self.defer_removals(removals(), e).await;
                 Ok(Purged::default())
             }
         }
@@ -106,12 +116,12 @@ impl Core {
         match r {
             Removal::Message { guild, id } => {
                 let purged = self.store.purge_messages(guild, std::slice::from_ref(id)).await?;
-                self.removed(guild, &purged, "messages were deleted on Discord").await?;
+                self.removed(guild, &purged, MESSAGES_DELETED).await?;
                 Ok(true)
             }
             Removal::Channel { guild, channel } => {
                 let purged = self.store.purge_channel(guild, channel).await?;
-                self.removed(guild, &purged, "a channel was deleted on Discord").await?;
+                self.removed(guild, &purged, CHANNEL_DELETED).await?;
                 Ok(true)
             }
             Removal::Edit { guild, id, content, edited_at } => {
