@@ -118,6 +118,12 @@ pub struct EngineConfig {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     pub preset: Preset,
+    /// The pretrained base new trainings start from (`MYNAH_BASE`: a name, `none`, or unset for
+    /// the installed one).
+    pub base: crate::models::bases::Choice,
+    /// Fine-tuning a base trains adapters of this shape (`MYNAH_LORA_RANK`, `MYNAH_LORA_ALPHA`);
+    /// `None` (rank 0) trains every weight.
+    pub lora: Option<crate::engine::lora::LoraSpec>,
     pub epochs: usize,
     pub max_minutes: f64,
     /// Messages of the channel's recent history given to the model with a mention.
@@ -130,6 +136,8 @@ impl Default for EngineConfig {
         Self {
             device: "cpu".into(),
             preset: Preset::default_preset(),
+            base: crate::models::bases::Choice::Auto,
+            lora: Some(crate::engine::lora::LoraSpec::default()),
             epochs: 3,
             max_minutes: 10.0,
             reply_context: 8,
@@ -304,6 +312,14 @@ impl Config {
             e.preset =
                 Preset::by_name(&name).ok_or_else(|| err("MYNAH_PRESET", &name, "tiny, small or default"))?;
         }
+        if let Some(name) = get("MYNAH_BASE") {
+            e.base = name.parse().map_err(|_| {
+                err("MYNAH_BASE", &name, "the name of an installed base (`mynah base list`) or none")
+            })?;
+        }
+        let rank = number(&get, "MYNAH_LORA_RANK", 8)?.min(256) as usize;
+        let alpha = float(&get, "MYNAH_LORA_ALPHA", 16.0, 0.01, 10_000.0)?;
+        e.lora = (rank > 0).then_some(crate::engine::lora::LoraSpec { rank, alpha });
         e.epochs = number(&get, "MYNAH_TRAIN_EPOCHS", e.epochs as u64)?.clamp(1, 1000) as usize;
         e.max_minutes = float(&get, "MYNAH_TRAIN_MAX_MINUTES", e.max_minutes, 0.01, 10_000.0)?;
         e.reply_context = number(&get, "MYNAH_REPLY_CONTEXT", e.reply_context as u64)?.min(100) as usize;

@@ -139,6 +139,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         stats.counts.messages, imported.imported
     );
     println!("{api_line}");
+    let base_line = match crate::models::bases::resolve(&config.models_dir, &config.engine.base) {
+        Ok(Some(b)) => format!(
+            "Base:      {} ({:.0} M parameters): !llmtrain fine-tunes it (MYNAH_BASE=none: a small model from scratch).",
+            b.manifest.name,
+            b.manifest.parameters as f64 / 1e6
+        ),
+        Ok(None) => "Base:      none, so !llmtrain trains a small model from scratch (`mynah base import` adds a pretrained one).".into(),
+        Err(e) => format!("Base:      {e}; !llmtrain trains from scratch."),
+    };
+    println!("{base_line}");
     println!("Try: !llmstats   @mynah hi   !llmtrain force   /as guest   /channel off-topic   /help   /quit");
 
     let result = prompt_loop(&room, &config.prefix).await;

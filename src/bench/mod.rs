@@ -86,6 +86,13 @@ pub enum Bench {
         /// A trained run directory; without it, the preset is trained on the corpus first.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Fine-tune this pretrained base (a directory under models/base/) instead of training
+        /// from scratch; with --minutes 0 the base is measured as it is (zero-shot).
+        #[arg(long, conflicts_with = "model")]
+        base: Option<PathBuf>,
+        /// Keep the trained run in this directory (as `<dir>/bench`), for `--model` later.
+        #[arg(long, conflicts_with = "model")]
+        keep: Option<PathBuf>,
         #[arg(long, default_value = "default")]
         preset: String,
         /// The training budget when training (what a guild gets: MYNAH_TRAIN_MAX_MINUTES).
@@ -117,11 +124,13 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory { model, replies } => bench_memory(&model, replies),
-        Bench::Quality { corpus, guild, model, preset, minutes, epochs, prompts, samples } => {
+        Bench::Quality { corpus, guild, model, base, keep, preset, minutes, epochs, prompts, samples } => {
             quality::run(&quality::Options {
                 corpus,
                 guild,
                 model,
+                base,
+                keep,
                 preset,
                 minutes,
                 epochs,
@@ -209,11 +218,11 @@ fn bench_train(
     let kn_seconds = kn_started.elapsed().as_secs_f64();
 
     if let Some(export) = export {
-        export_for_torch(export, &data, &trained.model.cfg, &opts)?;
+        export_for_torch(export, &data, &trained.fast.cfg, &opts)?;
     }
     let summary = json!({
         "preset": opts.preset.name,
-        "params": trained.model.cfg.params(),
+        "params": trained.fast.cfg.params(),
         "wall_seconds": wall,
         "steps": r.steps,
         "epochs": r.epochs,
@@ -340,8 +349,13 @@ fn latencies(
 fn load_or_init(model: Option<&Path>, preset_name: &str) -> anyhow::Result<(Model, Option<ChatTokenizer>)> {
     match model {
         Some(dir) => {
-            let loaded = checkpoint::load(dir, &Device::Cpu)?;
-            Ok((loaded.model, Some(loaded.tokenizer)))
+            let loaded = checkpoint::load_with_bases(
+                dir,
+                &Device::Cpu,
+                &|r| crate::models::bases::find(&models_dir(), r),
+                true,
+            )?;
+            Ok((loaded.model.context("the run has no candle model")?, Some(loaded.tokenizer)))
         }
         None => {
             let cfg = preset(preset_name)?.model_config(preset(preset_name)?.vocab_size);
@@ -355,7 +369,8 @@ fn bench_reply(model: Option<&Path>, preset_name: &str, runs: usize) -> anyhow::
     let (model, tok) = load_or_init(model, preset_name)?;
     let prompt = prompt_tokens(tok.as_ref(), model.cfg.vocab_size)?;
     // Message ends are banned so every reply is exactly 40 tokens.
-    let banned: Vec<u32> = tok.as_ref().map(|t| vec![t.pad, t.msg, t.says, t.eom]).unwrap_or_default();
+    let banned: Vec<u32> =
+        tok.as_ref().map(|t| [t.banned_in_content(), &[t.eom]].concat()).unwrap_or_default();
     let fast = FastModel::from_model(&model)?;
     let summary = json!({
         "params": model.cfg.params(),
@@ -383,7 +398,12 @@ pub fn rss_mb() -> (f64, f64) {
 }
 
 fn bench_memory(model: &Path, replies: usize) -> anyhow::Result<()> {
-    let loaded = checkpoint::load(model, &Device::Cpu)?;
+    let loaded = checkpoint::load_with_bases(
+        model,
+        &Device::Cpu,
+        &|r| crate::models::bases::find(&models_dir(), r),
+        true,
+    )?;
     let history: Vec<(String, String)> = crate::playground::SAMPLE
         .lines()
         .take(8)
@@ -448,4 +468,10 @@ pub(crate) fn bot_config(
         schedule_minutes: None,
         ..Config::default()
     }
+}
+
+/// Where installed bases are looked up for a run fine-tuned from one: `MYNAH_MODELS_DIR`, or
+/// `models`.
+fn models_dir() -> PathBuf {
+    std::env::var_os("MYNAH_MODELS_DIR").map_or_else(|| PathBuf::from("models"), PathBuf::from)
 }

@@ -30,6 +30,8 @@ pub struct Options {
     pub corpus: PathBuf,
     pub guild: Option<String>,
     pub model: Option<PathBuf>,
+    pub base: Option<PathBuf>,
+    pub keep: Option<PathBuf>,
     pub preset: String,
     pub minutes: f64,
     pub epochs: usize,
@@ -46,7 +48,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let (train_part, held_out) = train::split(&lines, 0.1)?;
     eprintln!("corpus: {} messages, {} held out", lines.len(), held_out.len());
     let model = match &o.model {
-        Some(dir) => checkpoint::load(dir, &Device::Cpu)?,
+        Some(dir) => checkpoint::load_with_bases(
+            dir,
+            &Device::Cpu,
+            &|r| crate::models::bases::find(&super::models_dir(), r),
+            true,
+        )?,
         None => train_model(&lines, o)?,
     };
     let tok = &model.tokenizer;
@@ -112,8 +119,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     ms.sort_by(f64::total_cmp);
     let (peak, rss) = super::rss_mb();
     println!(
-        "\nreply latency ({} candidates, one thread): p50 {:.1} ms, p99 {:.1} ms; voice ≈ {:.0} MB; peak RSS {peak:.0} MB (now {rss:.0} MB)",
-        sampling.candidates,
+        "\nreply latency ({} candidates): p50 {:.1} ms, p99 {:.1} ms; voice ≈ {:.0} MB; peak RSS {peak:.0} MB (now {rss:.0} MB)",
+        crate::engine::decode::candidates_for(&sampling, model.fast.cfg.params()),
         super::percentile(&ms, 0.5),
         super::percentile(&ms, 0.99),
         voice.counts.approx_bytes() as f64 / 1e6,
@@ -139,11 +146,12 @@ fn train_model(lines: &[ChatLine], o: &Options) -> anyhow::Result<Loaded> {
     opts.epochs = o.epochs;
     opts.max_seconds = Some(o.minutes * 60.0);
     let dir = tempfile::tempdir()?;
+    let base = o.base.as_deref().map(crate::models::bases::open).transpose()?;
     let spec = RunSpec {
         lines,
         opts: &opts,
-        base: None,
-        parent: dir.path(),
+        base: base.as_ref().map(crate::models::bases::Base::run),
+        parent: o.keep.as_deref().unwrap_or(dir.path()),
         name: "bench",
         preset_label: o.preset.clone(),
         corpus_span: (None, None),
@@ -156,9 +164,13 @@ fn train_model(lines: &[ChatLine], o: &Options) -> anyhow::Result<Loaded> {
             last = Instant::now();
         }
     })?;
+    let what = match &o.base {
+        Some(base) => format!("base {}", base.display()),
+        None => o.preset.clone(),
+    };
     eprintln!(
-        "trained {} ({} params) in {:.0} s, {} steps",
-        o.preset, loaded.meta.params, report.seconds, report.steps
+        "trained {what} ({} params) in {:.0} s, {} steps, {:.0} tokens/s; validation {:.3} bits/byte",
+        loaded.meta.params, report.seconds, report.steps, report.tokens_per_second, report.val_bits_per_byte
     );
     Ok(loaded)
 }
@@ -173,15 +185,15 @@ struct Bits {
 
 fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyhow::Result<Bits> {
     let tok = &model.tokenizer;
-    let len = model.model.cfg.max_position_embeddings;
+    let len = model.model()?.cfg.max_position_embeddings;
     // The mixer the model was saved with (fitted on its training part), or fitted now the same way.
     let mixer = match model.meta.mixer.as_deref() {
         Some(w) => Voice::new(tok, Some(w)).mixer,
-        None => voice::fit_mixer(&model.model, tok, train_part)?,
+        None => voice::fit_mixer(model.model()?, tok, train_part)?,
     };
 
     let stream = voice::stream(held_out, tok)?;
-    let net = train::token_probs(&model.model, &stream, len)?;
+    let net = train::token_probs(model.model()?, &stream, len)?;
     let frozen = Voice::build(tok, None, voice::said(train_part))?.counts;
     let mut online = frozen.clone();
     let order = frozen.order();
@@ -200,12 +212,13 @@ fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyho
             }
             bytes += u64::from(tok.byte_len(t));
         }
-        if t == tok.msg {
-            start = i;
-        }
         if t == tok.eom {
             // What a compressor does: the message is learnt once it has been scored.
             online.add(&stream[start..=i]);
+        }
+        // (In `author: content` lines the newline that ends a message also starts the next.)
+        if t == tok.msg {
+            start = i;
         }
     }
     let b = bytes.max(1) as f64;

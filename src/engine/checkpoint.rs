@@ -11,7 +11,10 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::fast::FastModel;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use super::fast::{FastModel, FastWeights};
 use super::model::{Model, ModelConfig};
 use super::tokenizer::ChatTokenizer;
 use super::EngineError;
@@ -50,6 +53,18 @@ pub struct Meta {
     /// The weights mixing the network with the guild's count model, fitted on the newest slice
     /// of the training part; defaults when absent.
     pub mixer: Option<Vec<f32>>,
+    /// The pretrained base the run was fine-tuned from; with `lora`, `model.safetensors` holds
+    /// only the adapters and the base's weights are needed to load it.
+    pub base: Option<BaseRef>,
+    pub lora: Option<super::lora::LoraSpec>,
+}
+
+/// A pretrained base, as a run refers to it: by the hash of its weights (names differ between
+/// machines), with its name for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    pub name: String,
+    pub sha256: String,
 }
 
 impl Meta {
@@ -71,7 +86,7 @@ impl Meta {
             steps: report.steps as u64,
             epochs: report.epochs,
             tokens: report.tokens,
-            train_loss: Some(report.train_loss),
+            train_loss: Some(report.train_loss).filter(|l| l.is_finite()),
             ..Meta::default()
         }
     }
@@ -79,12 +94,28 @@ impl Meta {
 
 /// A loaded checkpoint, ready to generate.
 pub struct Loaded {
-    pub model: Model,
+    /// The weights as a candle model, for scoring text (benchmarks, the mixer's fit); `None`
+    /// once the model only serves ([`Loaded::serving_only`]): for a pretrained base it would
+    /// double the memory.
+    pub model: Option<Model>,
     /// The same weights in the lean CPU layout that serves replies.
     pub fast: FastModel,
     pub tokenizer: ChatTokenizer,
     pub meta: Meta,
     pub dir: PathBuf,
+}
+
+impl Loaded {
+    /// The model without its candle copy of the weights: what replies need.
+    pub fn serving_only(mut self) -> Loaded {
+        self.model = None;
+        self
+    }
+
+    /// The candle model, unless it was dropped for serving.
+    pub fn model(&self) -> Result<&Model, EngineError> {
+        self.model.as_ref().ok_or_else(|| ck_err(&self.dir, "the model was loaded for serving only"))
+    }
 }
 
 fn ck_err(path: &Path, reason: impl std::fmt::Display) -> EngineError {
@@ -140,8 +171,20 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
-/// Loads and validates a run directory: config, tokenizer and every tensor's shape.
+/// Loads and validates a run directory that needs no base (see [`load_with_bases`]).
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded, EngineError> {
+    load_with_bases(dir, device, &|_| None, true)
+}
+
+/// Loads and validates a run directory: config, tokenizer and every tensor's shape. A run of
+/// adapters is put on the weights of its base, which `find_base` locates; serving models share
+/// one copy of a base. Without `keep_model`, no candle model is kept (serving needs none).
+pub fn load_with_bases(
+    dir: &Path,
+    device: &Device,
+    find_base: &dyn Fn(&BaseRef) -> Option<PathBuf>,
+    keep_model: bool,
+) -> Result<Loaded, EngineError> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| ck_err(&dir.join(name), e));
     let config: ModelConfig =
         serde_json::from_str(&read("config.json")?).map_err(|e| ck_err(&dir.join("config.json"), e))?;
@@ -161,10 +204,74 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded, EngineError> {
     }
     let weights = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| ck_err(&weights, e))?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    let model = Model::new(&config, vb).map_err(|e| ck_err(&weights, e))?;
-    let fast = FastModel::from_model(&model)?;
+    let (model, fast) = match (&meta.lora, &meta.base) {
+        (Some(spec), Some(base)) => {
+            let path = find_base(base).ok_or_else(|| {
+                ck_err(
+                    dir,
+                    format!(
+                        "it was fine-tuned from base {} (sha256 {}), which is not installed",
+                        base.name, base.sha256
+                    ),
+                )
+            })?;
+            let shared = shared_base(&base.sha256);
+            let (shared, model) = match shared {
+                // Another guild on this base already serves: only the adapters are loaded.
+                Some(shared) if !keep_model => (shared, None),
+                shared => {
+                    let (base_cfg, _, base_weights) = super::train::load_base(&path, device)?;
+                    if base_cfg != config {
+                        return Err(ck_err(dir, format!("its config does not match base {}'s", base.name)));
+                    }
+                    let mut model =
+                        Model::new(&config, VarBuilder::from_tensors(base_weights, DType::F32, device))?;
+                    let shared = match shared {
+                        Some(shared) => shared,
+                        None => share_base(&base.sha256, FastWeights::from_model(&model)?),
+                    };
+                    let model = if keep_model {
+                        let adapters = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
+                        model.attach_lora(spec, &adapters).map_err(|e| ck_err(&weights, e))?;
+                        model.merge_lora()?;
+                        Some(model)
+                    } else {
+                        None
+                    };
+                    (shared, model)
+                }
+            };
+            let fast = FastModel::with_adapters(config.clone(), shared, spec, &tensors)
+                .map_err(|e| ck_err(&weights, e))?;
+            (model, fast)
+        }
+        (Some(_), None) => return Err(ck_err(dir, "it holds adapters but names no base")),
+        _ => {
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+            let model = Model::new(&config, vb).map_err(|e| ck_err(&weights, e))?;
+            let fast = FastModel::from_model(&model)?;
+            (keep_model.then_some(model), fast)
+        }
+    };
     Ok(Loaded { model, fast, tokenizer, meta, dir: dir.to_path_buf() })
+}
+
+/// Bases' serving weights by hash, shared by every model fine-tuned from them while any of
+/// those is loaded (ten guilds on one base hold one copy of it).
+static SHARED_BASES: OnceLock<Mutex<HashMap<String, Weak<FastWeights>>>> = OnceLock::new();
+
+fn shared_base(sha256: &str) -> Option<Arc<FastWeights>> {
+    let bases = SHARED_BASES.get_or_init(Default::default).lock().ok()?;
+    bases.get(sha256).and_then(Weak::upgrade)
+}
+
+fn share_base(sha256: &str, weights: FastWeights) -> Arc<FastWeights> {
+    let weights = Arc::new(weights);
+    if let Ok(mut bases) = SHARED_BASES.get_or_init(Default::default).lock() {
+        bases.retain(|_, w| w.strong_count() > 0);
+        bases.insert(sha256.to_string(), Arc::downgrade(&weights));
+    }
+    weights
 }
 
 fn pretty<T: Serialize>(value: &T) -> String {

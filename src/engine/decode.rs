@@ -24,6 +24,16 @@ const LOOP_PENALTY: f64 = 1.0;
 /// Draws refused by the copy guard before the message is ended instead.
 const MAX_REFUSALS: usize = 32;
 
+/// Decoding work a reply may take, in parameters × candidates: each candidate runs the whole
+/// network for every token, so a pretrained base gets fewer candidates than a guild's small
+/// model (a 1 M model keeps all 8, SmolLM2-135M gets 1) and its replies stay within seconds.
+const CANDIDATE_BUDGET: u64 = 200_000_000;
+
+/// The candidates a reply with `s` draws from a model of `params` parameters.
+pub fn candidates_for(s: &Sampling, params: u64) -> usize {
+    (CANDIDATE_BUDGET / params.max(1)).clamp(1, s.candidates.max(1) as u64) as usize
+}
+
 /// One candidate with its score (higher is better).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -32,7 +42,8 @@ pub struct Candidate {
     pub score: f64,
 }
 
-/// The best of `s.candidates` candidates (at least one), and all of them, best first.
+/// The best of `s.candidates` candidates (at least one; fewer for a large model, see
+/// [`candidates_for`]), and all of them, best first.
 pub fn reply(
     model: &FastModel,
     tok: &ChatTokenizer,
@@ -51,8 +62,9 @@ pub fn reply(
     let mut logits = Vec::new();
     model.forward(&ids, &mut cache, &mut logits)?;
     let context_text: String = history.iter().map(|(a, c)| format!("{a} {c}\n")).collect();
-    let mut out = Vec::with_capacity(s.candidates.max(1));
-    for _ in 0..s.candidates.max(1) {
+    let k = candidates_for(s, model.cfg.params());
+    let mut out = Vec::with_capacity(k);
+    for _ in 0..k {
         let mut fork = Fork { cache: cache.clone(), logits: logits.clone(), seq: ids.clone() };
         let reply = fork.decode(model, tok, s, voice, rng)?;
         let score = score(&reply, voice, &context_text);
@@ -87,7 +99,7 @@ impl Fork {
             let next = if author.len() >= MAX_AUTHOR_TOKENS {
                 tok.says
             } else {
-                generate::sample(&mut self.logits, &[tok.pad, tok.msg, tok.eom], &[], s, rng)
+                generate::sample(&mut self.logits, tok.banned_in_author(), &[], s, rng)
             };
             self.step(model, next)?;
             if next == tok.says {
@@ -172,7 +184,7 @@ impl Fork {
         generate::penalize_repeats(&mut logits, recent, s.repetition_penalty);
         mixed(&logits, voice, &self.seq, mixture);
         out.copy_from_slice(mixture);
-        for b in [tok.pad, tok.msg, tok.says] {
+        for &b in tok.banned_in_content() {
             if let Some(p) = out.get_mut(b as usize) {
                 *p = 0.0;
             }
@@ -241,6 +253,16 @@ fn score(decoded: &Decoded, voice: Option<&Voice>, context: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_model_draws_fewer_candidates() {
+        let s = Sampling::default();
+        assert_eq!(s.candidates, 8);
+        assert_eq!(candidates_for(&s, 1_100_000), 8, "the default model keeps all of them");
+        assert_eq!(candidates_for(&s, 50_000_000), 4);
+        assert_eq!(candidates_for(&s, 134_515_008), 1, "SmolLM2-135M");
+        assert_eq!(candidates_for(&Sampling { candidates: 0, ..s }, 1_000), 1);
+    }
 
     fn decoded(text: &str, logp: f64) -> Decoded {
         let reply = Generated { author: "a".into(), text: text.into(), tokens: 3, finished: true };

@@ -3,8 +3,16 @@
 //! allocation, masks or kernel launches. Per-token work on small models is dominated by
 //! framework overhead otherwise (about 80 ms for a 40-token reply in candle vs a target of
 //! 25 ms). The kernels are compiled twice, with AVX2+FMA selected at run time when present.
-//! Tests hold it to the candle path's logits.
+//! Tests hold it to the candle path's logits. A pretrained base's weights are shared by every
+//! guild fine-tuned from it ([`FastWeights`] behind an `Arc`), each guild's low-rank adapters
+//! applied beside them as it decodes.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use super::lora::LoraSpec;
 use super::model::{Model, ModelConfig};
 use super::EngineError;
 
@@ -20,13 +28,49 @@ struct Layer {
     wdown: Vec<f32>,
 }
 
-/// A model ready for fast single-stream generation.
-pub struct FastModel {
-    pub cfg: ModelConfig,
+/// A model's weights in host buffers, shareable between models (a base and its guilds).
+pub struct FastWeights {
     embed: Vec<f32>,
     layers: Vec<Layer>,
     norm: Vec<f32>,
-    lm_head: Vec<f32>,
+    /// `None` when the output layer is the embedding (tied): one copy serves both.
+    lm_head: Option<Vec<f32>>,
+}
+
+impl FastWeights {
+    /// Bytes of the weights (what sharing them saves per guild).
+    pub fn bytes(&self) -> usize {
+        let layer = |l: &Layer| {
+            [&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.wgate, &l.wup, &l.wdown]
+                .iter()
+                .map(|v| v.len())
+                .sum::<usize>()
+        };
+        let n = self.embed.len()
+            + self.norm.len()
+            + self.lm_head.as_ref().map_or(0, Vec::len)
+            + self.layers.iter().map(layer).sum::<usize>();
+        n * 4
+    }
+}
+
+/// One projection's low-rank adapter: `y += scale · (x aᵀ) bᵀ`.
+struct LowRank {
+    /// `[rank, in]`
+    a: Vec<f32>,
+    /// `[out, rank]`
+    b: Vec<f32>,
+    rank: usize,
+    scale: f32,
+}
+
+/// A model ready for fast single-stream generation.
+pub struct FastModel {
+    pub cfg: ModelConfig,
+    weights: Arc<FastWeights>,
+    /// Per layer, the adapters of q, k, v, o, gate, up and down, when the model is a base with
+    /// a guild's adapters on top.
+    adapters: Option<Vec<[LowRank; 7]>>,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
@@ -48,17 +92,21 @@ pub struct FastCache {
     g: Vec<f32>,
     u: Vec<f32>,
     tmp: Vec<f32>,
+    /// An adapter's `x aᵀ`.
+    lr: Vec<f32>,
 }
 
-impl FastModel {
+fn host(t: &Tensor) -> Result<Vec<f32>, EngineError> {
+    Ok(t.to_device(&candle_core::Device::Cpu)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?)
+}
+
+impl FastWeights {
     /// Copies the weights of `model` (on any device) into host buffers.
-    pub fn from_model(model: &Model) -> Result<FastModel, EngineError> {
+    pub fn from_model(model: &Model) -> Result<FastWeights, EngineError> {
         let w = model.weights();
-        let host = |t: &candle_core::Tensor| -> Result<Vec<f32>, EngineError> {
-            Ok(t.to_device(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
-        };
-        let cfg = model.cfg.clone();
-        let hd = cfg.head_dim();
         let mut layers = Vec::with_capacity(w.blocks.len());
         for b in w.blocks {
             layers.push(Layer {
@@ -73,6 +121,75 @@ impl FastModel {
                 wdown: host(b[8])?,
             });
         }
+        Ok(FastWeights {
+            embed: host(w.embed)?,
+            layers,
+            norm: host(w.norm)?,
+            lm_head: if model.cfg.tie_word_embeddings { None } else { Some(host(w.lm_head)?) },
+        })
+    }
+}
+
+impl FastModel {
+    /// Copies the weights of `model` (on any device) into host buffers.
+    pub fn from_model(model: &Model) -> Result<FastModel, EngineError> {
+        Ok(FastModel::new(model.cfg.clone(), Arc::new(FastWeights::from_model(model)?), None))
+    }
+
+    /// A base's shared weights with a guild's adapters (`tensors` as [`super::lora`] names them).
+    pub fn with_adapters(
+        cfg: ModelConfig,
+        weights: Arc<FastWeights>,
+        spec: &LoraSpec,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<FastModel, EngineError> {
+        let mut adapters = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let one = |target: &str| -> Result<LowRank, EngineError> {
+                let get = |ab: &str| {
+                    let name = format!("model.layers.{i}.{target}.{ab}.weight");
+                    tensors
+                        .get(&name)
+                        .ok_or_else(|| EngineError::BadConfig(format!("the adapters lack {name}")))
+                };
+                let (a, b) = (get("lora_a")?, get("lora_b")?);
+                let (rank, _) = a.dims2()?;
+                let (_, rank_b) = b.dims2()?;
+                if rank != spec.rank || rank_b != spec.rank {
+                    return Err(EngineError::BadConfig(format!(
+                        "{target} adapters of rank {rank}/{rank_b}, expected {}",
+                        spec.rank
+                    )));
+                }
+                Ok(LowRank { a: host(a)?, b: host(b)?, rank, scale: spec.scale() as f32 })
+            };
+            let t = super::lora::TARGETS;
+            adapters.push([
+                one(t[0])?,
+                one(t[1])?,
+                one(t[2])?,
+                one(t[3])?,
+                one(t[4])?,
+                one(t[5])?,
+                one(t[6])?,
+            ]);
+        }
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let kv = cfg.kv_heads() * cfg.head_dim();
+        for (layer, l) in adapters.iter().enumerate() {
+            for (lr, (out, inp)) in l.iter().zip([(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]) {
+                if lr.a.len() != lr.rank * inp || lr.b.len() != out * lr.rank {
+                    return Err(EngineError::BadConfig(format!(
+                        "layer {layer}: an adapter does not fit the model"
+                    )));
+                }
+            }
+        }
+        Ok(FastModel::new(cfg, weights, Some(adapters)))
+    }
+
+    fn new(cfg: ModelConfig, weights: Arc<FastWeights>, adapters: Option<Vec<[LowRank; 7]>>) -> FastModel {
+        let hd = cfg.head_dim();
         let n = cfg.max_position_embeddings;
         let (mut cos, mut sin) = (Vec::with_capacity(n * hd / 2), Vec::with_capacity(n * hd / 2));
         for p in 0..n {
@@ -83,20 +200,17 @@ impl FastModel {
                 sin.push(a.sin());
             }
         }
-        Ok(FastModel {
-            embed: host(w.embed)?,
-            layers,
-            norm: host(w.norm)?,
-            lm_head: host(w.lm_head)?,
-            cos,
-            sin,
-            cfg,
-        })
+        FastModel { cfg, weights, adapters, cos, sin }
+    }
+
+    /// The weights, to share with other models on the same base.
+    pub fn weights(&self) -> &Arc<FastWeights> {
+        &self.weights
     }
 
     pub fn new_cache(&self) -> FastCache {
         let kv = self.cfg.kv_heads() * self.cfg.head_dim();
-        let size = self.layers.len() * self.cfg.max_position_embeddings * kv;
+        let size = self.weights.layers.len() * self.cfg.max_position_embeddings * kv;
         FastCache {
             k: vec![0.0; size],
             v: vec![0.0; size],
@@ -111,6 +225,7 @@ impl FastModel {
             g: Vec::new(),
             u: Vec::new(),
             tmp: Vec::new(),
+            lr: Vec::new(),
         }
     }
 
@@ -156,15 +271,22 @@ impl FastModel {
         let eps = cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let pos = c.pos;
+        let w = &*self.weights;
         resize(&mut c.x, t * d);
         for (i, &id) in ids.iter().enumerate() {
-            c.x[i * d..(i + 1) * d].copy_from_slice(&self.embed[id as usize * d..(id as usize + 1) * d]);
+            c.x[i * d..(i + 1) * d].copy_from_slice(&w.embed[id as usize * d..(id as usize + 1) * d]);
         }
-        for (li, l) in self.layers.iter().enumerate() {
+        for (li, l) in w.layers.iter().enumerate() {
+            let ad = self.adapters.as_ref().map(|a| &a[li]);
             rms_norm_rows::<FMA>(&c.x, &l.attn_norm, d, eps, &mut c.xn);
             matmul::<FMA>(&c.xn, &l.wq, t, d, d, &mut c.q);
             matmul::<FMA>(&c.xn, &l.wk, t, d, kv, &mut c.kk);
             matmul::<FMA>(&c.xn, &l.wv, t, d, kv, &mut c.vv);
+            if let Some(ad) = ad {
+                low_rank::<FMA>(&ad[0], &c.xn, t, d, d, &mut c.q, &mut c.lr);
+                low_rank::<FMA>(&ad[1], &c.xn, t, d, kv, &mut c.kk, &mut c.lr);
+                low_rank::<FMA>(&ad[2], &c.xn, t, d, kv, &mut c.vv, &mut c.lr);
+            }
             for i in 0..t {
                 let p = pos + i;
                 let (cos, sin) =
@@ -208,22 +330,59 @@ impl FastModel {
                 }
             }
             matmul::<FMA>(&c.att, &l.wo, t, d, d, &mut c.tmp);
+            if let Some(ad) = ad {
+                low_rank::<FMA>(&ad[3], &c.att, t, d, d, &mut c.tmp, &mut c.lr);
+            }
             add(&mut c.x, &c.tmp);
             rms_norm_rows::<FMA>(&c.x, &l.mlp_norm, d, eps, &mut c.xn);
             matmul::<FMA>(&c.xn, &l.wgate, t, d, f, &mut c.g);
             matmul::<FMA>(&c.xn, &l.wup, t, d, f, &mut c.u);
+            if let Some(ad) = ad {
+                low_rank::<FMA>(&ad[4], &c.xn, t, d, f, &mut c.g, &mut c.lr);
+                low_rank::<FMA>(&ad[5], &c.xn, t, d, f, &mut c.u, &mut c.lr);
+            }
             for (g, u) in c.g.iter_mut().zip(&c.u) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
             matmul::<FMA>(&c.g, &l.wdown, t, f, d, &mut c.tmp);
+            if let Some(ad) = ad {
+                low_rank::<FMA>(&ad[6], &c.g, t, f, d, &mut c.tmp, &mut c.lr);
+            }
             add(&mut c.x, &c.tmp);
         }
         c.pos += t;
         // Only the last position's logits are needed.
         let last = &c.x[(t - 1) * d..t * d];
-        rms_norm_rows::<FMA>(last, &self.norm, d, eps, &mut c.xn);
-        matmul::<FMA>(&c.xn, &self.lm_head, 1, d, cfg.vocab_size, logits);
+        rms_norm_rows::<FMA>(last, &w.norm, d, eps, &mut c.xn);
+        let head = w.lm_head.as_deref().unwrap_or(&w.embed);
+        matmul::<FMA>(&c.xn, head, 1, d, cfg.vocab_size, logits);
     }
+}
+
+/// `y[t, out] += scale · (x[t, in] aᵀ) bᵀ`: an adapter beside its projection.
+#[inline(always)]
+fn low_rank<const FMA: bool>(
+    ad: &LowRank,
+    x: &[f32],
+    t: usize,
+    n_in: usize,
+    n_out: usize,
+    y: &mut [f32],
+    tmp: &mut Vec<f32>,
+) {
+    rows::<FMA>(x, &ad.a, t, n_in, 0, ad.rank, resized(tmp, t * ad.rank), Layout::ByToken { n_out: ad.rank });
+    for i in 0..t {
+        let xa = &tmp[i * ad.rank..(i + 1) * ad.rank];
+        let yi = &mut y[i * n_out..(i + 1) * n_out];
+        for (o, yo) in yi.iter_mut().enumerate() {
+            *yo += ad.scale * dot::<FMA>(xa, &ad.b[o * ad.rank..(o + 1) * ad.rank]);
+        }
+    }
+}
+
+fn resized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    resize(v, n);
+    v
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) {
@@ -262,13 +421,83 @@ fn rms_norm_rows<const FMA: bool>(x: &[f32], w: &[f32], d: usize, eps: f32, out:
     }
 }
 
+/// Multiply-adds below which a product runs on the calling thread (small models: the work is
+/// smaller than handing it to other threads).
+const PARALLEL_MIN: usize = 1 << 20;
+/// Output rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// Where `rows` writes element `(i, k)` (token `i`, output row `first + k`).
+#[derive(Clone, Copy)]
+enum Layout {
+    /// `out[i * n_out + k]`: the whole `[t, n_out]` result (`first` is 0).
+    ByToken { n_out: usize },
+    /// `out[k * t + i]`: a block of output rows, each with its `t` values.
+    ByRow,
+}
+
 /// `y[t, out] = x[t, in] · w[out, in]ᵀ`, each weight row reused across all `t` rows of `x`.
+/// Large products are split by output rows across rayon's threads.
 #[inline(always)]
 fn matmul<const FMA: bool>(x: &[f32], w: &[f32], t: usize, n_in: usize, n_out: usize, y: &mut Vec<f32>) {
     resize(y, t * n_out);
-    for (o, row) in w.chunks_exact(n_in).enumerate().take(n_out) {
+    if t * n_in * n_out < PARALLEL_MIN || rayon::current_num_threads() < 2 {
+        rows::<FMA>(x, w, t, n_in, 0, n_out, y, Layout::ByToken { n_out });
+        return;
+    }
+    use rayon::prelude::*;
+    // With one token both layouts are the same; otherwise rows are computed `[o][t]` so each
+    // task writes one slice, and transposed after.
+    let mut by_row = if t == 1 { std::mem::take(y) } else { vec![0f32; t * n_out] };
+    by_row.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(task, out)| {
+        let (first, count) = (task * ROWS_PER_TASK, out.len() / t);
+        // A closure does not inherit its caller's target features: the kernel is entered anew.
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            // SAFETY: FMA is only true when the CPU has AVX2 and FMA (checked in `forward`).
+            unsafe { rows_fma(x, w, t, n_in, first, count, out) };
+            return;
+        }
+        rows::<false>(x, w, t, n_in, first, count, out, Layout::ByRow);
+    });
+    if t == 1 {
+        *y = by_row;
+    } else {
+        for (o, row) in by_row.chunks_exact(t).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                y[i * n_out + o] = v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_fma(x: &[f32], w: &[f32], t: usize, n_in: usize, first: usize, count: usize, out: &mut [f32]) {
+    rows::<true>(x, w, t, n_in, first, count, out, Layout::ByRow)
+}
+
+/// Output rows `first..first + count` of `x · wᵀ` into `out`, laid out as `layout` says.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows<const FMA: bool>(
+    x: &[f32],
+    w: &[f32],
+    t: usize,
+    n_in: usize,
+    first: usize,
+    count: usize,
+    out: &mut [f32],
+    layout: Layout,
+) {
+    for k in 0..count {
+        let row = &w[(first + k) * n_in..(first + k + 1) * n_in];
         for i in 0..t {
-            y[i * n_out + o] = dot::<FMA>(&x[i * n_in..(i + 1) * n_in], row);
+            let v = dot::<FMA>(&x[i * n_in..(i + 1) * n_in], row);
+            match layout {
+                Layout::ByToken { n_out } => out[i * n_out + k] = v,
+                Layout::ByRow => out[k * t + i] = v,
+            }
         }
     }
 }
@@ -303,5 +532,47 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 fn axpy<const FMA: bool>(a: f32, x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = if FMA { x.mul_add(a, *y) } else { *y + a * x };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::engine::train;
+
+    /// A model whose projections are large enough to be split across threads (one token of
+    /// its MLP is a million multiply-adds), with grouped-query attention and an untied head.
+    #[test]
+    fn products_split_across_threads_give_the_candle_paths_logits() {
+        let cfg = ModelConfig {
+            vocab_size: 4096,
+            hidden_size: 256,
+            intermediate_size: 4096,
+            num_hidden_layers: 2,
+            num_attention_heads: 8,
+            num_key_value_heads: Some(2),
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: false,
+            model_type: "llama".into(),
+        };
+        assert!(cfg.hidden_size * cfg.intermediate_size >= PARALLEL_MIN);
+        let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+        let fast = FastModel::from_model(&model).unwrap();
+        let ids: Vec<u32> = (0..40u32).map(|i| (i * 97) % 4096).collect();
+        let (mut cache, mut fc, mut logits) = (model.new_cache(), fast.new_cache(), Vec::new());
+        let want = model.forward_cached(&ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
+        fast.forward(&ids, &mut fc, &mut logits).unwrap();
+        let diff = want.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-3, "prefill differs by {diff}");
+        for &t in &[5u32, 4095, 17] {
+            let want = model.forward_cached(&[t], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+            fast.forward(&[t], &mut fc, &mut logits).unwrap();
+            let diff = want.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-3, "decoding differs by {diff}");
+        }
     }
 }

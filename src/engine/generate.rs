@@ -85,7 +85,10 @@ pub fn prompt(
             }
         }
     }
-    ids.push(tok.msg);
+    // In `author: content` lines the last message's newline already starts the next one.
+    if ids.last() != Some(&tok.msg) {
+        ids.push(tok.msg);
+    }
     Ok(ids)
 }
 
@@ -112,7 +115,7 @@ pub fn reply(
         let next = if author.len() >= MAX_AUTHOR_TOKENS {
             tok.says
         } else {
-            sample(&mut logits, &[tok.pad, tok.msg, tok.eom], &[], s, rng)
+            sample(&mut logits, tok.banned_in_author(), &[], s, rng)
         };
         model.forward(&[next], &mut cache, &mut logits)?;
         if next == tok.says {
@@ -125,7 +128,7 @@ pub fn reply(
     let mut finished = false;
     while content.len() < s.max_tokens {
         recent.extend(content.last().copied());
-        let next = sample(&mut logits, &[tok.pad, tok.msg, tok.says], &recent, s, rng);
+        let next = sample(&mut logits, tok.banned_in_content(), &recent, s, rng);
         if next == tok.eom {
             finished = true;
             break;

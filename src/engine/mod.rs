@@ -9,6 +9,8 @@
 //! - [`generate`]: sampling a reply from a chat history.
 //! - [`decode`]: sample and rank: K candidates mixed with the guild's counts, never copying.
 //! - [`ops`]: fused CPU kernels with backward passes for training.
+//! - [`gguf`]: llama-family GGUF files read into Hugging Face tensors and tokenizer.
+//! - [`lora`]: low-rank adapters that fine-tune a pretrained base.
 //! - [`ngram`]: a Kneser–Ney trigram baseline for the benchmarks.
 //! - [`counts`]: the guild's variable-order count model (live, exactly removable) and the mixer
 //!   that blends it with the network.
@@ -22,6 +24,8 @@ pub mod counts;
 pub mod decode;
 pub mod fast;
 pub mod generate;
+pub mod gguf;
+pub mod lora;
 pub mod model;
 pub mod ngram;
 pub mod ops;

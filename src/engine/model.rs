@@ -130,16 +130,51 @@ pub struct Weights<'a> {
     pub lm_head: &'a Tensor,
 }
 
+/// A weight `[out, in]` and, while fine-tuning, its low-rank adapter.
+struct Proj {
+    w: Tensor,
+    lora: Option<super::lora::Adapter>,
+}
+
+impl Proj {
+    fn new(w: Tensor) -> Proj {
+        Proj { w, lora: None }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = linear(x, &self.w)?;
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => y + l.forward(x)?,
+        }
+    }
+}
+
 struct Block {
     attn_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
     mlp_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
+}
+
+impl Block {
+    /// The projections with their Hugging Face names, in [`super::lora::TARGETS`]' order.
+    fn projections_mut(&mut self) -> [(&'static str, &mut Proj); 7] {
+        [
+            ("self_attn.q_proj", &mut self.q),
+            ("self_attn.k_proj", &mut self.k),
+            ("self_attn.v_proj", &mut self.v),
+            ("self_attn.o_proj", &mut self.o),
+            ("mlp.gate_proj", &mut self.gate),
+            ("mlp.up_proj", &mut self.up),
+            ("mlp.down_proj", &mut self.down),
+        ]
+    }
 }
 
 /// One layer's cached keys and values, `[1, kv_heads, positions, head_dim]`.
@@ -171,7 +206,7 @@ pub struct Model {
 }
 
 /// `x @ w^T` for `x` of any rank and a `[out, in]` weight.
-fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     match x.dims() {
         [b, t, d] => x.reshape((b * t, *d))?.matmul(&w.t()?)?.reshape((*b, *t, ())),
         _ => x.matmul(&w.t()?),
@@ -197,14 +232,14 @@ impl Model {
             let m = l.pp("mlp");
             blocks.push(Block {
                 attn_norm: l.pp("input_layernorm").get_with_hints(d, "weight", ones)?,
-                q: a.pp("q_proj").get_with_hints((d, d), "weight", normal(std))?,
-                k: a.pp("k_proj").get_with_hints((kv, d), "weight", normal(std))?,
-                v: a.pp("v_proj").get_with_hints((kv, d), "weight", normal(std))?,
-                o: a.pp("o_proj").get_with_hints((d, d), "weight", normal(std_out))?,
+                q: Proj::new(a.pp("q_proj").get_with_hints((d, d), "weight", normal(std))?),
+                k: Proj::new(a.pp("k_proj").get_with_hints((kv, d), "weight", normal(std))?),
+                v: Proj::new(a.pp("v_proj").get_with_hints((kv, d), "weight", normal(std))?),
+                o: Proj::new(a.pp("o_proj").get_with_hints((d, d), "weight", normal(std_out))?),
                 mlp_norm: l.pp("post_attention_layernorm").get_with_hints(d, "weight", ones)?,
-                gate: m.pp("gate_proj").get_with_hints((f, d), "weight", normal(std))?,
-                up: m.pp("up_proj").get_with_hints((f, d), "weight", normal(std))?,
-                down: m.pp("down_proj").get_with_hints((d, f), "weight", normal(std_out))?,
+                gate: Proj::new(m.pp("gate_proj").get_with_hints((f, d), "weight", normal(std))?),
+                up: Proj::new(m.pp("up_proj").get_with_hints((f, d), "weight", normal(std))?),
+                down: Proj::new(m.pp("down_proj").get_with_hints((d, f), "weight", normal(std_out))?),
             });
         }
         let norm = vb.pp("model.norm").get_with_hints(d, "weight", ones)?;
@@ -227,7 +262,9 @@ impl Model {
             blocks: self
                 .blocks
                 .iter()
-                .map(|b| [&b.attn_norm, &b.q, &b.k, &b.v, &b.o, &b.mlp_norm, &b.gate, &b.up, &b.down])
+                .map(|b| {
+                    [&b.attn_norm, &b.q.w, &b.k.w, &b.v.w, &b.o.w, &b.mlp_norm, &b.gate.w, &b.up.w, &b.down.w]
+                })
                 .collect(),
             norm: &self.norm,
             lm_head: &self.lm_head,
@@ -265,9 +302,9 @@ impl Model {
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, cfg.hidden_size))?;
         for blk in &self.blocks {
             let n = norm(&x, &blk.attn_norm)?;
-            let q = rope(linear(&n, &blk.q)?.reshape((b, t, h, hd))?.transpose(1, 2)?)?;
-            let k = rope(linear(&n, &blk.k)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?)?;
-            let v = linear(&n, &blk.v)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = rope(blk.q.forward(&n)?.reshape((b, t, h, hd))?.transpose(1, 2)?)?;
+            let k = rope(blk.k.forward(&n)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?)?;
+            let v = blk.v.forward(&n)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
             let (k, v) = (repeat_kv(k, h / kvh)?, repeat_kv(v, h / kvh)?);
             let scores = q.matmul(&k.t()?)?;
             let att = if fused {
@@ -276,14 +313,39 @@ impl Model {
                 super::ops::reference::causal_softmax(&scores, scale)?
             };
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, cfg.hidden_size))?;
-            x = (x + linear(&y, &blk.o)?)?;
+            x = (x + blk.o.forward(&y)?)?;
             let n = norm(&x, &blk.mlp_norm)?;
-            let (g, u) = (linear(&n, &blk.gate)?, linear(&n, &blk.up)?);
+            let (g, u) = (blk.gate.forward(&n)?, blk.up.forward(&n)?);
             let a = if fused { super::ops::swiglu(&g, &u)? } else { (candle_nn::ops::silu(&g)? * u)? };
-            x = (x + linear(&a, &blk.down)?)?;
+            x = (x + blk.down.forward(&a)?)?;
         }
         let x = norm(&x, &self.norm)?;
         Ok(linear(&x, &self.lm_head)?)
+    }
+
+    /// Puts a fresh low-rank adapter on every projection, its variables created in `vb` (the
+    /// base weights stay as they are: only the adapters train).
+    pub fn attach_lora(&mut self, spec: &super::lora::LoraSpec, vb: &VarBuilder) -> Result<(), EngineError> {
+        for (i, blk) in self.blocks.iter_mut().enumerate() {
+            for (name, proj) in blk.projections_mut() {
+                let (out, inp) = proj.w.dims2()?;
+                let vb = vb.pp(format!("model.layers.{i}.{name}"));
+                proj.lora = Some(super::lora::Adapter::new(spec, inp, out, &vb)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds every adapter into its weight (`w + scale · b·a`), for serving.
+    pub fn merge_lora(&mut self) -> Result<(), EngineError> {
+        for blk in &mut self.blocks {
+            for (_, proj) in blk.projections_mut() {
+                if let Some(l) = proj.lora.take() {
+                    proj.w = (&proj.w + l.delta()?)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn new_cache(&self) -> Cache {
@@ -307,9 +369,9 @@ impl Model {
         let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
         for (blk, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let n = candle_nn::ops::rms_norm(&x, &blk.attn_norm, eps)?;
-            let q = linear(&n, &blk.q)?.reshape((1, t, h, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = linear(&n, &blk.k)?.reshape((1, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = linear(&n, &blk.v)?.reshape((1, t, kvh, hd))?.transpose(1, 2)?;
+            let q = blk.q.forward(&n)?.reshape((1, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = blk.k.forward(&n)?.reshape((1, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = blk.v.forward(&n)?.reshape((1, t, kvh, hd))?.transpose(1, 2)?;
             let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
             let (k, v) = match (&lc.k, &lc.v) {
@@ -325,10 +387,10 @@ impl Model {
             }
             let att = candle_nn::ops::softmax_last_dim(&att)?;
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((1, t, cfg.hidden_size))?;
-            x = (x + linear(&y, &blk.o)?)?;
+            x = (x + blk.o.forward(&y)?)?;
             let n = candle_nn::ops::rms_norm(&x, &blk.mlp_norm, eps)?;
-            let g = candle_nn::ops::silu(&linear(&n, &blk.gate)?)?;
-            x = (x + linear(&(g * linear(&n, &blk.up)?)?, &blk.down)?)?;
+            let g = candle_nn::ops::silu(&blk.gate.forward(&n)?)?;
+            x = (x + blk.down.forward(&(g * blk.up.forward(&n)?)?)?)?;
         }
         cache.pos += t;
         let last = x.narrow(1, t - 1, 1)?;

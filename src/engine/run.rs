@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
 
-use super::checkpoint::{self, Loaded, Meta};
+use super::checkpoint::{self, BaseRef, Loaded, Meta};
 use super::tokenizer::ChatLine;
 use super::train::{self, Progress, Report, TrainOptions};
 use super::EngineError;
@@ -21,7 +21,7 @@ pub struct RunSpec<'a> {
     pub lines: &'a [ChatLine],
     pub opts: &'a TrainOptions,
     /// A pretrained llama checkpoint (Hugging Face layout) to start from.
-    pub base: Option<&'a Path>,
+    pub base: Option<BaseRun<'a>>,
     /// The directory the run is saved in (created), and the run's name inside it.
     pub parent: &'a Path,
     pub name: &'a str,
@@ -29,6 +29,13 @@ pub struct RunSpec<'a> {
     pub preset_label: String,
     /// The timestamps of the corpus's first and last message, for the manifest.
     pub corpus_span: (Option<String>, Option<String>),
+}
+
+/// The base a run starts from: where its files are, and how the run will name it.
+#[derive(Debug, Clone)]
+pub struct BaseRun<'a> {
+    pub path: &'a Path,
+    pub reference: BaseRef,
 }
 
 /// Trains, saves the checkpoint as `parent/name` and loads it back. Returns the loaded model,
@@ -39,8 +46,12 @@ pub fn train_and_save(
     cancel: &AtomicBool,
     progress: impl FnMut(&Progress),
 ) -> Result<(Loaded, Report, PathBuf), EngineError> {
-    let trained = match spec.base {
-        Some(base) => train::train_from_base(spec.lines, base, spec.opts, device, cancel, progress)?,
+    let trained = match &spec.base {
+        // No time to train: the base serves as it is.
+        Some(b) if spec.opts.max_seconds == Some(0.0) => {
+            train::zero_shot(spec.lines, b.path, spec.opts, device)?
+        }
+        Some(b) => train::train_from_base(spec.lines, b.path, spec.opts, device, cancel, progress)?,
         None => train::train(spec.lines, spec.opts, device, cancel, progress)?,
     };
     // The count model is mixed in with weights fitted on the training part only.
@@ -55,6 +66,8 @@ pub fn train_and_save(
         corpus_first: spec.corpus_span.0.clone(),
         corpus_last: spec.corpus_span.1.clone(),
         mixer,
+        base: spec.base.as_ref().map(|b| b.reference.clone()),
+        lora: spec.base.as_ref().and(spec.opts.lora),
         ..Meta::trained(&trained.config, &trained.report, spec.lines.len(), spec.preset_label.clone())
     };
     if cancel.load(Ordering::Relaxed) {
@@ -68,6 +81,7 @@ pub fn train_and_save(
         &trained.tokenizer,
         &meta,
     )?;
-    let loaded = checkpoint::load(&dir, device)?;
+    let base_path = spec.base.as_ref().map(|b| b.path.to_path_buf());
+    let loaded = checkpoint::load_with_bases(&dir, device, &|_| base_path.clone(), true)?;
     Ok((loaded, trained.report, dir))
 }

@@ -123,8 +123,13 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() 
     let ids = trained.tokenizer.encode_message("alice", "hello there, anyone around?").unwrap();
     let a =
         trained.model.forward_cached(&ids, &mut trained.model.new_cache()).unwrap().to_vec1::<f32>().unwrap();
-    let b =
-        loaded.model.forward_cached(&ids, &mut loaded.model.new_cache()).unwrap().to_vec1::<f32>().unwrap();
+    let b = loaded
+        .model()
+        .unwrap()
+        .forward_cached(&ids, &mut loaded.model().unwrap().new_cache())
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(a, b, "save -> load gives identical logits");
 
     // The cached path agrees with the training path on the last position.
@@ -260,9 +265,15 @@ fn a_base_checkpoint_in_hf_layout_starts_training() {
     std::fs::write(base.path().join("config.json"), json.to_string()).unwrap();
 
     let cancel = AtomicBool::new(false);
-    let opts = TrainOptions { max_seconds: Some(2.0), ..tiny_options(1) };
+    // Every weight trains (no adapters): the run holds a whole model and loads on its own.
+    let opts = TrainOptions { max_seconds: Some(2.0), lora: None, ..tiny_options(1) };
     let trained = train::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {}).unwrap();
-    assert_eq!(trained.config.vocab_size, base_vocab + 4, "the framing tokens were added");
+    assert_eq!(trained.config.vocab_size, base_vocab, "the base's vocabulary is kept as it is");
+    let tok = &trained.tokenizer;
+    assert_eq!(tok.framing, super::tokenizer::Framing::Lines);
+    let ids = tok.encode_message("ali:ce", "hi\nthere").unwrap();
+    assert_eq!(tok.decode(&ids).unwrap(), "ali_ce: hi there\n", "one `author: content` line per message");
+    assert_eq!((ids.last(), ids.iter().filter(|&&t| t == tok.eom).count()), (Some(&tok.eom), 1));
     assert!(!trained.config.tie_word_embeddings);
     assert!(trained.report.val_bits_per_byte.is_finite());
     let dir = tempfile::tempdir().unwrap();
@@ -276,7 +287,71 @@ fn a_base_checkpoint_in_hf_layout_starts_training() {
     )
     .unwrap();
     let loaded = checkpoint::load(&run, &Device::Cpu).unwrap();
-    assert_eq!(loaded.tokenizer.vocab_size(), base_vocab + 4);
+    assert_eq!(loaded.tokenizer.vocab_size(), base_vocab);
+    assert_eq!(
+        loaded.tokenizer.framing,
+        super::tokenizer::Framing::Lines,
+        "a saved base tokenizer loads as lines"
+    );
+
+    // Adapters (the default): only they train and only they are saved; loading puts them on
+    // the base's weights and serves exactly the model that trained.
+    let reference = checkpoint::BaseRef { name: "b".into(), sha256: "0".repeat(64) };
+    let spec = super::run::RunSpec {
+        lines: &lines,
+        opts: &TrainOptions { max_seconds: Some(3.0), ..tiny_options(1) },
+        base: Some(super::run::BaseRun { path: base.path(), reference: reference.clone() }),
+        parent: dir.path(),
+        name: "lora",
+        preset_label: "tiny from base b".into(),
+        corpus_span: (None, None),
+    };
+    let (loaded, report, run) = super::run::train_and_save(&spec, &Device::Cpu, &cancel, |_| {}).unwrap();
+    assert!(report.steps > 0);
+    assert_eq!(loaded.meta.base.as_ref(), Some(&reference));
+    assert_eq!(loaded.meta.lora, Some(super::lora::LoraSpec::default()));
+    let saved = candle_core::safetensors::load(run.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = saved.keys().collect();
+    names.sort();
+    let mut expected = super::lora::tensor_names(cfg.num_hidden_layers);
+    expected.sort();
+    assert_eq!(names, expected.iter().collect::<Vec<_>>(), "the run holds the adapters and nothing else");
+    let b = &saved["model.layers.0.self_attn.q_proj.lora_b.weight"];
+    assert!(b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "the adapters trained");
+    let err = checkpoint::load(&run, &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("base b") && err.contains("not installed"), "{err}");
+    let again = checkpoint::load_with_bases(
+        &run,
+        &Device::Cpu,
+        &|r| (r == &reference).then(|| base.path().to_path_buf()),
+        true,
+    )
+    .unwrap();
+    let prompt = [3u32, 7, 11, 5];
+    let logits = |m: &super::model::Model| {
+        let mut cache = m.new_cache();
+        m.forward_cached(&prompt, &mut cache).unwrap().to_vec1::<f32>().unwrap()
+    };
+    let (x, y) = (logits(loaded.model().unwrap()), logits(again.model().unwrap()));
+    assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-4));
+    let (mut fast_cache, mut fast_logits) = (again.fast.new_cache(), Vec::new());
+    again.fast.forward(&prompt, &mut fast_cache, &mut fast_logits).unwrap();
+    assert!(
+        x.iter().zip(&fast_logits).all(|(a, b)| (a - b).abs() < 1e-3),
+        "the served path has the adapters"
+    );
+    // Serving: no candle copy, and every model on the base shares one copy of its weights.
+    let find = |r: &checkpoint::BaseRef| (r == &reference).then(|| base.path().to_path_buf());
+    let served = checkpoint::load_with_bases(&run, &Device::Cpu, &find, false).unwrap();
+    let other = checkpoint::load_with_bases(&run, &Device::Cpu, &find, false).unwrap();
+    assert!(served.model.is_none());
+    assert!(std::sync::Arc::ptr_eq(served.fast.weights(), other.fast.weights()), "one copy of the base");
+    assert!(std::sync::Arc::ptr_eq(served.fast.weights(), again.fast.weights()));
+    let (mut c, mut l) = (served.fast.new_cache(), Vec::new());
+    served.fast.forward(&prompt[..2], &mut c, &mut l).unwrap();
+    served.fast.forward(&prompt[2..], &mut c, &mut l).unwrap();
+    let worst = x.iter().zip(&l).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-3, "adapters beside the shared weights differ from merged ones by {worst}");
 
     // A base whose weights do not fit its config is refused with the reason.
     let mut wrong = json.clone();

@@ -1,6 +1,7 @@
-//! The chat tokenizer: a byte-level BPE trained on a guild's messages, with special tokens that
-//! mark where a message starts, who speaks, and where it ends. Chat is rendered as
-//! `<|msg|>author<|says|>content<|eom|>` so the model learns who says what in a channel.
+//! The chat tokenizer: how chat becomes tokens. A guild's own byte-level BPE frames each message
+//! with special tokens, `<|msg|>author<|says|>content<|eom|>`, so a model trained from scratch
+//! learns who says what; a pretrained base's tokenizer renders chat the way it read chat on the
+//! web, one `author: content` line per message ([`Framing`]).
 
 use std::path::Path;
 
@@ -29,10 +30,21 @@ pub struct ChatLine {
     pub time_ms: i64,
 }
 
+/// How messages are marked in the token stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `<|msg|>author<|says|>content<|eom|>`: mynah's own tokenizers.
+    Tokens,
+    /// `author: content\n`: a pretrained base's tokenizer. `says` is the `:` token, `eom` (and
+    /// `msg`, since a newline also starts the next line) the newline token.
+    Lines,
+}
+
 /// A trained tokenizer with the IDs of its special tokens at hand.
 #[derive(Clone)]
 pub struct ChatTokenizer {
     inner: Tokenizer,
+    pub framing: Framing,
     pub pad: u32,
     pub msg: u32,
     pub says: u32,
@@ -40,11 +52,16 @@ pub struct ChatTokenizer {
     /// UTF-8 bytes each token stands for (special tokens count as one byte, like a separator),
     /// for bits-per-byte figures that are comparable across tokenizers.
     byte_len: Vec<u32>,
+    /// Tokens a speaker's name may not contain, and tokens a message's text may not contain.
+    banned_in_author: Vec<u32>,
+    banned_in_content: Vec<u32>,
+    /// Framing and control tokens, which decoding drops.
+    special: Vec<u32>,
 }
 
 impl std::fmt::Debug for ChatTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChatTokenizer(vocab {})", self.vocab_size())
+        write!(f, "ChatTokenizer(vocab {}, {:?})", self.vocab_size(), self.framing)
     }
 }
 
@@ -73,24 +90,73 @@ impl ChatTokenizer {
         Self::wrap(tokenizer)
     }
 
+    /// Loads a saved tokenizer: mynah's own (with framing tokens) or a base's (without).
     pub fn load(path: &Path) -> Result<ChatTokenizer, EngineError> {
         let inner = Tokenizer::from_file(path)
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
-        Self::wrap(inner)
+        if SPECIALS.iter().all(|s| inner.token_to_id(s).is_some()) {
+            Self::wrap(inner)
+        } else {
+            Self::wrap_lines(inner)
+        }
     }
 
-    /// Loads a pretrained model's tokenizer, adding the chat framing tokens it lacks (they get
-    /// IDs after its vocabulary).
+    /// Loads a pretrained base's tokenizer, which renders chat as `author: content` lines.
     pub fn load_base(path: &Path) -> Result<ChatTokenizer, EngineError> {
-        let mut inner = Tokenizer::from_file(path)
+        let inner = Tokenizer::from_file(path)
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
-        let missing: Vec<AddedToken> = SPECIALS
+        Self::wrap_lines(inner)
+    }
+
+    fn wrap_lines(inner: Tokenizer) -> Result<ChatTokenizer, EngineError> {
+        let id = |s: &str| {
+            inner.token_to_id(s).ok_or_else(|| {
+                EngineError::Tokenizer(format!("the base tokenizer has no single token for {s:?}"))
+            })
+        };
+        // Byte-level BPE spells a newline `Ċ`.
+        let (says, eom) = (id(":")?, id("\u{10a}")?);
+        let control: Vec<u32> =
+            inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&i, _)| i).collect();
+        let pad = ["<|endoftext|>", "</s>", "<pad>", "<|pad|>"]
             .iter()
-            .filter(|s| inner.token_to_id(s).is_none())
-            .map(|s| AddedToken::from(*s, true))
-            .collect();
-        inner.add_special_tokens(missing).map_err(tok_err)?;
-        Self::wrap(inner)
+            .find_map(|s| inner.token_to_id(s))
+            .or_else(|| control.first().copied())
+            .unwrap_or(0);
+        let vocab = inner.get_vocab_size(true);
+        let mut byte_len = vec![1u32; vocab];
+        let mut newlines = Vec::new();
+        for (i, len) in byte_len.iter_mut().enumerate() {
+            let i = i as u32;
+            if control.contains(&i) {
+                continue;
+            }
+            if let Some(tok) = inner.id_to_token(i) {
+                *len = tok.chars().count().max(1) as u32;
+                if tok.contains('\u{10a}') && i != eom {
+                    newlines.push(i);
+                }
+            }
+        }
+        let mut banned_in_content = control.clone();
+        if !banned_in_content.contains(&pad) {
+            banned_in_content.push(pad);
+        }
+        banned_in_content.extend(&newlines);
+        let mut banned_in_author = banned_in_content.clone();
+        banned_in_author.push(eom);
+        Ok(ChatTokenizer {
+            inner,
+            framing: Framing::Lines,
+            pad,
+            msg: eom,
+            says,
+            eom,
+            byte_len,
+            banned_in_author,
+            banned_in_content,
+            special: control,
+        })
     }
 
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
@@ -117,15 +183,38 @@ impl ChatTokenizer {
                 *len = tok.chars().count().max(1) as u32;
             }
         }
-        Ok(ChatTokenizer { inner, pad, msg, says, eom, byte_len })
+        Ok(ChatTokenizer {
+            inner,
+            framing: Framing::Tokens,
+            pad,
+            msg,
+            says,
+            eom,
+            byte_len,
+            banned_in_author: vec![pad, msg, eom],
+            banned_in_content: vec![pad, msg, says],
+            special: vec![pad, msg, says, eom],
+        })
+    }
+
+    /// Tokens a speaker's name may not contain (its end, `says`, is allowed).
+    pub fn banned_in_author(&self) -> &[u32] {
+        &self.banned_in_author
+    }
+
+    /// Tokens a message's text may not contain (its end, `eom`, is allowed).
+    pub fn banned_in_content(&self) -> &[u32] {
+        &self.banned_in_content
     }
 
     pub fn vocab_size(&self) -> usize {
         self.byte_len.len()
     }
 
+    /// Framing and control tokens, which decoding drops. In `author: content` lines the colon
+    /// and newline are text and only the base's control tokens are special.
     pub fn is_special(&self, id: u32) -> bool {
-        [self.pad, self.msg, self.says, self.eom].contains(&id)
+        self.special.contains(&id)
     }
 
     pub fn byte_len(&self, id: u32) -> u32 {
@@ -140,17 +229,31 @@ impl ChatTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// One message as tokens: `<|msg|>author<|says|>content<|eom|>`.
+    /// One message as tokens: `<|msg|>author<|says|>content<|eom|>`, or `author: content\n`.
     pub fn encode_message(&self, author: &str, content: &str) -> Result<Vec<u32>, EngineError> {
-        let mut ids = vec![self.msg];
-        ids.extend(self.encode_text(author)?);
-        ids.push(self.says);
-        ids.extend(self.encode_text(content)?);
+        let mut ids = Vec::new();
+        match self.framing {
+            Framing::Tokens => {
+                ids.push(self.msg);
+                ids.extend(self.encode_text(author)?);
+                ids.push(self.says);
+                ids.extend(self.encode_text(content)?);
+            }
+            Framing::Lines => {
+                // One line per message: a name without colons, a text without line breaks.
+                let author: String =
+                    author.chars().map(|c| if c == ':' || c.is_control() { '_' } else { c }).collect();
+                let content = content.split_whitespace().collect::<Vec<_>>().join(" ");
+                ids.extend(self.encode_text(author.trim())?);
+                ids.push(self.says);
+                ids.extend(self.encode_text(&format!(" {content}"))?);
+            }
+        }
         ids.push(self.eom);
         Ok(ids)
     }
 
-    /// Tokens back to text, dropping special tokens.
+    /// Tokens back to text, dropping framing and control tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
         let plain: Vec<u32> = ids.iter().copied().filter(|&i| !self.is_special(i)).collect();
         self.inner.decode(&plain, true).map_err(tok_err)

@@ -2,7 +2,7 @@
 //! and cosine decay, gradient clipping, a validation split by time, and validation loss in bits
 //! per byte. Bounded by epochs and a wall-clock budget; cancellable between steps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -31,6 +31,8 @@ pub struct TrainOptions {
     /// At most this many validation windows are scored (keeps evaluation quick).
     pub max_val_windows: usize,
     pub seed: u64,
+    /// Fine-tuning a base trains low-rank adapters of this shape; `None` trains every weight.
+    pub lora: Option<super::lora::LoraSpec>,
 }
 
 impl TrainOptions {
@@ -44,6 +46,7 @@ impl TrainOptions {
             val_fraction: 0.1,
             max_val_windows: 64,
             seed: 42,
+            lora: Some(super::lora::LoraSpec::default()),
         }
     }
 }
@@ -308,13 +311,92 @@ pub fn train(
     Ok(Trained { config: cfg, tokenizer: tok, ..trained })
 }
 
-/// Files a pretrained base model must have (Hugging Face llama layout).
-pub const BASE_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+/// The schedule is fitted to the time budget after this many steps, and again every as many.
+const SCHEDULE_PROBE_STEPS: usize = 5;
+
+/// How a base is fine-tuned, whatever the preset says (presets size from-scratch models): more
+/// context per window, small batches so a time budget of minutes still makes many steps, and a
+/// learning rate for adapters.
+pub const BASE_SEQ_LEN: usize = 256;
+pub const BASE_BATCH: usize = 4;
+pub const BASE_LR: f64 = 1e-3;
+
+fn base_options(opts: &TrainOptions) -> TrainOptions {
+    let preset = Preset { seq_len: BASE_SEQ_LEN, batch: BASE_BATCH, lr: BASE_LR, ..opts.preset.clone() };
+    TrainOptions { preset, ..opts.clone() }
+}
+
+/// Positions a model made from a base keeps: chat context is a few hundred tokens, and every
+/// position costs key/value cache in each reply candidate.
+pub const BASE_CONTEXT: usize = 512;
+
+/// A base's config (for chat: [`BASE_CONTEXT`] positions), tokenizer and `f32` weights.
+pub fn load_base(
+    base: &std::path::Path,
+    device: &Device,
+) -> Result<(ModelConfig, ChatTokenizer, HashMap<String, Tensor>), EngineError> {
+    let bad = |reason: String| EngineError::Checkpoint { path: base.display().to_string(), reason };
+    let tok = ChatTokenizer::load_base(&base.join("tokenizer.json"))?;
+    let text =
+        std::fs::read_to_string(base.join("config.json")).map_err(|e| bad(format!("config.json: {e}")))?;
+    let mut cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| bad(format!("config.json: {e}")))?;
+    if tok.vocab_size() != cfg.vocab_size {
+        return Err(bad(format!(
+            "the tokenizer has {} tokens, the model {}",
+            tok.vocab_size(),
+            cfg.vocab_size
+        )));
+    }
+    cfg.max_position_embeddings = cfg.max_position_embeddings.min(BASE_CONTEXT);
+    cfg.validate()?;
+    let tensors = candle_core::safetensors::load(base.join("model.safetensors"), device)
+        .map_err(|e| bad(format!("model.safetensors: {e}")))?;
+    let mut out = HashMap::new();
+    for name in super::model::tensor_names(&cfg) {
+        let t = tensors.get(&name).ok_or_else(|| bad(format!("model.safetensors lacks {name}")))?;
+        out.insert(name, t.to_dtype(DType::F32)?);
+    }
+    // Shapes are checked against the config here, before any training starts.
+    Model::new(&cfg, VarBuilder::from_tensors(out.clone(), DType::F32, device))
+        .map_err(|e| bad(format!("does not fit its config: {e}")))?;
+    Ok((cfg, tok, out))
+}
+
+/// A model of `cfg` on a base's weights, ready to fine-tune: with `lora`, the weights are
+/// constants and fresh adapters are the only variables; without, every weight is a variable.
+pub fn base_model(
+    cfg: &ModelConfig,
+    weights: HashMap<String, Tensor>,
+    lora: Option<&super::lora::LoraSpec>,
+    device: &Device,
+) -> Result<(Model, VarMap), EngineError> {
+    let varmap = VarMap::new();
+    match lora {
+        Some(spec) => {
+            spec.validate()?;
+            let mut model = Model::new(cfg, VarBuilder::from_tensors(weights, DType::F32, device))?;
+            model.attach_lora(spec, &VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+            Ok((model, varmap))
+        }
+        None => {
+            {
+                let mut vars = varmap
+                    .data()
+                    .lock()
+                    .map_err(|_| EngineError::BadConfig("variable map poisoned".into()))?;
+                for (name, t) in weights {
+                    vars.insert(name, candle_core::Var::from_tensor(&t)?);
+                }
+            }
+            let model = Model::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+            Ok((model, varmap))
+        }
+    }
+}
 
 /// Trains on `lines` starting from the pretrained llama checkpoint in `base` (HF layout:
-/// `config.json`, `model.safetensors`, `tokenizer.json`) instead of from scratch. The base
-/// tokenizer is kept; the chat framing tokens are added to it if missing, with new embedding
-/// rows for them.
+/// `config.json`, `model.safetensors`, `tokenizer.json`) instead of from scratch. The base's
+/// tokenizer is kept, and chat is rendered as `author: content` lines, the way it read chat.
 pub fn train_from_base(
     lines: &[ChatLine],
     base: &std::path::Path,
@@ -324,44 +406,43 @@ pub fn train_from_base(
     mut progress: impl FnMut(&Progress),
 ) -> Result<Trained, EngineError> {
     let started = Instant::now();
-    let bad = |reason: String| EngineError::Checkpoint { path: base.display().to_string(), reason };
-    let tok = ChatTokenizer::load_base(&base.join("tokenizer.json"))?;
-    let text =
-        std::fs::read_to_string(base.join("config.json")).map_err(|e| bad(format!("config.json: {e}")))?;
-    let mut cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| bad(format!("config.json: {e}")))?;
-    let base_vocab = cfg.vocab_size;
-    if tok.vocab_size() < base_vocab {
-        return Err(bad(format!("the tokenizer has {} tokens, the model {base_vocab}", tok.vocab_size())));
-    }
-    cfg.vocab_size = tok.vocab_size();
-    cfg.validate()?;
-    let tensors = candle_core::safetensors::load(base.join("model.safetensors"), device)
-        .map_err(|e| bad(format!("model.safetensors: {e}")))?;
-    let varmap = VarMap::new();
-    {
-        let mut vars = varmap.data().lock().map_err(|_| bad("variable map poisoned".into()))?;
-        for name in super::model::tensor_names(&cfg) {
-            let Some(t) = tensors.get(&name) else { continue };
-            let t = t.to_dtype(DType::F32)?;
-            // Embedding rows for tokens the base vocabulary lacks start small and random.
-            let t = if (name == "model.embed_tokens.weight" || name == "lm_head.weight")
-                && t.dim(0)? < cfg.vocab_size
-            {
-                let extra = Tensor::randn(0f32, 0.02, (cfg.vocab_size - t.dim(0)?, t.dim(1)?), device)?;
-                Tensor::cat(&[&t, &extra], 0)?
-            } else {
-                t
-            };
-            vars.insert(name, candle_core::Var::from_tensor(&t)?);
-        }
-    }
-    // Tensors the checkpoint lacked are created fresh here; shapes are checked against cfg.
-    let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))
-        .map_err(|e| bad(format!("does not fit its config: {e}")))?;
+    let (cfg, tok, weights) = load_base(base, device)?;
+    let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device)?;
+    let opts = &base_options(opts);
     progress(&Progress::starting(Phase::Preparing));
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
     Ok(Trained { config: cfg, tokenizer: tok, ..trained })
+}
+
+/// A base as it is, without training, with its validation figure on `lines`: what a guild
+/// gets from a base before its first fine-tuning (and the zero-shot figure of the benchmarks).
+pub fn zero_shot(
+    lines: &[ChatLine],
+    base: &std::path::Path,
+    opts: &TrainOptions,
+    device: &Device,
+) -> Result<Trained, EngineError> {
+    let started = Instant::now();
+    let (cfg, tok, weights) = load_base(base, device)?;
+    let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device)?;
+    let opts = &base_options(opts);
+    let data = prepare(lines, &tok, opts.val_fraction)?;
+    let len = opts.preset.seq_len.min(cfg.max_position_embeddings);
+    let val = bits_per_byte(&model, &tok, &data.val, len, opts.max_val_windows)?;
+    let report = Report {
+        steps: 0,
+        epochs: 0.0,
+        tokens: 0,
+        train_loss: f32::NAN,
+        val_bits_per_byte: val,
+        seconds: started.elapsed().as_secs_f64(),
+        tokens_per_second: 0.0,
+        train_messages: data.train_messages,
+        val_messages: data.val_messages,
+        stopped_by_budget: false,
+    };
+    Ok(Trained { model, varmap, tokenizer: tok, config: cfg, report })
 }
 
 /// The optimisation loop on prepared data, for a model that may start from pretrained weights.
@@ -385,8 +466,8 @@ pub fn fit(
     }
     let batch = p.batch.min(order.len()).max(1);
     let steps_per_epoch = order.len().div_ceil(batch);
-    let total = (steps_per_epoch * opts.epochs.max(1)).max(1);
-    let warmup = (total / 10).clamp(1, 100);
+    let epoch_total = (steps_per_epoch * opts.epochs.max(1)).max(1);
+    let (mut total, mut warmup) = (epoch_total, (epoch_total / 10).clamp(1, 100));
     let vars = varmap.all_vars();
     let mut opt = AdamW::new(
         vars.clone(),
@@ -421,6 +502,21 @@ pub fn fit(
             }
             step += 1;
             tokens += n as u64;
+            // When the time budget, not the epochs, will end training, the schedule is fitted to
+            // the steps that fit in it (a large base makes only a few dozen), so the warm-up ends
+            // and the learning rate decays within the budget.
+            // Re-estimated as steps are timed (the first are slower).
+            if step >= SCHEDULE_PROBE_STEPS && step % SCHEDULE_PROBE_STEPS == 0 {
+                if let Some(max) = opts.max_seconds {
+                    let per_step = loop_start.elapsed().as_secs_f64() / step as f64;
+                    let left = (max - started.elapsed().as_secs_f64()).max(0.0);
+                    let fits = step + (left / per_step.max(1e-9)) as usize;
+                    if fits < epoch_total {
+                        total = fits.max(step + 1);
+                        warmup = warmup.min((total / 10).max(1));
+                    }
+                }
+            }
             let elapsed = loop_start.elapsed().as_secs_f64().max(1e-9);
             let tps = tokens as f64 / elapsed;
             let mut eta = (total - step.min(total)) as f64 * elapsed / step as f64;

@@ -2,12 +2,14 @@
 //! (`meta.json`, [`crate::engine::checkpoint::Meta`]) under `models/<guild>/<run>/`, and
 //! `models/<guild>/CURRENT` names the run that serves the guild.
 //!
+//! - [`bases`]: pretrained bases under `models/base/<name>/`: import, list, remove, choose.
 //! - [`registry`]: the on-disk layout: finding each guild's current run, and switching it.
 //! - [`trainer`]: the one-at-a-time training slot with its progress and cancellation.
 //! - [`serving`]: the loaded models that answer, and the generation thread.
 //! - [`bundle`]: a run directory as one tar archive, unpacked strictly.
 //! - [`remote`]: training for another instance: pull its corpus, train here, push the bundle.
 
+pub mod bases;
 pub mod bundle;
 pub mod registry;
 pub mod remote;

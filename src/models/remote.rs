@@ -125,6 +125,12 @@ pub async fn train_remote(
     let mut opts = TrainOptions::new(config.engine.preset.clone());
     opts.epochs = config.engine.epochs;
     opts.max_seconds = Some(config.engine.max_minutes * 60.0);
+    opts.lora = config.engine.lora;
+    // The remote instance needs the same base installed (it is found by its hash there).
+    let chosen = super::bases::resolve(&config.models_dir, &config.engine.base)?;
+    if let Some(b) = &chosen {
+        eprintln!("fine-tuning base {} (the remote instance must have it installed too)", b.manifest.name);
+    }
     let device_name = config.engine.device.clone();
     let dir = tempfile::tempdir()?;
     let parent = dir.path().to_path_buf();
@@ -134,10 +140,13 @@ pub async fn train_remote(
         let spec = RunSpec {
             lines: &lines,
             opts: &opts,
-            base: None,
+            base: chosen.as_ref().map(super::bases::Base::run),
             parent: &parent,
             name: "bundle",
-            preset_label: format!("{} (remote, {device_name})", opts.preset.name),
+            preset_label: match &chosen {
+                Some(b) => format!("fine-tuned from base {} (remote, {device_name})", b.manifest.name),
+                None => format!("{} (remote, {device_name})", opts.preset.name),
+            },
             corpus_span: (None, None),
         };
         let (_, _, run) = run::train_and_save(&spec, &device, &cancel, progress)?;

@@ -189,9 +189,14 @@ impl Serving {
         let mut broken = HashMap::new();
         for found in registry::scan(root) {
             match found {
-                Found::Ready(dir) => match checkpoint::load(&dir.path, device) {
+                Found::Ready(dir) => match checkpoint::load_with_bases(
+                    &dir.path,
+                    device,
+                    &|r| super::bases::find(root, r),
+                    false,
+                ) {
                     Ok(loaded) => {
-                        models.insert(dir.guild_id, Arc::new(loaded));
+                        models.insert(dir.guild_id, Arc::new(loaded.serving_only()));
                     }
                     Err(e) => {
                         tracing::warn!(guild = %dir.guild_id, error = %e, "model failed to load; fallback mode");

@@ -88,9 +88,11 @@ impl Core {
         let tmp = guild_dir.join(format!(".incoming-{:016x}", rand::random::<u64>()));
         let _cleanup = RemoveOnDrop(tmp.clone());
         let (device, check_dir) = (self.device.clone(), tmp.clone());
-        let checked = tokio::task::spawn_blocking(move || validate_bundle(source, &check_dir, &device))
-            .await
-            .map_err(|e| ServiceError::BadBundle(format!("validation panicked: {e}")))?;
+        let models_dir = self.config.models_dir.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || validate_bundle(source, &check_dir, &models_dir, &device))
+                .await
+                .map_err(|e| ServiceError::BadBundle(format!("validation panicked: {e}")))?;
         let mut loaded = match checked {
             Ok(loaded) => loaded,
             Err(reason) => return Err(ServiceError::BadBundle(reason)),
@@ -120,7 +122,7 @@ impl Core {
             return Err(e.into());
         }
         loaded.dir = dir;
-        self.serve_new_model(guild_id, run_id, Arc::new(loaded)).await;
+        self.serve_new_model(guild_id, run_id, Arc::new(loaded.serving_only())).await;
         let result = super::training::succeeded(&meta);
         self.store.finish_run(run_id, &result).await?;
         tracing::info!(guild = %guild_id, run = run_id, "model from a remote trainer serving");
@@ -135,8 +137,13 @@ impl Core {
 }
 
 /// Unpacks and fully validates a bundle in `tmp`: files, config, tokenizer, every tensor's
-/// shape, and one test generation.
-fn validate_bundle(source: Source, tmp: &std::path::Path, device: &Device) -> Result<Loaded, String> {
+/// shape, and one test generation. A bundle of adapters needs its base installed here.
+fn validate_bundle(
+    source: Source,
+    tmp: &std::path::Path,
+    models_dir: &std::path::Path,
+    device: &Device,
+) -> Result<Loaded, String> {
     std::fs::create_dir_all(tmp).map_err(|e| e.to_string())?;
     match source {
         Source::Bytes(bytes) => crate::models::bundle::unpack(&bytes, tmp),
@@ -145,7 +152,9 @@ fn validate_bundle(source: Source, tmp: &std::path::Path, device: &Device) -> Re
             .and_then(|f| crate::models::bundle::unpack_from(std::io::BufReader::new(f), tmp)),
     }
     .map_err(|e| e.to_string())?;
-    let loaded = checkpoint::load(tmp, device).map_err(|e| e.to_string())?;
+    let loaded =
+        checkpoint::load_with_bases(tmp, device, &|r| crate::models::bases::find(models_dir, r), false)
+            .map_err(|e| e.to_string())?;
     let history = vec![("someone".to_string(), "hello, how is everyone?".to_string())];
     let sampling = crate::engine::generate::Sampling { max_tokens: 8, ..Default::default() };
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);

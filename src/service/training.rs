@@ -14,18 +14,18 @@ use crate::corpus::Record;
 use crate::engine::checkpoint::{Loaded, Meta};
 use crate::engine::run::{self, RunSpec};
 use crate::engine::tokenizer::ChatLine;
-use crate::engine::train::{self, Report, TrainOptions};
+use crate::engine::train::{Report, TrainOptions};
 use crate::engine::EngineError;
-use crate::models::registry;
 use crate::models::trainer::{Finished, Slot, Trainer};
+use crate::models::{bases, registry};
 use crate::store::{RunOutcome, RunResult};
 
 /// The work of one training run, moved to its thread.
 struct Job {
     lines: Vec<ChatLine>,
     opts: TrainOptions,
-    /// A pretrained llama checkpoint to start from (`models/base/`), if the operator put one.
-    base: Option<PathBuf>,
+    /// The pretrained base to fine-tune (`models/base/<name>/`), if one is installed and chosen.
+    base: Option<bases::Base>,
     guild_dir: PathBuf,
     run: String,
     corpus_span: (Option<String>, Option<String>),
@@ -110,8 +110,15 @@ impl Core {
         let mut opts = TrainOptions::new(self.config.engine.preset.clone());
         opts.epochs = epochs as usize;
         opts.max_seconds = Some(req.max_minutes.unwrap_or(self.config.engine.max_minutes) * 60.0);
-        let base = self.config.models_dir.join("base");
-        let base = train::BASE_FILES.iter().all(|f| base.join(f).is_file()).then_some(base);
+        opts.lora = self.config.engine.lora;
+        let base = match bases::resolve(&self.config.models_dir, &self.config.engine.base) {
+            Ok(base) => base,
+            Err(e) => {
+                // An operator's MYNAH_BASE names a base that is gone: say so, train from scratch.
+                tracing::warn!(guild = %guild_id, "{e}; training from scratch");
+                None
+            }
+        };
         let guild_dir = self.config.models_dir.join(&guild_id);
         let job = Job {
             lines,
@@ -172,7 +179,7 @@ impl Core {
             Ok((loaded, report)) => {
                 let val = Some(report.val_bits_per_byte);
                 let result = succeeded(&loaded.meta);
-                self.serve_new_model(&guild_id, run_id, Arc::new(loaded)).await;
+                self.serve_new_model(&guild_id, run_id, Arc::new(loaded.serving_only())).await;
                 tracing::info!(guild = %guild_id, run = run_id, val_bpb = report.val_bits_per_byte, seconds, "new model serving");
                 (result, val)
             }
@@ -283,13 +290,13 @@ fn train_and_install(
     trainer: &Trainer,
 ) -> Result<(Loaded, Report), EngineError> {
     let preset_label = match &job.base {
-        Some(_) => format!("{} from models/base", job.opts.preset.name),
+        Some(base) => format!("fine-tuned from base {}", base.manifest.name),
         None => job.opts.preset.name.clone(),
     };
     let spec = RunSpec {
         lines: &job.lines,
         opts: &job.opts,
-        base: job.base.as_deref(),
+        base: job.base.as_ref().map(bases::Base::run),
         parent: &job.guild_dir,
         name: &job.run,
         preset_label,

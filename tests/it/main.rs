@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod bases;
 mod cli;
 mod discord;
 mod engine;

@@ -1,5 +1,7 @@
 //! Command-line parsing and the entry point of each subcommand.
 
+mod base;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -60,6 +62,9 @@ pub enum Command {
     /// Models trained here for another instance.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Pretrained bases that trainings start from (`models/base/`).
+    #[command(subcommand)]
+    Base(base::BaseCommand),
     /// Print one reply to TEXT, as a mention in the guild would get.
     Reply {
         #[arg(long)]
@@ -211,6 +216,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 None => train(config, guild, epochs, max_minutes).await,
             }
         }
+        Command::Base(cmd) => base::run(&config, cmd).await,
         Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
         Command::User(cmd) => user(config, cmd).await,
         Command::Bench(crate::bench::Bench::Ingest { messages }) => crate::bench::ingest::run(messages).await,
