@@ -48,6 +48,10 @@ pub enum Bench {
         /// Also write the token streams and config for the PyTorch reference (bench/torch_reference.py).
         #[arg(long)]
         export: Option<PathBuf>,
+        /// Fine-tune this pretrained base (a directory under models/base/) with adapters instead
+        /// of training the preset from scratch (the PyTorch side: bench/compare_lora.sh).
+        #[arg(long)]
+        base: Option<PathBuf>,
     },
     /// Reply latency: a 40-token reply after a 64-token context, p50 and p99.
     Reply {
@@ -119,8 +123,8 @@ pub enum Bench {
 
 pub fn run(cmd: Bench) -> anyhow::Result<()> {
     match cmd {
-        Bench::Train { corpus, preset, epochs, minutes, out, export } => {
-            bench_train(&corpus, &preset, epochs, minutes, &out, export.as_deref())
+        Bench::Train { corpus, preset, epochs, minutes, out, export, base } => {
+            bench_train(&corpus, &preset, epochs, minutes, &out, export.as_deref(), base.as_deref())
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory { model, replies } => bench_memory(&model, replies),
@@ -176,8 +180,10 @@ fn bench_train(
     minutes: f64,
     out: &Path,
     export: Option<&Path>,
+    base: Option<&Path>,
 ) -> anyhow::Result<()> {
     let lines = read_corpus(corpus)?;
+    let base = base.map(crate::models::bases::open).transpose()?;
     let bytes: usize = lines.iter().map(|l| l.content.len()).sum();
     eprintln!("corpus: {} messages, {:.1} MB of text", lines.len(), bytes as f64 / 1e6);
     let mut opts = TrainOptions::new(preset(preset_name)?);
@@ -191,7 +197,7 @@ fn bench_train(
     let spec = RunSpec {
         lines: &lines,
         opts: &opts,
-        base: None,
+        base: base.as_ref().map(crate::models::bases::Base::run),
         parent: out,
         name: &run,
         preset_label: opts.preset.name.clone(),
@@ -218,7 +224,13 @@ fn bench_train(
     let kn_seconds = kn_started.elapsed().as_secs_f64();
 
     if let Some(export) = export {
-        export_for_torch(export, &data, &trained.fast.cfg, &opts)?;
+        // What the run really trained with: a base is fine-tuned with its own batch and context.
+        let opts = match &base {
+            Some(_) => train::base_options(&opts),
+            None => opts.clone(),
+        };
+        let base = base.as_ref().map(|b| (b.path.as_path(), opts.lora));
+        export_for_torch(export, &data, &trained.fast.cfg, &opts, base)?;
     }
     let summary = json!({
         "preset": opts.preset.name,
@@ -248,6 +260,7 @@ fn export_for_torch(
     data: &train::Data,
     cfg: &crate::engine::model::ModelConfig,
     opts: &TrainOptions,
+    base: Option<(&Path, Option<crate::engine::lora::LoraSpec>)>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let bytes = |s: &[u32]| s.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>();
@@ -260,6 +273,8 @@ fn export_for_torch(
         "lr": opts.preset.lr,
         "weight_decay": opts.weight_decay,
         "clip_norm": opts.clip_norm,
+        "base_dir": base.map(|(path, _)| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())),
+        "lora": base.and_then(|(_, lora)| lora),
     });
     std::fs::write(dir.join("spec.json"), serde_json::to_string_pretty(&spec)?)?;
     Ok(())

@@ -228,7 +228,10 @@ pub fn load_with_bases(
                         Model::new(&config, VarBuilder::from_tensors(base_weights, DType::F32, device))?;
                     let shared = match shared {
                         Some(shared) => shared,
-                        None => share_base(&base.sha256, FastWeights::from_model(&model)?),
+                        None => share_base(
+                            &base.sha256,
+                            FastWeights::from_model(&model, FastWeights::quantized(&config))?,
+                        ),
                     };
                     let model = if keep_model {
                         let adapters = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);

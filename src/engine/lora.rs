@@ -69,6 +69,11 @@ impl Adapter {
         Ok(Adapter { a, b, scale: spec.scale() })
     }
 
+    /// The adapter without gradient tracking.
+    pub fn detached(&self) -> Adapter {
+        Adapter { a: self.a.detach(), b: self.b.detach(), scale: self.scale }
+    }
+
     /// `scale · (x a^T) b^T`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         super::model::linear(&super::model::linear(x, &self.a)?, &self.b)? * self.scale

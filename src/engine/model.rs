@@ -141,6 +141,10 @@ impl Proj {
         Proj { w, lora: None }
     }
 
+    fn detached(&self) -> Proj {
+        Proj { w: self.w.detach(), lora: self.lora.as_ref().map(super::lora::Adapter::detached) }
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = linear(x, &self.w)?;
         match &self.lora {
@@ -321,6 +325,37 @@ impl Model {
         }
         let x = norm(&x, &self.norm)?;
         Ok(linear(&x, &self.lm_head)?)
+    }
+
+    /// The same model with no gradient tracking: scoring text through it keeps no graph (with
+    /// variables, a forward pass over a large model holds every activation for a backward pass
+    /// that never comes: gigabytes for a pretrained base).
+    pub fn detached(&self) -> Model {
+        Model {
+            cfg: self.cfg.clone(),
+            fused_ops: self.fused_ops,
+            embed: self.embed.detach(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| Block {
+                    attn_norm: b.attn_norm.detach(),
+                    q: b.q.detached(),
+                    k: b.k.detached(),
+                    v: b.v.detached(),
+                    o: b.o.detached(),
+                    mlp_norm: b.mlp_norm.detach(),
+                    gate: b.gate.detached(),
+                    up: b.up.detached(),
+                    down: b.down.detached(),
+                })
+                .collect(),
+            norm: self.norm.detach(),
+            lm_head: self.lm_head.detach(),
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            device: self.device.clone(),
+        }
     }
 
     /// Puts a fresh low-rank adapter on every projection, its variables created in `vb` (the

@@ -205,6 +205,7 @@ pub fn bits_per_byte(
     max_windows: usize,
 ) -> Result<f64, EngineError> {
     let len = len.min(model.cfg.max_position_embeddings);
+    let model = &model.detached();
     let all = windows(stream, len);
     if all.is_empty() {
         return Err(EngineError::NotEnoughData("the validation split is shorter than one sequence".into()));
@@ -232,6 +233,7 @@ pub fn bits_per_byte(
 /// starts or after the last whole window.
 pub fn token_probs(model: &Model, stream: &[u32], len: usize) -> Result<Vec<Option<f32>>, EngineError> {
     let len = len.min(model.cfg.max_position_embeddings);
+    let model = &model.detached();
     let mut out = vec![None; stream.len()];
     for chunk in windows(stream, len).chunks(8) {
         let (x, y) = batch_tensors(stream, chunk, len, model.device())?;
@@ -321,9 +323,10 @@ pub const BASE_SEQ_LEN: usize = 256;
 pub const BASE_BATCH: usize = 4;
 pub const BASE_LR: f64 = 1e-3;
 
-fn base_options(opts: &TrainOptions) -> TrainOptions {
+pub fn base_options(opts: &TrainOptions) -> TrainOptions {
     let preset = Preset { seq_len: BASE_SEQ_LEN, batch: BASE_BATCH, lr: BASE_LR, ..opts.preset.clone() };
-    TrainOptions { preset, ..opts.clone() }
+    // Validation of a large model is costly: 32 windows of 256 tokens are enough for a figure.
+    TrainOptions { preset, max_val_windows: opts.max_val_windows.min(32), ..opts.clone() }
 }
 
 /// Positions a model made from a base keeps: chat context is a few hundred tokens, and every

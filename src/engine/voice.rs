@@ -114,12 +114,22 @@ pub fn context(stream: &[u32], i: usize, order: usize) -> &[u32] {
     &stream[i.saturating_sub(order.saturating_sub(1))..i]
 }
 
+/// Scoring work the mixer's fit may take, in parameters × tokens: a small model scores the whole
+/// slice; a pretrained base scores its newest few thousand tokens (a handful of weights needs no
+/// more, and minutes of scoring would stretch the training run).
+const MIXER_BUDGET: u64 = 1_000_000_000_000;
+
 /// Fits the mixer of `model` with the counts: counts of the training part's older 90 % score its
-/// newest 10 % next to the network (the held-out split is never looked at).
+/// newest 10 % (as much as [`MIXER_BUDGET`] allows) next to the network (the held-out split is
+/// never looked at).
 pub fn fit_mixer(model: &Model, tok: &ChatTokenizer, train_part: &[ChatLine]) -> Result<Mixer, EngineError> {
     let (older, slice) = super::train::split(train_part, 0.1)?;
     let counts = Voice::build(tok, None, said(older))?.counts;
-    let stream = stream(slice, tok)?;
+    let mut stream = stream(slice, tok)?;
+    let most = (MIXER_BUDGET / model.cfg.params().max(1)).max(1024) as usize;
+    if stream.len() > most {
+        stream.drain(..stream.len() - most);
+    }
     let net = super::train::token_probs(model, &stream, model.cfg.max_position_embeddings)?;
     let mut samples = Vec::new();
     for (i, p) in net.iter().enumerate() {

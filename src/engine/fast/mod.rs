@@ -5,63 +5,62 @@
 //! 25 ms). The kernels are compiled twice, with AVX2+FMA selected at run time when present.
 //! Tests hold it to the candle path's logits. A pretrained base's weights are shared by every
 //! guild fine-tuned from it ([`FastWeights`] behind an `Arc`), each guild's low-rank adapters
-//! applied beside them as it decodes.
+//! applied beside them as it decodes. Models of [`QUANTIZE_MIN_PARAMS`] parameters or more keep
+//! their matrices as `i8` with a scale per row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
 
+use self::kernels::*;
 use super::lora::LoraSpec;
 use super::model::{Model, ModelConfig};
 use super::EngineError;
 
+mod kernels;
+
+/// Models this large serve from `i8` matrices: a pretrained base reads a quarter of the bytes
+/// per token and takes a quarter of the memory, for a small loss of precision; small models,
+/// whose weights fit in cache anyway, stay exact.
+pub const QUANTIZE_MIN_PARAMS: u64 = 20_000_000;
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
-    wo: Vec<f32>,
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
+    wo: Mat,
     mlp_norm: Vec<f32>,
-    wgate: Vec<f32>,
-    wup: Vec<f32>,
-    wdown: Vec<f32>,
+    wgate: Mat,
+    wup: Mat,
+    wdown: Mat,
 }
 
 /// A model's weights in host buffers, shareable between models (a base and its guilds).
 pub struct FastWeights {
-    embed: Vec<f32>,
+    embed: Mat,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     /// `None` when the output layer is the embedding (tied): one copy serves both.
-    lm_head: Option<Vec<f32>>,
+    lm_head: Option<Mat>,
 }
 
 impl FastWeights {
     /// Bytes of the weights (what sharing them saves per guild).
     pub fn bytes(&self) -> usize {
         let layer = |l: &Layer| {
-            [&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.mlp_norm, &l.wgate, &l.wup, &l.wdown]
-                .iter()
-                .map(|v| v.len())
-                .sum::<usize>()
+            (l.attn_norm.len() + l.mlp_norm.len()) * 4
+                + [&l.wq, &l.wk, &l.wv, &l.wo, &l.wgate, &l.wup, &l.wdown]
+                    .iter()
+                    .map(|m| m.bytes())
+                    .sum::<usize>()
         };
-        let n = self.embed.len()
-            + self.norm.len()
-            + self.lm_head.as_ref().map_or(0, Vec::len)
-            + self.layers.iter().map(layer).sum::<usize>();
-        n * 4
+        self.embed.bytes()
+            + self.norm.len() * 4
+            + self.lm_head.as_ref().map_or(0, Mat::bytes)
+            + self.layers.iter().map(layer).sum::<usize>()
     }
-}
-
-/// One projection's low-rank adapter: `y += scale · (x aᵀ) bᵀ`.
-struct LowRank {
-    /// `[rank, in]`
-    a: Vec<f32>,
-    /// `[out, rank]`
-    b: Vec<f32>,
-    rank: usize,
-    scale: f32,
 }
 
 /// A model ready for fast single-stream generation.
@@ -104,36 +103,51 @@ fn host(t: &Tensor) -> Result<Vec<f32>, EngineError> {
 }
 
 impl FastWeights {
-    /// Copies the weights of `model` (on any device) into host buffers.
-    pub fn from_model(model: &Model) -> Result<FastWeights, EngineError> {
+    /// Copies the weights of `model` (on any device) into host buffers, as `i8` matrices when
+    /// `quantize` is set.
+    pub fn from_model(model: &Model, quantize: bool) -> Result<FastWeights, EngineError> {
         let w = model.weights();
+        let (d, f) = (model.cfg.hidden_size, model.cfg.intermediate_size);
+        let mat =
+            |t: &Tensor, n_in: usize| -> Result<Mat, EngineError> { Ok(Mat::new(host(t)?, n_in, quantize)) };
         let mut layers = Vec::with_capacity(w.blocks.len());
         for b in w.blocks {
             layers.push(Layer {
                 attn_norm: host(b[0])?,
-                wq: host(b[1])?,
-                wk: host(b[2])?,
-                wv: host(b[3])?,
-                wo: host(b[4])?,
+                wq: mat(b[1], d)?,
+                wk: mat(b[2], d)?,
+                wv: mat(b[3], d)?,
+                wo: mat(b[4], d)?,
                 mlp_norm: host(b[5])?,
-                wgate: host(b[6])?,
-                wup: host(b[7])?,
-                wdown: host(b[8])?,
+                wgate: mat(b[6], d)?,
+                wup: mat(b[7], d)?,
+                wdown: mat(b[8], f)?,
             });
         }
         Ok(FastWeights {
-            embed: host(w.embed)?,
+            embed: mat(w.embed, d)?,
             layers,
             norm: host(w.norm)?,
-            lm_head: if model.cfg.tie_word_embeddings { None } else { Some(host(w.lm_head)?) },
+            lm_head: if model.cfg.tie_word_embeddings { None } else { Some(mat(w.lm_head, d)?) },
         })
+    }
+
+    /// Whether a model of `cfg` serves from `i8` matrices.
+    pub fn quantized(cfg: &ModelConfig) -> bool {
+        cfg.params() >= QUANTIZE_MIN_PARAMS
     }
 }
 
 impl FastModel {
-    /// Copies the weights of `model` (on any device) into host buffers.
+    /// Copies the weights of `model` (on any device) into host buffers (`i8` for a large model).
     pub fn from_model(model: &Model) -> Result<FastModel, EngineError> {
-        Ok(FastModel::new(model.cfg.clone(), Arc::new(FastWeights::from_model(model)?), None))
+        let quantize = FastWeights::quantized(&model.cfg);
+        FastModel::from_model_as(model, quantize)
+    }
+
+    /// [`FastModel::from_model`] with the choice of `i8` matrices made by the caller.
+    pub fn from_model_as(model: &Model, quantize: bool) -> Result<FastModel, EngineError> {
+        Ok(FastModel::new(model.cfg.clone(), Arc::new(FastWeights::from_model(model, quantize)?), None))
     }
 
     /// A base's shared weights with a guild's adapters (`tensors` as [`super::lora`] names them).
@@ -161,7 +175,7 @@ impl FastModel {
                         spec.rank
                     )));
                 }
-                Ok(LowRank { a: host(a)?, b: host(b)?, rank, scale: spec.scale() as f32 })
+                Ok(LowRank { a: Mat::F32(host(a)?), b: host(b)?, rank, scale: spec.scale() as f32 })
             };
             let t = super::lora::TARGETS;
             adapters.push([
@@ -178,7 +192,7 @@ impl FastModel {
         let kv = cfg.kv_heads() * cfg.head_dim();
         for (layer, l) in adapters.iter().enumerate() {
             for (lr, (out, inp)) in l.iter().zip([(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]) {
-                if lr.a.len() != lr.rank * inp || lr.b.len() != out * lr.rank {
+                if lr.a.bytes() != 4 * lr.rank * inp || lr.b.len() != out * lr.rank {
                     return Err(EngineError::BadConfig(format!(
                         "layer {layer}: an adapter does not fit the model"
                     )));
@@ -274,7 +288,7 @@ impl FastModel {
         let w = &*self.weights;
         resize(&mut c.x, t * d);
         for (i, &id) in ids.iter().enumerate() {
-            c.x[i * d..(i + 1) * d].copy_from_slice(&w.embed[id as usize * d..(id as usize + 1) * d]);
+            w.embed.row_into(id as usize, d, &mut c.x[i * d..(i + 1) * d]);
         }
         for (li, l) in w.layers.iter().enumerate() {
             let ad = self.adapters.as_ref().map(|a| &a[li]);
@@ -354,225 +368,10 @@ impl FastModel {
         // Only the last position's logits are needed.
         let last = &c.x[(t - 1) * d..t * d];
         rms_norm_rows::<FMA>(last, &w.norm, d, eps, &mut c.xn);
-        let head = w.lm_head.as_deref().unwrap_or(&w.embed);
+        let head = w.lm_head.as_ref().unwrap_or(&w.embed);
         matmul::<FMA>(&c.xn, head, 1, d, cfg.vocab_size, logits);
     }
 }
 
-/// `y[t, out] += scale · (x[t, in] aᵀ) bᵀ`: an adapter beside its projection.
-#[inline(always)]
-fn low_rank<const FMA: bool>(
-    ad: &LowRank,
-    x: &[f32],
-    t: usize,
-    n_in: usize,
-    n_out: usize,
-    y: &mut [f32],
-    tmp: &mut Vec<f32>,
-) {
-    rows::<FMA>(x, &ad.a, t, n_in, 0, ad.rank, resized(tmp, t * ad.rank), Layout::ByToken { n_out: ad.rank });
-    for i in 0..t {
-        let xa = &tmp[i * ad.rank..(i + 1) * ad.rank];
-        let yi = &mut y[i * n_out..(i + 1) * n_out];
-        for (o, yo) in yi.iter_mut().enumerate() {
-            *yo += ad.scale * dot::<FMA>(xa, &ad.b[o * ad.rank..(o + 1) * ad.rank]);
-        }
-    }
-}
-
-fn resized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    resize(v, n);
-    v
-}
-
-fn resize(v: &mut Vec<f32>, n: usize) {
-    if v.len() != n {
-        v.resize(n, 0.0);
-    }
-}
-
-fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-/// HF llama's rotary embedding (rotate-half pairing).
-#[inline(always)]
-fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = head.len() / 2;
-    let (a, b) = head.split_at_mut(half);
-    for i in 0..half {
-        let (x1, x2) = (a[i], b[i]);
-        a[i] = x1 * cos[i] - x2 * sin[i];
-        b[i] = x2 * cos[i] + x1 * sin[i];
-    }
-}
-
-#[inline(always)]
-fn rms_norm_rows<const FMA: bool>(x: &[f32], w: &[f32], d: usize, eps: f32, out: &mut Vec<f32>) {
-    resize(out, x.len());
-    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = dot::<FMA>(row, row) / d as f32;
-        let r = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
-            *o = v * r * g;
-        }
-    }
-}
-
-/// Multiply-adds below which a product runs on the calling thread (small models: the work is
-/// smaller than handing it to other threads).
-const PARALLEL_MIN: usize = 1 << 20;
-/// Output rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
-
-/// Where `rows` writes element `(i, k)` (token `i`, output row `first + k`).
-#[derive(Clone, Copy)]
-enum Layout {
-    /// `out[i * n_out + k]`: the whole `[t, n_out]` result (`first` is 0).
-    ByToken { n_out: usize },
-    /// `out[k * t + i]`: a block of output rows, each with its `t` values.
-    ByRow,
-}
-
-/// `y[t, out] = x[t, in] · w[out, in]ᵀ`, each weight row reused across all `t` rows of `x`.
-/// Large products are split by output rows across rayon's threads.
-#[inline(always)]
-fn matmul<const FMA: bool>(x: &[f32], w: &[f32], t: usize, n_in: usize, n_out: usize, y: &mut Vec<f32>) {
-    resize(y, t * n_out);
-    if t * n_in * n_out < PARALLEL_MIN || rayon::current_num_threads() < 2 {
-        rows::<FMA>(x, w, t, n_in, 0, n_out, y, Layout::ByToken { n_out });
-        return;
-    }
-    use rayon::prelude::*;
-    // With one token both layouts are the same; otherwise rows are computed `[o][t]` so each
-    // task writes one slice, and transposed after.
-    let mut by_row = if t == 1 { std::mem::take(y) } else { vec![0f32; t * n_out] };
-    by_row.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(task, out)| {
-        let (first, count) = (task * ROWS_PER_TASK, out.len() / t);
-        // A closure does not inherit its caller's target features: the kernel is entered anew.
-        #[cfg(target_arch = "x86_64")]
-        if FMA {
-            // SAFETY: FMA is only true when the CPU has AVX2 and FMA (checked in `forward`).
-            unsafe { rows_fma(x, w, t, n_in, first, count, out) };
-            return;
-        }
-        rows::<false>(x, w, t, n_in, first, count, out, Layout::ByRow);
-    });
-    if t == 1 {
-        *y = by_row;
-    } else {
-        for (o, row) in by_row.chunks_exact(t).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                y[i * n_out + o] = v;
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_fma(x: &[f32], w: &[f32], t: usize, n_in: usize, first: usize, count: usize, out: &mut [f32]) {
-    rows::<true>(x, w, t, n_in, first, count, out, Layout::ByRow)
-}
-
-/// Output rows `first..first + count` of `x · wᵀ` into `out`, laid out as `layout` says.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn rows<const FMA: bool>(
-    x: &[f32],
-    w: &[f32],
-    t: usize,
-    n_in: usize,
-    first: usize,
-    count: usize,
-    out: &mut [f32],
-    layout: Layout,
-) {
-    for k in 0..count {
-        let row = &w[(first + k) * n_in..(first + k + 1) * n_in];
-        for i in 0..t {
-            let v = dot::<FMA>(&x[i * n_in..(i + 1) * n_in], row);
-            match layout {
-                Layout::ByToken { n_out } => out[i * n_out + k] = v,
-                Layout::ByRow => out[k * t + i] = v,
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let n = a.len().min(b.len());
-    let whole = n / L * L;
-    for (x, y) in a[..whole].chunks_exact(L).zip(b[..whole].chunks_exact(L)) {
-        for i in 0..L {
-            acc[i] = if FMA { x[i].mul_add(y[i], acc[i]) } else { acc[i] + x[i] * y[i] };
-        }
-    }
-    let mut sum = 0.0;
-    for i in whole..n {
-        sum += a[i] * b[i];
-    }
-    // Pairwise reduction keeps the rounding close to a tree sum.
-    let mut width = L;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    acc[0] + sum
-}
-
-#[inline(always)]
-fn axpy<const FMA: bool>(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = if FMA { x.mul_add(a, *y) } else { *y + a * x };
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use candle_core::Device;
-
-    use super::*;
-    use crate::engine::train;
-
-    /// A model whose projections are large enough to be split across threads (one token of
-    /// its MLP is a million multiply-adds), with grouped-query attention and an untied head.
-    #[test]
-    fn products_split_across_threads_give_the_candle_paths_logits() {
-        let cfg = ModelConfig {
-            vocab_size: 4096,
-            hidden_size: 256,
-            intermediate_size: 4096,
-            num_hidden_layers: 2,
-            num_attention_heads: 8,
-            num_key_value_heads: Some(2),
-            max_position_embeddings: 64,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            tie_word_embeddings: false,
-            model_type: "llama".into(),
-        };
-        assert!(cfg.hidden_size * cfg.intermediate_size >= PARALLEL_MIN);
-        let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
-        let fast = FastModel::from_model(&model).unwrap();
-        let ids: Vec<u32> = (0..40u32).map(|i| (i * 97) % 4096).collect();
-        let (mut cache, mut fc, mut logits) = (model.new_cache(), fast.new_cache(), Vec::new());
-        let want = model.forward_cached(&ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
-        fast.forward(&ids, &mut fc, &mut logits).unwrap();
-        let diff = want.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-3, "prefill differs by {diff}");
-        for &t in &[5u32, 4095, 17] {
-            let want = model.forward_cached(&[t], &mut cache).unwrap().to_vec1::<f32>().unwrap();
-            fast.forward(&[t], &mut fc, &mut logits).unwrap();
-            let diff = want.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff < 1e-3, "decoding differs by {diff}");
-        }
-    }
-}
+mod tests;

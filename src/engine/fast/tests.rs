@@ -1,0 +1,61 @@
+use candle_core::Device;
+
+use super::*;
+use crate::engine::train;
+
+/// A model whose projections are large enough to be split across threads (one token of
+/// its MLP is a million multiply-adds), with grouped-query attention and an untied head.
+#[test]
+fn products_split_across_threads_give_the_candle_paths_logits() {
+    let cfg = ModelConfig {
+        vocab_size: 4096,
+        hidden_size: 256,
+        intermediate_size: 4096,
+        num_hidden_layers: 2,
+        num_attention_heads: 8,
+        num_key_value_heads: Some(2),
+        max_position_embeddings: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        tie_word_embeddings: false,
+        model_type: "llama".into(),
+    };
+    assert!(cfg.hidden_size * cfg.intermediate_size >= PARALLEL_MIN);
+    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let fast = FastModel::from_model(&model).unwrap();
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 97) % 4096).collect();
+    let (mut cache, mut fc, mut logits) = (model.new_cache(), fast.new_cache(), Vec::new());
+    let want = model.forward_cached(&ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
+    fast.forward(&ids, &mut fc, &mut logits).unwrap();
+    let diff = want.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-3, "prefill differs by {diff}");
+    for &t in &[5u32, 4095, 17] {
+        let want = model.forward_cached(&[t], &mut cache).unwrap().to_vec1::<f32>().unwrap();
+        fast.forward(&[t], &mut fc, &mut logits).unwrap();
+        let diff = want.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-3, "decoding differs by {diff}");
+    }
+}
+
+/// `i8` matrices (what a large base serves from) stay close to the exact logits and take about
+/// a quarter of the memory.
+#[test]
+fn int8_matrices_stay_close_to_the_exact_logits() {
+    let cfg = crate::engine::Preset::small().model_config(1024);
+    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let exact = FastModel::from_model_as(&model, false).unwrap();
+    let int8 = FastModel::from_model_as(&model, true).unwrap();
+    assert!(!FastWeights::quantized(&cfg), "small models stay exact by default");
+    let ratio = int8.weights().bytes() as f64 / exact.weights().bytes() as f64;
+    assert!(ratio < 0.3, "int8 weights take {ratio:.2} of the f32 ones");
+    let ids: Vec<u32> = (0..30u32).map(|i| (i * 37) % 1024).collect();
+    let (mut a, mut b) = (exact.new_cache(), int8.new_cache());
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    for chunk in [&ids[..20], &ids[20..21], &ids[21..22], &ids[22..]] {
+        exact.forward(chunk, &mut a, &mut la).unwrap();
+        int8.forward(chunk, &mut b, &mut lb).unwrap();
+        let spread = la.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05 * spread + 1e-4, "int8 logits differ by {worst} (logits up to {spread})");
+    }
+}
