@@ -7,6 +7,7 @@ use rand::rngs::StdRng;
 
 use super::fast::{FastCache, FastModel};
 use super::generate::{self, Generated, Sampling, MAX_AUTHOR_TOKENS};
+use super::prompt::{self, Prefilled};
 use super::tokenizer::ChatTokenizer;
 use super::voice::Voice;
 use super::words::{self, CopyGuard};
@@ -43,7 +44,8 @@ pub struct Candidate {
 }
 
 /// The best of `s.candidates` candidates (at least one; fewer for a large model, see
-/// [`candidates_for`]), and all of them, best first.
+/// [`candidates_for`]), and all of them, best first. The last message of `history` is the one
+/// replied to.
 pub fn reply(
     model: &FastModel,
     tok: &ChatTokenizer,
@@ -52,15 +54,37 @@ pub fn reply(
     voice: Option<&Voice>,
     rng: &mut StdRng,
 ) -> Result<Vec<Candidate>, EngineError> {
+    reply_with(model, tok, history, s, voice, rng, None).map(|(candidates, _)| candidates)
+}
+
+/// [`reply`] continuing the channel's `kept` context (see [`prompt`]); also returns the context
+/// to keep for the channel's next reply (the history without the message replied to).
+pub fn reply_with(
+    model: &FastModel,
+    tok: &ChatTokenizer,
+    history: &[(String, String)],
+    s: &Sampling,
+    voice: Option<&Voice>,
+    rng: &mut StdRng,
+    kept: Option<&Prefilled>,
+) -> Result<(Vec<Candidate>, Prefilled), EngineError> {
     let ctx = model.cfg.max_position_embeddings;
     let room = s.max_tokens + MAX_AUTHOR_TOKENS + 2;
     if ctx <= room + 1 {
         return Err(EngineError::ContextFull(ctx));
     }
-    let ids = generate::prompt(tok, history, ctx - room)?;
-    let mut cache = model.new_cache();
-    let mut logits = Vec::new();
-    model.forward(&ids, &mut cache, &mut logits)?;
+    let (context, last) = history.split_at(history.len().saturating_sub(1));
+    let mut then = match last.first() {
+        Some((author, content)) => tok.encode_message(author, content)?,
+        None => Vec::new(),
+    };
+    // A message longer than the whole context keeps its end.
+    let budget = ctx - room - 1;
+    if then.len() > budget {
+        then.drain(..then.len() - budget);
+    }
+    let context = prompt::prefill(model, tok, context, budget - then.len(), kept)?;
+    let (ids, cache, logits) = prompt::start_reply(model, tok, &context, &then)?;
     let context_text: String = history.iter().map(|(a, c)| format!("{a} {c}\n")).collect();
     let k = candidates_for(s, model.cfg.params());
     let mut out = Vec::with_capacity(k);
@@ -71,7 +95,7 @@ pub fn reply(
         out.push(Candidate { reply: reply.0, score });
     }
     out.sort_by(|a, b| b.score.total_cmp(&a.score));
-    Ok(out)
+    Ok((out, context))
 }
 
 /// One candidate's decoding state.

@@ -76,7 +76,7 @@ pub fn prompt(
         ids.extend(tok.encode_message(author, content)?);
     }
     if ids.len() + 1 > budget {
-        let cut = ids.len() + 1 - budget;
+        let cut = (ids.len() + 1 - budget).min(ids.len());
         ids.drain(..cut);
         // Start at a message boundary when there is one, so no message is seen half-way.
         if let Some(first) = ids.iter().position(|&t| t == tok.msg) {

@@ -8,6 +8,7 @@
 //! - [`fast`]: the lean CPU inference path that serves replies.
 //! - [`generate`]: sampling a reply from a chat history.
 //! - [`decode`]: sample and rank: K candidates mixed with the guild's counts, never copying.
+//! - [`prompt`]: a channel's context kept as its key/value cache between replies.
 //! - [`ops`]: fused CPU kernels with backward passes for training.
 //! - [`gguf`]: llama-family GGUF files read into Hugging Face tensors and tokenizer.
 //! - [`lora`]: low-rank adapters that fine-tune a pretrained base.
@@ -29,6 +30,7 @@ pub mod lora;
 pub mod model;
 pub mod ngram;
 pub mod ops;
+pub mod prompt;
 pub mod run;
 pub mod tokenizer;
 pub mod train;

@@ -11,7 +11,7 @@ use super::tokenizer::ChatLine;
 use super::train::{self, TrainOptions};
 use super::{checkpoint, Preset};
 
-fn sample_lines(n: usize) -> Vec<ChatLine> {
+pub(crate) fn sample_lines(n: usize) -> Vec<ChatLine> {
     crate::playground::SAMPLE
         .lines()
         .take(n)

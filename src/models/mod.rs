@@ -3,6 +3,7 @@
 //! `models/<guild>/CURRENT` names the run that serves the guild.
 //!
 //! - [`bases`]: pretrained bases under `models/base/<name>/`: import, list, remove, choose.
+//! - [`prompts`]: the channels' contexts kept between replies, bounded in memory.
 //! - [`registry`]: the on-disk layout: finding each guild's current run, and switching it.
 //! - [`trainer`]: the one-at-a-time training slot with its progress and cancellation.
 //! - [`serving`]: the loaded models that answer, and the generation thread.
@@ -11,6 +12,7 @@
 
 pub mod bases;
 pub mod bundle;
+pub mod prompts;
 pub mod registry;
 pub mod remote;
 pub mod serving;

@@ -13,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::oneshot;
 
+use super::prompts::KeptPrompts;
 use super::registry::{self, Found};
 use crate::engine::checkpoint::{self, Loaded};
 use crate::engine::decode;
@@ -42,12 +43,15 @@ struct Job {
     history: Vec<(String, String)>,
     sampling: Sampling,
     seed: u64,
+    /// Where the context is kept between replies (the guild and channel), with the guild's
+    /// epoch (see [`super::prompts`]); `None` keeps nothing.
+    kept: Option<(super::prompts::Key, u64)>,
     answer: oneshot::Sender<Result<Generated, EngineError>>,
 }
 
 /// The generation thread's loop: each job answered in turn. A bug in one generation must not
 /// end the thread, or every later reply would fall back for the rest of the process's life.
-fn work(queue: std::sync::mpsc::Receiver<Job>, run: impl Fn(&Job) -> Result<Generated, EngineError>) {
+fn work(queue: std::sync::mpsc::Receiver<Job>, mut run: impl FnMut(&Job) -> Result<Generated, EngineError>) {
     for job in queue {
         let out =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job))).unwrap_or_else(|panic| {
@@ -64,19 +68,25 @@ fn work(queue: std::sync::mpsc::Receiver<Job>, run: impl Fn(&Job) -> Result<Gene
     }
 }
 
-/// One job's reply: the best-ranked candidate.
-fn generate_one(job: &Job) -> Result<Generated, EngineError> {
+/// One job's reply: the best-ranked candidate, continuing the channel's kept context.
+fn generate_one(job: &Job, kept: &mut KeptPrompts) -> Result<Generated, EngineError> {
     let mut rng = StdRng::seed_from_u64(job.seed);
     let voice = job.voice.as_ref().map(|v| v.read().unwrap_or_else(|p| p.into_inner()));
-    decode::reply(
+    let model = Arc::as_ptr(&job.model) as usize;
+    let context = job.kept.as_ref().and_then(|(key, epoch)| kept.take(key, model, *epoch));
+    let (mut ranked, context) = decode::reply_with(
         &job.model.fast,
         &job.model.tokenizer,
         &job.history,
         &job.sampling,
         voice.as_deref(),
         &mut rng,
-    )
-    .map(|mut ranked| ranked.swap_remove(0).reply)
+        context.as_ref(),
+    )?;
+    if let Some((key, epoch)) = &job.kept {
+        kept.keep(key.clone(), model, *epoch, context);
+    }
+    Ok(ranked.swap_remove(0).reply)
 }
 
 /// The per-guild models and the generation worker.
@@ -105,9 +115,10 @@ impl Serving {
     /// Starts the generation thread.
     pub fn new() -> Serving {
         let (jobs, queue) = sync_channel::<Job>(QUEUE);
-        let spawned = std::thread::Builder::new()
-            .name("mynah-generate".into())
-            .spawn(move || work(queue, generate_one));
+        let spawned = std::thread::Builder::new().name("mynah-generate".into()).spawn(move || {
+            let mut kept = KeptPrompts::default();
+            work(queue, |job| generate_one(job, &mut kept))
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "could not start the generation thread; replies will use fallback mode");
         }
@@ -149,6 +160,12 @@ impl Serving {
         let t = tickets.entry(guild.to_string()).or_default();
         *t += 1;
         *t
+    }
+
+    /// The guild's latest voice ticket: it changes whenever the guild's messages are removed
+    /// (a voice rebuild starts), which is when kept contexts must go.
+    fn voice_epoch(&self, guild: &str) -> u64 {
+        self.voice_tickets.lock().unwrap_or_else(|p| p.into_inner()).get(guild).copied().unwrap_or(0)
     }
 
     /// Sets the guild's voice, built for `model`'s tokenizer under `ticket`; refused (false) if
@@ -215,10 +232,13 @@ impl Serving {
     }
 
     /// Generates a message on the generation thread: the best of `sampling.candidates`, mixed
-    /// with and guarded by the guild's voice when it has one.
+    /// with and guarded by the guild's voice when it has one. With a `channel`, the context is
+    /// kept for the channel's next reply (`history` must then be its recent messages, oldest
+    /// first, and the message replied to).
     pub async fn generate(
         &self,
         guild: &str,
+        channel: Option<&str>,
         model: Arc<Loaded>,
         history: Vec<(String, String)>,
         sampling: Sampling,
@@ -226,7 +246,9 @@ impl Serving {
     ) -> Result<Generated, ServeError> {
         let (answer, answered) = oneshot::channel();
         let voice = self.voice(guild);
-        self.jobs.try_send(Job { model, voice, history, sampling, seed, answer }).map_err(|e| match e {
+        let kept = channel.map(|c| ((guild.to_string(), c.to_string()), self.voice_epoch(guild)));
+        let job = Job { model, voice, history, sampling, seed, kept, answer };
+        self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => ServeError::Busy,
             TrySendError::Disconnected(_) => ServeError::Gone,
         })?;
@@ -268,13 +290,16 @@ mod tests {
         let (model, _dir) = tiny_model();
         let (jobs, queue) = sync_channel::<Job>(4);
         std::thread::spawn(move || {
-            work(queue, |job| if job.seed == 666 { panic!("a bug") } else { generate_one(job) })
+            let mut kept = KeptPrompts::default();
+            work(queue, |job| if job.seed == 666 { panic!("a bug") } else { generate_one(job, &mut kept) })
         });
         let ask = |seed| {
             let (answer, answered) = oneshot::channel();
             let history = vec![("bob".to_string(), "hi".to_string())];
             let sampling = Sampling { max_tokens: 4, ..Sampling::default() };
-            jobs.send(Job { model: model.clone(), voice: None, history, sampling, seed, answer }).unwrap();
+            let kept = Some((("g".to_string(), "c".to_string()), 0));
+            jobs.send(Job { model: model.clone(), voice: None, history, sampling, seed, kept, answer })
+                .unwrap();
             answered.blocking_recv().unwrap()
         };
         assert!(matches!(ask(666), Err(EngineError::Panicked(m)) if m == "a bug"));

@@ -109,6 +109,7 @@ impl Core {
                 .serving
                 .generate(
                     &req.guild_id,
+                    req.channel_id.as_deref(),
                     model.clone(),
                     history.clone(),
                     self.config.engine.sampling.clone(),

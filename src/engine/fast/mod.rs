@@ -78,8 +78,10 @@ pub struct FastModel {
 /// generation (candidates share their prompt's prefill).
 #[derive(Clone)]
 pub struct FastCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// Per layer, the keys and values of positions `0..pos`, `[pos][kv]`: they grow with the
+    /// sequence, so a cache costs what its context holds.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     pub pos: usize,
     x: Vec<f32>,
     xn: Vec<f32>,
@@ -93,6 +95,18 @@ pub struct FastCache {
     tmp: Vec<f32>,
     /// An adapter's `x aᵀ`.
     lr: Vec<f32>,
+}
+
+impl FastCache {
+    /// Forgets every position from `pos` on: the next tokens continue from there.
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
+    /// Bytes its keys and values hold.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
+    }
 }
 
 fn host(t: &Tensor) -> Result<Vec<f32>, EngineError> {
@@ -223,11 +237,10 @@ impl FastModel {
     }
 
     pub fn new_cache(&self) -> FastCache {
-        let kv = self.cfg.kv_heads() * self.cfg.head_dim();
-        let size = self.weights.layers.len() * self.cfg.max_position_embeddings * kv;
+        let layers = self.weights.layers.len();
         FastCache {
-            k: vec![0.0; size],
-            v: vec![0.0; size],
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
             pos: 0,
             x: Vec::new(),
             xn: Vec::new(),
@@ -244,6 +257,7 @@ impl FastModel {
     }
 
     /// Writes the logits for the last of `ids` (which continue the cached sequence) into `logits`.
+    /// To continue from an earlier position instead, [`FastCache::rewind`] first.
     pub fn forward(
         &self,
         ids: &[u32],
@@ -281,7 +295,6 @@ impl FastModel {
         let (d, f, t) = (cfg.hidden_size, cfg.intermediate_size, ids.len());
         let (h, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let kv = kvh * hd;
-        let max_pos = cfg.max_position_embeddings;
         let eps = cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let pos = c.pos;
@@ -311,14 +324,15 @@ impl FastModel {
                 for head in c.kk[i * kv..(i + 1) * kv].chunks_exact_mut(hd) {
                     rope(head, cos, sin);
                 }
-                let at = (li * max_pos + p) * kv;
-                c.k[at..at + kv].copy_from_slice(&c.kk[i * kv..(i + 1) * kv]);
-                c.v[at..at + kv].copy_from_slice(&c.vv[i * kv..(i + 1) * kv]);
             }
+            // Positions past `pos` may hold a rewound continuation: they are replaced.
+            c.k[li].truncate(pos * kv);
+            c.k[li].extend_from_slice(&c.kk[..t * kv]);
+            c.v[li].truncate(pos * kv);
+            c.v[li].extend_from_slice(&c.vv[..t * kv]);
             resize(&mut c.att, t * d);
             let group = h / kvh;
-            let layer_k = &c.k[li * max_pos * kv..(li + 1) * max_pos * kv];
-            let layer_v = &c.v[li * max_pos * kv..(li + 1) * max_pos * kv];
+            let (layer_k, layer_v) = (&c.k[li], &c.v[li]);
             for i in 0..t {
                 let seen = pos + i + 1;
                 for hh in 0..h {

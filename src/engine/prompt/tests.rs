@@ -1,0 +1,113 @@
+use std::sync::atomic::AtomicBool;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::engine::decode;
+use crate::engine::generate::Sampling;
+use crate::engine::run::{train_and_save, RunSpec};
+use crate::engine::tests::sample_lines;
+use crate::engine::train::TrainOptions;
+use crate::engine::Preset;
+
+fn said(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(a, c)| (a.to_string(), c.to_string())).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+#[test]
+fn a_kept_context_prefills_only_what_was_said_since_and_replies_the_same() {
+    let lines = sample_lines(300);
+    let dir = tempfile::tempdir().unwrap();
+    let mut preset = Preset::tiny();
+    preset.seq_len = 256;
+    let opts = TrainOptions { max_seconds: Some(1.0), ..TrainOptions::new(preset) };
+    let spec = RunSpec {
+        lines: &lines,
+        opts: &opts,
+        base: None,
+        parent: dir.path(),
+        name: "r",
+        preset_label: "tiny".into(),
+        corpus_span: (None, None),
+    };
+    let (loaded, _, _) =
+        train_and_save(&spec, &candle_core::Device::Cpu, &AtomicBool::new(false), |_| {}).unwrap();
+    let (model, tok) = (&loaded.fast, &loaded.tokenizer);
+    let s = Sampling { max_tokens: 10, candidates: 2, ..Sampling::default() };
+
+    let first = said(&[("ann", "who is coming tonight"), ("bob", "me probably"), ("cy", "@mynah you?")]);
+    let (_, kept) =
+        decode::reply_with(model, tok, &first, &s, None, &mut StdRng::seed_from_u64(1), None).unwrap();
+    assert_eq!(kept.computed, kept.ids.len(), "nothing was kept yet");
+
+    // The window slid: the oldest message left, the mention and a new message arrived.
+    let next = said(&[
+        ("bob", "me probably"),
+        ("cy", "@mynah you?"),
+        ("dee", "i am in"),
+        ("ann", "@mynah and then?"),
+    ]);
+    let (ranked, again) =
+        decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(2), Some(&kept)).unwrap();
+    // The first mention was not kept (the store's copy of it is what later contexts hold).
+    let new =
+        [tok.encode_message("cy", "@mynah you?").unwrap(), tok.encode_message("dee", "i am in").unwrap()];
+    assert_eq!(again.computed, new.concat().len(), "only the messages said since were prefilled");
+    assert_eq!(&again.ids[..kept.ids.len()], &kept.ids[..], "the kept context continues");
+
+    // Replying from the kept context gives what a fresh prefill of the same tokens gives.
+    let fresh = decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(2), None).unwrap();
+    let (mut cache, mut logits) = (model.new_cache(), Vec::new());
+    model.forward(&again.ids, &mut cache, &mut logits).unwrap();
+    assert!(max_diff(&logits, &again.logits) < 1e-4, "the kept cache is the prefix's cache");
+    assert!(fresh.1.ids.len() <= again.ids.len(), "a fresh prefill keeps only the recent window");
+    assert!(!ranked.is_empty());
+
+    // The same mention again (a retry) prefills nothing.
+    let (_, retry) =
+        decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(3), Some(&again)).unwrap();
+    assert_eq!(retry.computed, 0);
+
+    // A kept context this history does not follow (a message in it was edited) starts over.
+    let edited =
+        said(&[("bob", "me, surely"), ("cy", "@mynah you?"), ("dee", "i am in"), ("ann", "@mynah ok")]);
+    let (_, over) =
+        decode::reply_with(model, tok, &edited, &s, None, &mut StdRng::seed_from_u64(4), Some(&again))
+            .unwrap();
+    assert_eq!(over.computed, over.ids.len());
+}
+
+#[test]
+fn a_context_that_outgrows_the_model_starts_over_from_the_recent_messages() {
+    let lines = sample_lines(300);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { max_seconds: Some(1.0), ..TrainOptions::new(Preset::tiny()) };
+    let spec = RunSpec {
+        lines: &lines,
+        opts: &opts,
+        base: None,
+        parent: dir.path(),
+        name: "r",
+        preset_label: "tiny".into(),
+        corpus_span: (None, None),
+    };
+    let (loaded, _, _) =
+        train_and_save(&spec, &candle_core::Device::Cpu, &AtomicBool::new(false), |_| {}).unwrap();
+    let (model, tok) = (&loaded.fast, &loaded.tokenizer);
+    let s = Sampling { max_tokens: 8, candidates: 1, ..Sampling::default() };
+    let mut history = said(&[("ann", "hello there")]);
+    let mut kept = None;
+    let ctx = model.cfg.max_position_embeddings;
+    for i in 0..30 {
+        history.push(("bob".into(), format!("message number {i} with a few words")));
+        let (_, k) =
+            decode::reply_with(model, tok, &history, &s, None, &mut StdRng::seed_from_u64(i), kept.as_ref())
+                .unwrap();
+        assert!(k.ids.len() + 8 < ctx, "the kept context leaves room for a reply");
+        kept = Some(k);
+    }
+}
