@@ -53,10 +53,11 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
     lines.push(format!("**Mode:** {mode}: {}", s.mode_reason));
     lines.push(match &s.model {
         Some(m) => format!(
-            "**Model:** {} ({} parameters, {} preset, trained {} on {} messages in {:.0} s, validation {} bits/byte)",
+            "**Model:** {} ({} parameters, {}, trained {} on {} messages in {:.0} s, validation {} bits/byte)",
             m.run,
             m.params,
-            m.preset,
+            // A preset's name ("small") or how the run was made ("fine-tuned from base …").
+            if m.preset.contains(' ') { m.preset.clone() } else { format!("{} preset", m.preset) },
             m.trained_at,
             m.corpus_messages,
             m.training_seconds,

@@ -80,38 +80,7 @@ pub enum Bench {
     /// What replies are worth on the newest 10 % of a corpus: held-out bits per byte of the
     /// network, the count model and their mixture (frozen and online) next to xz and PPMd;
     /// readability of replies before and now next to the humans'; latency; sample replies.
-    Quality {
-        /// A JSONL corpus, e.g. ../shared/corpus/fcc-dev.jsonl
-        #[arg(long)]
-        corpus: PathBuf,
-        /// Only this guild's messages.
-        #[arg(long)]
-        guild: Option<String>,
-        /// A trained run directory; without it, the preset is trained on the corpus first.
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Fine-tune this pretrained base (a directory under models/base/) instead of training
-        /// from scratch; with --minutes 0 the base is measured as it is (zero-shot).
-        #[arg(long, conflicts_with = "model")]
-        base: Option<PathBuf>,
-        /// Keep the trained run in this directory (as `<dir>/bench`), for `--model` later.
-        #[arg(long, conflicts_with = "model")]
-        keep: Option<PathBuf>,
-        #[arg(long, default_value = "default")]
-        preset: String,
-        /// The training budget when training (what a guild gets: MYNAH_TRAIN_MAX_MINUTES).
-        #[arg(long, default_value_t = 10.0)]
-        minutes: f64,
-        /// Epochs when training (what a guild gets: MYNAH_TRAIN_EPOCHS).
-        #[arg(long, default_value_t = 3)]
-        epochs: usize,
-        /// Prompts drawn from held-out messages.
-        #[arg(long, default_value_t = 200)]
-        prompts: usize,
-        /// Write the sample replies here instead of standard output.
-        #[arg(long)]
-        samples: Option<PathBuf>,
-    },
+    Quality(quality::Options),
     /// Peak resident memory while serving replies with a model.
     Memory {
         #[arg(long)]
@@ -128,20 +97,7 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory { model, replies } => bench_memory(&model, replies),
-        Bench::Quality { corpus, guild, model, base, keep, preset, minutes, epochs, prompts, samples } => {
-            quality::run(&quality::Options {
-                corpus,
-                guild,
-                model,
-                base,
-                keep,
-                preset,
-                minutes,
-                epochs,
-                prompts,
-                samples,
-            })
-        }
+        Bench::Quality(options) => quality::run(&options),
         Bench::Ingest { .. } | Bench::Load { .. } => {
             anyhow::bail!("bench ingest and load run on the async runtime (see cli::run)")
         }
@@ -413,11 +369,12 @@ pub fn rss_mb() -> (f64, f64) {
 }
 
 fn bench_memory(model: &Path, replies: usize) -> anyhow::Result<()> {
+    // Loaded as the bot serves it: no candle copy of the weights.
     let loaded = checkpoint::load_with_bases(
         model,
         &Device::Cpu,
         &|r| crate::models::bases::find(&models_dir(), r),
-        true,
+        false,
     )?;
     let history: Vec<(String, String)> = crate::playground::SAMPLE
         .lines()

@@ -25,18 +25,41 @@ use crate::engine::voice::{self, Voice};
 use crate::engine::words::{CopyIndex, Readability, Vocabulary};
 
 /// What to measure.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// A JSONL corpus, e.g. ../shared/corpus/fcc-dev.jsonl
+    #[arg(long)]
     pub corpus: PathBuf,
+    /// Only this guild's messages.
+    #[arg(long)]
     pub guild: Option<String>,
+    /// A trained run directory; without it, the preset is trained on the corpus first.
+    #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Fine-tune this pretrained base (a directory under models/base/) instead of training
+    /// from scratch; with --minutes 0 the base is measured as it is (zero-shot).
+    #[arg(long, conflicts_with = "model")]
     pub base: Option<PathBuf>,
+    /// Keep the trained run in this directory (as `<dir>/bench`), for `--model` later.
+    #[arg(long, conflicts_with = "model")]
     pub keep: Option<PathBuf>,
+    #[arg(long, default_value = "default")]
     pub preset: String,
+    /// The training budget when training (what a guild gets: MYNAH_TRAIN_MAX_MINUTES).
+    #[arg(long, default_value_t = 10.0)]
     pub minutes: f64,
+    /// Epochs when training (what a guild gets: MYNAH_TRAIN_EPOCHS).
+    #[arg(long, default_value_t = 3)]
     pub epochs: usize,
+    /// Prompts drawn from held-out messages.
+    #[arg(long, default_value_t = 200)]
     pub prompts: usize,
+    /// Write the sample replies here instead of standard output.
+    #[arg(long)]
     pub samples: Option<PathBuf>,
+    /// Measure only the replies (no held-out bits per byte).
+    #[arg(long)]
+    pub skip_bits: bool,
 }
 
 /// Messages of context before a prompt, as replies get (`MYNAH_REPLY_CONTEXT`'s default).
@@ -58,19 +81,26 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     };
     let tok = &model.tokenizer;
 
-    println!("## Held-out bits per byte ({} messages)", held_out.len());
-    let scores = bits(&model, train_part, held_out)?;
-    println!("| model | frozen | online |\n|---|---|---|");
-    println!("| network | {:.3} | – |", scores.net);
-    println!("| count model (order {}) | {:.3} | {:.3} |", scores.order, scores.counts.0, scores.counts.1);
-    println!(
-        "| mixture (fitted on the training part's newest 10 %) | {:.3} | {:.3} |",
-        scores.mix.0, scores.mix.1
-    );
-    for (name, c) in [("xz -9e", Compressor::Xz), ("7-Zip PPMd o8", Compressor::Ppmd)] {
-        match conditional_bits(c, train_part, held_out) {
-            Some(b) => println!("| {name} (conditional, on `author: content` lines) | – | {b:.3} |"),
-            None => println!("| {name} | not installed | – |"),
+    if o.skip_bits {
+        println!("(held-out bits per byte skipped: --skip-bits)");
+    } else {
+        println!("## Held-out bits per byte ({} messages)", held_out.len());
+        let scores = bits(&model, train_part, held_out)?;
+        println!("| model | frozen | online |\n|---|---|---|");
+        println!("| network | {:.3} | – |", scores.net);
+        println!(
+            "| count model (order {}) | {:.3} | {:.3} |",
+            scores.order, scores.counts.0, scores.counts.1
+        );
+        println!(
+            "| mixture (fitted on the training part's newest 10 %) | {:.3} | {:.3} |",
+            scores.mix.0, scores.mix.1
+        );
+        for (name, c) in [("xz -9e", Compressor::Xz), ("7-Zip PPMd o8", Compressor::Ppmd)] {
+            match conditional_bits(c, train_part, held_out) {
+                Some(b) => println!("| {name} (conditional, on `author: content` lines) | – | {b:.3} |"),
+                None => println!("| {name} | not installed | – |"),
+            }
         }
     }
 
@@ -85,17 +115,41 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let mut before = Vec::new();
     let mut now = Vec::new();
     let mut ms = Vec::new();
+    let mut warm_ms = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
         let mut rng = StdRng::seed_from_u64(i as u64);
         let one = Sampling { candidates: 1, ..sampling.clone() };
         before.push(generate::reply(&model.fast, tok, &p.history, &one, &mut rng)?.text);
         let t = Instant::now();
         let mut rng = StdRng::seed_from_u64(i as u64);
-        let ranked =
-            crate::engine::decode::reply(&model.fast, tok, &p.history, &sampling, Some(&voice), &mut rng)?;
+        let (ranked, kept) = crate::engine::decode::reply_with(
+            &model.fast,
+            tok,
+            &p.history,
+            &sampling,
+            Some(&voice),
+            &mut rng,
+            None,
+        )?;
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
         now.push(ranked.first().map(|c| c.reply.text.clone()).unwrap_or_default());
+        // The next mention in the same channel: the member's next message, replied to with the
+        // channel's context kept from this reply.
+        let mut next = p.history.clone();
+        next.push(("someone".into(), p.human.clone()));
+        let t = Instant::now();
+        crate::engine::decode::reply_with(
+            &model.fast,
+            tok,
+            &next,
+            &sampling,
+            Some(&voice),
+            &mut rng,
+            Some(&kept),
+        )?;
+        warm_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    warm_ms.sort_by(f64::total_cmp);
     let contexts: Vec<String> = prompts.iter().map(Prompt::context_text).collect();
     let humans: Vec<String> = prompts.iter().map(|p| p.human.clone()).collect();
     println!("\n## Readability of {} replies to held-out prompts", prompts.len());
@@ -119,10 +173,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     ms.sort_by(f64::total_cmp);
     let (peak, rss) = super::rss_mb();
     println!(
-        "\nreply latency ({} candidates): p50 {:.1} ms, p99 {:.1} ms; voice ≈ {:.0} MB; peak RSS {peak:.0} MB (now {rss:.0} MB)",
+        "\nreply latency ({} candidates): p50 {:.1} ms, p99 {:.1} ms; the next reply in the channel (context kept): p50 {:.1} ms, p99 {:.1} ms; voice ≈ {:.0} MB; peak RSS {peak:.0} MB (now {rss:.0} MB)",
         crate::engine::decode::candidates_for(&sampling, model.fast.cfg.params()),
         super::percentile(&ms, 0.5),
         super::percentile(&ms, 0.99),
+        super::percentile(&warm_ms, 0.5),
+        super::percentile(&warm_ms, 0.99),
         voice.counts.approx_bytes() as f64 / 1e6,
     );
     let mut out: Box<dyn std::io::Write> = match &o.samples {

@@ -537,6 +537,8 @@ pub fn fit(
             });
         }
     }
+    // The training loop's own time: validation below is not training throughput.
+    let loop_seconds = loop_start.elapsed().as_secs_f64();
     if step == 0 {
         return Err(EngineError::NotEnoughData("the time budget ended before the first step".into()));
     }
@@ -558,7 +560,7 @@ pub fn fit(
         train_loss: last_loss,
         val_bits_per_byte: val,
         seconds,
-        tokens_per_second: tokens as f64 / loop_start.elapsed().as_secs_f64().max(1e-9),
+        tokens_per_second: tokens as f64 / loop_seconds.max(1e-9),
         train_messages: data.train_messages,
         val_messages: data.val_messages,
         stopped_by_budget,

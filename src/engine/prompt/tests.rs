@@ -14,28 +14,32 @@ fn said(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(a, c)| (a.to_string(), c.to_string())).collect()
 }
 
+/// A tiny model trained for a second, with windows of `seq_len` tokens.
+fn tiny(seq_len: usize, dir: &std::path::Path) -> crate::engine::checkpoint::Loaded {
+    let lines = sample_lines(300);
+    let mut preset = Preset::tiny();
+    preset.seq_len = seq_len;
+    let opts = TrainOptions { max_seconds: Some(1.0), ..TrainOptions::new(preset) };
+    let spec = RunSpec {
+        lines: &lines,
+        opts: &opts,
+        base: None,
+        parent: dir,
+        name: "r",
+        preset_label: "tiny".into(),
+        corpus_span: (None, None),
+    };
+    train_and_save(&spec, &candle_core::Device::Cpu, &AtomicBool::new(false), |_| {}).unwrap().0
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
 #[test]
 fn a_kept_context_prefills_only_what_was_said_since_and_replies_the_same() {
-    let lines = sample_lines(300);
     let dir = tempfile::tempdir().unwrap();
-    let mut preset = Preset::tiny();
-    preset.seq_len = 256;
-    let opts = TrainOptions { max_seconds: Some(1.0), ..TrainOptions::new(preset) };
-    let spec = RunSpec {
-        lines: &lines,
-        opts: &opts,
-        base: None,
-        parent: dir.path(),
-        name: "r",
-        preset_label: "tiny".into(),
-        corpus_span: (None, None),
-    };
-    let (loaded, _, _) =
-        train_and_save(&spec, &candle_core::Device::Cpu, &AtomicBool::new(false), |_| {}).unwrap();
+    let loaded = tiny(256, dir.path());
     let (model, tok) = (&loaded.fast, &loaded.tokenizer);
     let s = Sampling { max_tokens: 10, candidates: 2, ..Sampling::default() };
 
@@ -83,20 +87,8 @@ fn a_kept_context_prefills_only_what_was_said_since_and_replies_the_same() {
 
 #[test]
 fn a_context_that_outgrows_the_model_starts_over_from_the_recent_messages() {
-    let lines = sample_lines(300);
     let dir = tempfile::tempdir().unwrap();
-    let opts = TrainOptions { max_seconds: Some(1.0), ..TrainOptions::new(Preset::tiny()) };
-    let spec = RunSpec {
-        lines: &lines,
-        opts: &opts,
-        base: None,
-        parent: dir.path(),
-        name: "r",
-        preset_label: "tiny".into(),
-        corpus_span: (None, None),
-    };
-    let (loaded, _, _) =
-        train_and_save(&spec, &candle_core::Device::Cpu, &AtomicBool::new(false), |_| {}).unwrap();
+    let loaded = tiny(Preset::tiny().seq_len, dir.path());
     let (model, tok) = (&loaded.fast, &loaded.tokenizer);
     let s = Sampling { max_tokens: 8, candidates: 1, ..Sampling::default() };
     let mut history = said(&[("ann", "hello there")]);
