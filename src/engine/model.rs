@@ -146,10 +146,13 @@ impl Proj {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = linear(x, &self.w)?;
         match &self.lora {
-            None => Ok(y),
-            Some(l) => y + l.forward(x)?,
+            None => linear(x, &self.w),
+            // Beside adapters the weight is frozen: no gradient is computed for it.
+            Some(l) if x.device().is_cpu() && !self.w.is_variable() => {
+                super::lora::FrozenLinear::apply(x, &self.w)? + l.forward(x)?
+            }
+            Some(l) => linear(x, &self.w)? + l.forward(x)?,
         }
     }
 }

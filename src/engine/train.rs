@@ -529,7 +529,7 @@ pub fn fit(
             progress(&Progress {
                 phase: Phase::Training,
                 step,
-                total_steps: total,
+                total_steps: total.max(step),
                 epoch: step as f64 / steps_per_epoch as f64,
                 loss: last_loss,
                 tokens_per_second: tps,
@@ -545,7 +545,7 @@ pub fn fit(
     progress(&Progress {
         phase: Phase::Validating,
         step,
-        total_steps: total,
+        total_steps: total.max(step),
         epoch: step as f64 / steps_per_epoch as f64,
         loss: last_loss,
         tokens_per_second: 0.0,
