@@ -35,6 +35,20 @@ pub fn candidates_for(s: &Sampling, params: u64) -> usize {
     (CANDIDATE_BUDGET / params.max(1)).clamp(1, s.candidates.max(1) as u64) as usize
 }
 
+/// A reply whose words are mostly neither the guild's nor the prompt's ("0xaABAACBDAE8FFF-fabcd")
+/// is junk: while every candidate is, up to this many more are drawn.
+const JUNK_REDRAWS: usize = 2;
+/// The share of real words below which a reply is junk.
+const JUNK_REAL_SHARE: f64 = 0.5;
+
+/// Whether `reply` is junk by the guild's words (never without a voice to tell).
+fn junk(reply: &Generated, voice: Option<&Voice>, context: &str) -> bool {
+    let Some(v) = voice else { return false };
+    let texts = [reply.text.clone()];
+    !reply.text.trim().is_empty()
+        && words::real_word_share(&texts, &v.vocab, &[context.to_string()]) < JUNK_REAL_SHARE
+}
+
 /// One candidate with its score (higher is better).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -88,7 +102,14 @@ pub fn reply_with(
     let context_text: String = history.iter().map(|(a, c)| format!("{a} {c}\n")).collect();
     let k = candidates_for(s, model.cfg.params());
     let mut out = Vec::with_capacity(k);
-    for _ in 0..k {
+    let mut redraws = 0;
+    // The candidates, and more while every one is junk (a large model draws only one).
+    while out.len() < k
+        || (redraws < JUNK_REDRAWS && out.iter().all(|c: &Candidate| junk(&c.reply, voice, &context_text)))
+    {
+        if out.len() >= k {
+            redraws += 1;
+        }
         let mut fork = Fork { cache: cache.clone(), logits: logits.clone(), seq: ids.clone() };
         let reply = fork.decode(model, tok, s, voice, rng)?;
         let score = score(&reply, voice, &context_text);
@@ -277,6 +298,32 @@ fn score(decoded: &Decoded, voice: Option<&Voice>, context: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_of_mostly_unknown_words_is_junk() {
+        let lines: Vec<super::super::tokenizer::ChatLine> =
+            ["is anyone going to the meetup tonight", "yes i will be there"]
+                .iter()
+                .map(|t| super::super::tokenizer::ChatLine {
+                    channel: "c".into(),
+                    author: "a".into(),
+                    content: t.to_string(),
+                    time_ms: 0,
+                })
+                .collect();
+        let tok = super::super::tokenizer::ChatTokenizer::train(&lines, 300).unwrap();
+        let voice = Voice::from_lines(&tok, None, &lines).unwrap();
+        let reply =
+            |text: &str| Generated { author: "a".into(), text: text.into(), tokens: 3, finished: true };
+        assert!(junk(&reply("0xaABAACBDAE8FFF-fabcd.dll,vb_1 = vcdbgwrmmrb"), Some(&voice), ""));
+        assert!(!junk(&reply("i will be at the meetup"), Some(&voice), ""));
+        assert!(
+            !junk(&reply("zorblax quimfrey"), Some(&voice), "who said zorblax quimfrey?"),
+            "the prompt's words count"
+        );
+        assert!(!junk(&reply("0xaABAAC"), None, ""), "without a voice nothing is judged");
+        assert!(!junk(&reply(""), Some(&voice), ""));
+    }
 
     #[test]
     fn a_large_model_draws_fewer_candidates() {
