@@ -320,12 +320,7 @@ fn latencies(
 fn load_or_init(model: Option<&Path>, preset_name: &str) -> anyhow::Result<(Model, Option<ChatTokenizer>)> {
     match model {
         Some(dir) => {
-            let loaded = checkpoint::load_with_bases(
-                dir,
-                &Device::Cpu,
-                &|r| crate::models::bases::find(&models_dir(), r),
-                true,
-            )?;
+            let loaded = load_run(dir, true)?;
             Ok((loaded.model.context("the run has no candle model")?, Some(loaded.tokenizer)))
         }
         None => {
@@ -370,12 +365,7 @@ pub fn rss_mb() -> (f64, f64) {
 
 fn bench_memory(model: &Path, replies: usize) -> anyhow::Result<()> {
     // Loaded as the bot serves it: no candle copy of the weights.
-    let loaded = checkpoint::load_with_bases(
-        model,
-        &Device::Cpu,
-        &|r| crate::models::bases::find(&models_dir(), r),
-        false,
-    )?;
+    let loaded = load_run(model, false)?;
     let history: Vec<(String, String)> = crate::playground::SAMPLE
         .lines()
         .take(8)
@@ -442,8 +432,10 @@ pub(crate) fn bot_config(
     }
 }
 
-/// Where installed bases are looked up for a run fine-tuned from one: `MYNAH_MODELS_DIR`, or
-/// `models`.
-fn models_dir() -> PathBuf {
-    std::env::var_os("MYNAH_MODELS_DIR").map_or_else(|| PathBuf::from("models"), PathBuf::from)
+/// Loads a run on the CPU, with its base from those installed under `MYNAH_MODELS_DIR` (or
+/// `models`) when it was fine-tuned from one.
+fn load_run(dir: &Path, keep_model: bool) -> anyhow::Result<checkpoint::Loaded> {
+    let models_dir =
+        std::env::var_os("MYNAH_MODELS_DIR").map_or_else(|| PathBuf::from("models"), PathBuf::from);
+    Ok(crate::models::bases::load_run(dir, &Device::Cpu, &models_dir, keep_model)?)
 }

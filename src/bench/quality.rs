@@ -15,7 +15,7 @@ use candle_core::Device;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::engine::checkpoint::{self, Loaded};
+use crate::engine::checkpoint::Loaded;
 use crate::engine::counts::{CountModel, Mixer};
 use crate::engine::generate::{self, Sampling};
 use crate::engine::run::{self, RunSpec};
@@ -71,12 +71,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let (train_part, held_out) = train::split(&lines, 0.1)?;
     eprintln!("corpus: {} messages, {} held out", lines.len(), held_out.len());
     let model = match &o.model {
-        Some(dir) => checkpoint::load_with_bases(
-            dir,
-            &Device::Cpu,
-            &|r| crate::models::bases::find(&super::models_dir(), r),
-            true,
-        )?,
+        Some(dir) => super::load_run(dir, true)?,
         None => train_model(&lines, o)?,
     };
     let tok = &model.tokenizer;

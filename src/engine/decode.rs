@@ -41,12 +41,16 @@ const JUNK_REDRAWS: usize = 2;
 /// The share of real words below which a reply is junk.
 const JUNK_REAL_SHARE: f64 = 0.5;
 
-/// Whether `reply` is junk by the guild's words (never without a voice to tell).
-fn junk(reply: &Generated, voice: Option<&Voice>, context: &str) -> bool {
-    let Some(v) = voice else { return false };
-    let texts = [reply.text.clone()];
-    !reply.text.trim().is_empty()
-        && words::real_word_share(&texts, &v.vocab, &[context.to_string()]) < JUNK_REAL_SHARE
+/// The share of `text`'s words that the guild's voice or the prompt's `context` knows (`None`
+/// without a voice to tell).
+fn real_share(text: &str, voice: Option<&Voice>, context: &[String]) -> Option<f64> {
+    voice.map(|v| words::real_word_share(&[text.to_string()], &v.vocab, context))
+}
+
+/// Whether a reply with this share of real words is junk (never an empty one, nor one that
+/// could not be judged).
+fn is_junk(text: &str, real: Option<f64>) -> bool {
+    !text.trim().is_empty() && real.is_some_and(|r| r < JUNK_REAL_SHARE)
 }
 
 /// One candidate with its score (higher is better).
@@ -99,20 +103,20 @@ pub fn reply_with(
     }
     let context = prompt::prefill(model, tok, context, budget - then.len(), kept)?;
     let (ids, cache, logits) = prompt::start_reply(model, tok, &context, &then)?;
-    let context_text: String = history.iter().map(|(a, c)| format!("{a} {c}\n")).collect();
+    let context_text = [history.iter().map(|(a, c)| format!("{a} {c}\n")).collect::<String>()];
     let k = candidates_for(s, model.cfg.params());
     let mut out = Vec::with_capacity(k);
-    let mut redraws = 0;
+    let (mut redraws, mut all_junk) = (0, true);
     // The candidates, and more while every one is junk (a large model draws only one).
-    while out.len() < k
-        || (redraws < JUNK_REDRAWS && out.iter().all(|c: &Candidate| junk(&c.reply, voice, &context_text)))
-    {
+    while out.len() < k || (redraws < JUNK_REDRAWS && all_junk) {
         if out.len() >= k {
             redraws += 1;
         }
         let mut fork = Fork { cache: cache.clone(), logits: logits.clone(), seq: ids.clone() };
         let reply = fork.decode(model, tok, s, voice, rng)?;
-        let score = score(&reply, voice, &context_text);
+        let real = real_share(&reply.0.text, voice, &context_text);
+        all_junk &= is_junk(&reply.0.text, real);
+        let score = score(&reply, real);
         out.push(Candidate { reply: reply.0, score });
     }
     out.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -276,7 +280,8 @@ fn piece(tok: &ChatTokenizer, content: &[u32], text: &str, t: u32) -> Result<Str
 }
 
 /// Mean log-probability, less the penalties; an empty reply never wins.
-fn score(decoded: &Decoded, voice: Option<&Voice>, context: &str) -> f64 {
+/// A candidate's score; `real` is the share of its words the guild or the prompt knows.
+fn score(decoded: &Decoded, real: Option<f64>) -> f64 {
     let (reply, logp) = decoded;
     if reply.text.trim().is_empty() || logp.is_empty() {
         return f64::NEG_INFINITY;
@@ -284,9 +289,7 @@ fn score(decoded: &Decoded, voice: Option<&Voice>, context: &str) -> f64 {
     let mut score = logp.iter().sum::<f64>() / logp.len() as f64;
     let words = reply.text.split_whitespace().count().min(LENGTH_TARGET);
     score += LENGTH_WEIGHT * ((words + 1) as f64 / (LENGTH_TARGET + 1) as f64).ln();
-    if let Some(v) = voice {
-        let texts = [reply.text.clone()];
-        let real = words::real_word_share(&texts, &v.vocab, &[context.to_string()]);
+    if let Some(real) = real {
         score -= NON_WORD_PENALTY * (1.0 - real);
     }
     if words::has_loop(&reply.text) {
@@ -315,6 +318,9 @@ mod tests {
         let voice = Voice::from_lines(&tok, None, &lines).unwrap();
         let reply =
             |text: &str| Generated { author: "a".into(), text: text.into(), tokens: 3, finished: true };
+        let junk = |reply: &Generated, voice: Option<&Voice>, context: &str| {
+            is_junk(&reply.text, real_share(&reply.text, voice, &[context.to_string()]))
+        };
         assert!(junk(&reply("0xaABAACBDAE8FFF-fabcd.dll,vb_1 = vcdbgwrmmrb"), Some(&voice), ""));
         assert!(!junk(&reply("i will be at the meetup"), Some(&voice), ""));
         assert!(
@@ -344,12 +350,12 @@ mod tests {
     fn a_one_word_reply_needs_a_clearly_better_likelihood_to_beat_a_sentence() {
         let short = decoded("yeah", -2.0);
         let sentence = decoded("i think the tests pass on my machine now", -2.0);
-        assert!(score(&sentence, None, "") > score(&short, None, ""), "equal likelihood: the sentence wins");
+        assert!(score(&sentence, None) > score(&short, None), "equal likelihood: the sentence wins");
         // Twelve words or more lose nothing to the prior.
         let long = "one two three four five six seven eight nine ten eleven twelve thirteen";
-        assert_eq!(score(&decoded(long, -2.0), None, ""), -2.0);
+        assert_eq!(score(&decoded(long, -2.0), None), -2.0);
         // A far likelier short reply still wins.
-        assert!(score(&decoded("yeah", -0.5), None, "") > score(&sentence, None, ""));
-        assert_eq!(score(&decoded("  ", -1.0), None, ""), f64::NEG_INFINITY);
+        assert!(score(&decoded("yeah", -0.5), None) > score(&sentence, None));
+        assert_eq!(score(&decoded("  ", -1.0), None), f64::NEG_INFINITY);
     }
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::checkpoint::BaseRef;
+use crate::engine::checkpoint::{self, BaseRef};
 use crate::engine::model::{self, ModelConfig};
 use crate::engine::run::BaseRun;
 use crate::engine::{gguf, EngineError};
@@ -85,6 +85,17 @@ impl Base {
 /// The installed base a run refers to: the one with its hash, whatever it is called here.
 pub fn find(models_dir: &Path, reference: &BaseRef) -> Option<PathBuf> {
     list(models_dir).into_iter().find(|b| b.manifest.sha256 == reference.sha256).map(|b| b.path)
+}
+
+/// Loads a run directory, putting a run of adapters on its base from those installed under
+/// `models_dir`; without `keep_model`, as it serves (see [`checkpoint::load_with_bases`]).
+pub fn load_run(
+    run: &Path,
+    device: &Device,
+    models_dir: &Path,
+    keep_model: bool,
+) -> Result<checkpoint::Loaded, EngineError> {
+    checkpoint::load_with_bases(run, device, &|r| find(models_dir, r), keep_model)
 }
 
 /// Which base new trainings start from (`MYNAH_BASE`).

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::prompts::KeptPrompts;
 use super::registry::{self, Found};
-use crate::engine::checkpoint::{self, Loaded};
+use crate::engine::checkpoint::Loaded;
 use crate::engine::decode;
 use crate::engine::generate::{Generated, Sampling};
 use crate::engine::voice::Voice;
@@ -206,12 +206,7 @@ impl Serving {
         let mut broken = HashMap::new();
         for found in registry::scan(root) {
             match found {
-                Found::Ready(dir) => match checkpoint::load_with_bases(
-                    &dir.path,
-                    device,
-                    &|r| super::bases::find(root, r),
-                    false,
-                ) {
+                Found::Ready(dir) => match super::bases::load_run(&dir.path, device, root, false) {
                     Ok(loaded) => {
                         models.insert(dir.guild_id, Arc::new(loaded.serving_only()));
                     }

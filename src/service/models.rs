@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use super::{check_guild_id, Core, ServiceError, TrainAccepted, Trigger};
-use crate::engine::checkpoint::{self, Loaded};
+use crate::engine::checkpoint::Loaded;
 use crate::engine::EngineError;
 use crate::models::registry;
 use crate::store::{RunOutcome, RunResult};
@@ -152,9 +152,7 @@ fn validate_bundle(
             .and_then(|f| crate::models::bundle::unpack_from(std::io::BufReader::new(f), tmp)),
     }
     .map_err(|e| e.to_string())?;
-    let loaded =
-        checkpoint::load_with_bases(tmp, device, &|r| crate::models::bases::find(models_dir, r), false)
-            .map_err(|e| e.to_string())?;
+    let loaded = crate::models::bases::load_run(tmp, device, models_dir, false).map_err(|e| e.to_string())?;
     let history = vec![("someone".to_string(), "hello, how is everyone?".to_string())];
     let sampling = crate::engine::generate::Sampling { max_tokens: 8, ..Default::default() };
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);

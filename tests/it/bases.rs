@@ -9,16 +9,7 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
-fn mynah(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mynah"));
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", format!("sqlite://{}/db/mynah.db", dir.display()))
-        .env("MYNAH_MODELS_DIR", dir.join("models"))
-        .env("MYNAH_API_ADDR", "off");
-    cmd
-}
+use crate::support::mynah;
 
 fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

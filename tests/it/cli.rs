@@ -1,18 +1,9 @@
 //! The `mynah` binary itself: configuration errors, corpus import/export, the playground.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn mynah(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mynah"));
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", format!("sqlite://{}/db/mynah.db", dir.display()))
-        .env("MYNAH_MODELS_DIR", dir.join("models"))
-        .env("MYNAH_API_ADDR", "off");
-    cmd
-}
+use crate::support::mynah;
 
 #[test]
 fn a_malformed_env_var_stops_start_up_with_one_line() {

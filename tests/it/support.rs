@@ -11,6 +11,19 @@ use mynah::service::Core;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The `mynah` binary run in `dir` with nothing of the environment but `PATH`: its database
+/// and models in `dir`, no API socket.
+pub fn mynah(dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mynah"));
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", format!("sqlite://{}/db/mynah.db", dir.display()))
+        .env("MYNAH_MODELS_DIR", dir.join("models"))
+        .env("MYNAH_API_ADDR", "off");
+    cmd
+}
+
 /// The bundled sample corpus, as shipped in `data/sample/`.
 pub fn sample() -> &'static str {
     mynah::playground::SAMPLE

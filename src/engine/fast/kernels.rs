@@ -231,16 +231,23 @@ fn rows<const FMA: bool>(
 
 #[inline(always)]
 pub(super) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes::<FMA, f32>(a, b)
+}
+
+/// `a · b` in 16 lanes, `b`'s elements widened to `f32`.
+#[inline(always)]
+fn dot_lanes<const FMA: bool, T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
     const L: usize = 16;
     let mut acc = [0f32; L];
     let n = a.len().min(b.len());
     let whole = n / L * L;
     for (x, y) in a[..whole].chunks_exact(L).zip(b[..whole].chunks_exact(L)) {
         for i in 0..L {
-            acc[i] = if FMA { x[i].mul_add(y[i], acc[i]) } else { acc[i] + x[i] * y[i] };
+            let y: f32 = y[i].into();
+            acc[i] = if FMA { x[i].mul_add(y, acc[i]) } else { acc[i] + x[i] * y };
         }
     }
-    let tail: f32 = a[whole..n].iter().zip(&b[whole..n]).map(|(x, y)| x * y).sum();
+    let tail: f32 = a[whole..n].iter().zip(&b[whole..n]).map(|(x, &y)| x * y.into()).sum();
     reduce(acc) + tail
 }
 
@@ -266,7 +273,7 @@ pub(super) fn dot_i8<const FMA: bool>(a: &[f32], b: &[i8]) -> f32 {
         // SAFETY: FMA is only true when the CPU has AVX2 and FMA (checked in `forward`).
         return unsafe { dot_i8_avx2(a, b) };
     }
-    dot_i8_plain(a, b)
+    dot_lanes::<false, i8>(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -291,24 +298,7 @@ unsafe fn dot_i8_avx2(a: &[f32], b: &[i8]) -> f32 {
     let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    lanes.iter().sum::<f32>() + dot_i8_plain(&a[i..n], &b[i..n])
-}
-
-#[inline(always)]
-fn dot_i8_plain(a: &[f32], b: &[i8]) -> f32 {
-    const FMA: bool = false;
-    const L: usize = 16;
-    let mut acc = [0f32; L];
-    let n = a.len().min(b.len());
-    let whole = n / L * L;
-    for (x, y) in a[..whole].chunks_exact(L).zip(b[..whole].chunks_exact(L)) {
-        for i in 0..L {
-            let y = f32::from(y[i]);
-            acc[i] = if FMA { x[i].mul_add(y, acc[i]) } else { acc[i] + x[i] * y };
-        }
-    }
-    let tail: f32 = a[whole..n].iter().zip(&b[whole..n]).map(|(x, &y)| x * f32::from(y)).sum();
-    reduce(acc) + tail
+    lanes.iter().sum::<f32>() + dot_lanes::<false, i8>(&a[i..n], &b[i..n])
 }
 
 #[inline(always)]
