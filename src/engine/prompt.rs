@@ -53,7 +53,9 @@ pub fn prefill(
     }
     // From scratch: the recent messages that fit, cut at a message boundary.
     let mut ids = generate::prompt(tok, history, budget)?;
-    if ids.len() > 1 && ids.last() == Some(&tok.msg) && tok.msg != tok.eom {
+    // The start of the reply is `start_reply`'s: mynah's own framing token comes off (with no
+    // history it is all there is); a newline that ends the last line stays.
+    if ids.last() == Some(&tok.msg) && tok.msg != tok.eom {
         ids.pop();
     }
     let mut cache = model.new_cache();

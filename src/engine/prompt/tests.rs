@@ -71,6 +71,19 @@ fn a_kept_context_prefills_only_what_was_said_since_and_replies_the_same() {
     assert!(fresh.1.ids.len() <= again.ids.len(), "a fresh prefill keeps only the recent window");
     assert!(!ranked.is_empty());
 
+    // A mention with nothing before it keeps an empty context (no stray start-of-message).
+    let (_, alone) = decode::reply_with(
+        model,
+        tok,
+        &said(&[("cy", "@mynah hi")]),
+        &s,
+        None,
+        &mut StdRng::seed_from_u64(5),
+        None,
+    )
+    .unwrap();
+    assert!(alone.ids.is_empty(), "{:?}", alone.ids);
+
     // The same mention again (a retry) prefills nothing.
     let (_, retry) =
         decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(3), Some(&again)).unwrap();
