@@ -141,7 +141,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     println!("{api_line}");
     let base_line = match crate::models::bases::resolve(&config.models_dir, &config.engine.base) {
         Ok(Some(b)) => format!(
-            "Base:      {} ({:.0} M parameters): !llmtrain fine-tunes it (MYNAH_BASE=none: a small model from scratch).",
+            "Base:      {} ({:.1} M parameters): !llmtrain fine-tunes it (MYNAH_BASE=none: a small model from scratch).",
             b.manifest.name,
             b.manifest.parameters as f64 / 1e6
         ),

@@ -5,6 +5,7 @@
 
 pub mod ingest;
 pub mod load;
+pub mod overlap;
 pub mod quality;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,16 @@ pub enum Bench {
     /// network, the count model and their mixture (frozen and online) next to xz and PPMd;
     /// readability of replies before and now next to the humans'; latency; sample replies.
     Quality(quality::Options),
+    /// The share of a corpus's messages that repeat 8 consecutive words of one message of
+    /// another corpus (a base's pretraining data): its overlap with an evaluation corpus.
+    Overlap {
+        /// The evaluation corpus, e.g. ../shared/corpus/fcc-dev.jsonl
+        #[arg(long)]
+        corpus: PathBuf,
+        /// The other corpus: a JSONL file or a directory of them, e.g. ../shared/corpus/base
+        #[arg(long)]
+        against: PathBuf,
+    },
     /// Peak resident memory while serving replies with a model.
     Memory {
         #[arg(long)]
@@ -97,6 +108,7 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory { model, replies } => bench_memory(&model, replies),
+        Bench::Overlap { corpus, against } => overlap::run(&corpus, &against),
         Bench::Quality(options) => quality::run(&options),
         Bench::Ingest { .. } | Bench::Load { .. } => {
             anyhow::bail!("bench ingest and load run on the async runtime (see cli::run)")
@@ -182,7 +194,7 @@ fn bench_train(
     if let Some(export) = export {
         // What the run really trained with: a base is fine-tuned with its own batch and context.
         let opts = match &base {
-            Some(_) => train::base_options(&opts),
+            Some(_) => train::base_options(&opts, &trained.fast.cfg),
             None => opts.clone(),
         };
         let base = base.as_ref().map(|b| (b.path.as_path(), opts.lora));

@@ -25,6 +25,9 @@ pub enum BaseCommand {
     List,
     /// Remove an installed base.
     Remove { name: String },
+    /// Pretrain mynah's own chat base on a directory of JSONL chat, in resumable sittings,
+    /// and install it.
+    Pretrain(super::pretrain::PretrainArgs),
 }
 
 pub async fn run(config: &Config, cmd: BaseCommand) -> anyhow::Result<()> {
@@ -70,6 +73,9 @@ pub async fn run(config: &Config, cmd: BaseCommand) -> anyhow::Result<()> {
                 println!("MYNAH_BASE=none: new trainings start from scratch");
             }
             Ok(())
+        }
+        BaseCommand::Pretrain(args) => {
+            tokio::task::spawn_blocking(move || super::pretrain::run(&models, args)).await?
         }
         BaseCommand::Remove { name } => {
             bases::remove(&models, &name)?;

@@ -1,6 +1,7 @@
 //! Command-line parsing and the entry point of each subcommand.
 
 mod base;
+mod pretrain;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -277,7 +277,7 @@ fn share_base(sha256: &str, weights: FastWeights) -> Arc<FastWeights> {
     weights
 }
 
-fn pretty<T: Serialize>(value: &T) -> String {
+pub(crate) fn pretty<T: Serialize>(value: &T) -> String {
     // Serializing these plain structs cannot fail.
     serde_json::to_string_pretty(value).unwrap_or_default()
 }

@@ -103,117 +103,202 @@ pub fn reply_with(
     }
     let context = prompt::prefill(model, tok, context, budget - then.len(), kept)?;
     let (ids, cache, logits) = prompt::start_reply(model, tok, &context, &then)?;
+    // The candidates share the prompt's keys and values instead of each copying them.
+    let cache = cache.shared();
     let context_text = [history.iter().map(|(a, c)| format!("{a} {c}\n")).collect::<String>()];
     let k = candidates_for(s, model.cfg.params());
     let mut out = Vec::with_capacity(k);
-    let (mut redraws, mut all_junk) = (0, true);
-    // The candidates, and more while every one is junk (a large model draws only one).
-    while out.len() < k || (redraws < JUNK_REDRAWS && all_junk) {
-        if out.len() >= k {
-            redraws += 1;
+    let (mut batch, mut all_junk) = (k, true);
+    // The candidates, decoded side by side; then more while every one is junk (a large model
+    // draws only one).
+    for _ in 0..=JUNK_REDRAWS {
+        let mut forks: Vec<Fork> = (0..batch).map(|_| Fork::new(&cache, &logits, &ids, voice)).collect();
+        decode_together(&mut forks, model, tok, s, voice, rng)?;
+        for fork in forks {
+            let reply = fork.finish(tok)?;
+            let real = real_share(&reply.0.text, voice, &context_text);
+            all_junk &= is_junk(&reply.0.text, real);
+            let score = score(&reply, real);
+            out.push(Candidate { reply: reply.0, score });
         }
-        let mut fork = Fork { cache: cache.clone(), logits: logits.clone(), seq: ids.clone() };
-        let reply = fork.decode(model, tok, s, voice, rng)?;
-        let real = real_share(&reply.0.text, voice, &context_text);
-        all_junk &= is_junk(&reply.0.text, real);
-        let score = score(&reply, real);
-        out.push(Candidate { reply: reply.0, score });
+        if !all_junk {
+            break;
+        }
+        batch = 1;
     }
     out.sort_by(|a, b| b.score.total_cmp(&a.score));
     Ok((out, context))
 }
 
+/// Decodes every fork to its end, one token of each per step through one batched pass.
+fn decode_together(
+    forks: &mut [Fork<'_>],
+    model: &FastModel,
+    tok: &ChatTokenizer,
+    s: &Sampling,
+    voice: Option<&Voice>,
+    rng: &mut StdRng,
+) -> Result<(), EngineError> {
+    loop {
+        let mut ids = Vec::with_capacity(forks.len());
+        let mut live: Vec<&mut Fork> = Vec::with_capacity(forks.len());
+        for fork in forks.iter_mut() {
+            if let Some(next) = fork.choose(tok, s, voice, rng)? {
+                fork.seq.push(next);
+                ids.push(next);
+                live.push(fork);
+            }
+        }
+        if live.is_empty() {
+            return Ok(());
+        }
+        let (mut caches, mut logits): (Vec<&mut FastCache>, Vec<&mut Vec<f32>>) =
+            live.into_iter().map(|f| (&mut f.cache, &mut f.logits)).unzip();
+        model.forward_batch(&ids, &mut caches, &mut logits)?;
+    }
+}
+
+/// Where a candidate is: writing the speaker's name, the message, or done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Author,
+    Content,
+    Done,
+}
+
 /// One candidate's decoding state.
-struct Fork {
+struct Fork<'v> {
     cache: FastCache,
     logits: Vec<f32>,
     /// Every token so far, prompt included (the count model's context).
     seq: Vec<u32>,
+    stage: Stage,
+    author: Vec<u32>,
+    content: Vec<u32>,
+    /// Natural log-probabilities of the content tokens under the mixture.
+    logp: Vec<f64>,
+    text: String,
+    finished: bool,
+    guard: Option<CopyGuard<'v>>,
+    probs: Vec<f32>,
+    mixture: Vec<f32>,
 }
 
 /// A decoded candidate and the natural log-probabilities of its content tokens.
 type Decoded = (Generated, Vec<f64>);
 
-impl Fork {
-    fn decode(
+impl<'v> Fork<'v> {
+    fn new(cache: &FastCache, logits: &[f32], seq: &[u32], voice: Option<&'v Voice>) -> Fork<'v> {
+        Fork {
+            cache: cache.clone(),
+            logits: logits.to_vec(),
+            seq: seq.to_vec(),
+            stage: Stage::Author,
+            author: Vec::new(),
+            content: Vec::new(),
+            logp: Vec::new(),
+            text: String::new(),
+            finished: false,
+            guard: voice.map(|v| CopyGuard::new(&v.copies)),
+            probs: vec![0f32; logits.len()],
+            mixture: vec![0f32; logits.len()],
+        }
+    }
+
+    /// The next token to feed the network, or `None` once the candidate is done.
+    fn choose(
         &mut self,
-        model: &FastModel,
         tok: &ChatTokenizer,
         s: &Sampling,
         voice: Option<&Voice>,
         rng: &mut StdRng,
-    ) -> Result<Decoded, EngineError> {
-        let mut author = Vec::new();
-        loop {
-            let next = if author.len() >= MAX_AUTHOR_TOKENS {
-                tok.says
-            } else {
-                generate::sample(&mut self.logits, tok.banned_in_author(), &[], s, rng)
-            };
-            self.step(model, next)?;
-            if next == tok.says {
-                break;
-            }
-            author.push(next);
-        }
-        let mut guard = voice.map(|v| CopyGuard::new(&v.copies));
-        let (mut content, mut logp) = (Vec::new(), Vec::new());
-        let mut finished = false;
-        let mut probs = vec![0f32; self.logits.len()];
-        let mut mixture = vec![0f32; self.logits.len()];
-        let mut text = String::new();
-        while content.len() < s.max_tokens {
-            self.distribution(tok, s, voice, &content, &mut mixture, &mut probs);
-            let mut refusals = 0;
-            // The accepted token, and the text it adds (`None` for the end of the message).
-            let next = loop {
-                let t = generate::draw(&probs, s, rng);
-                let added = if t == tok.eom { None } else { Some(piece(tok, &content, &text, t)?) };
-                let allowed = match (&guard, &added) {
-                    (None, _) => true,
-                    (Some(g), None) => g.allows_end(),
-                    (Some(g), Some(added)) => g.allows(added),
+    ) -> Result<Option<u32>, EngineError> {
+        match self.stage {
+            Stage::Done => Ok(None),
+            Stage::Author => {
+                let next = if self.author.len() >= MAX_AUTHOR_TOKENS {
+                    tok.says
+                } else {
+                    generate::sample(&mut self.logits, tok.banned_in_author(), &[], s, rng)
                 };
-                if allowed {
-                    break Some((t, added));
+                if next == tok.says {
+                    self.stage = Stage::Content;
+                } else {
+                    self.author.push(next);
                 }
-                probs[t as usize] = 0.0;
-                refusals += 1;
-                if refusals >= MAX_REFUSALS || probs.iter().all(|&p| p <= 0.0) {
-                    break None;
-                }
-            };
-            let Some((next, added)) = next else { break };
-            logp.push(f64::from(mixture[next as usize].max(1e-12)).ln());
-            let Some(added) = added else {
-                finished = true;
-                break;
-            };
-            if let Some(g) = guard.as_mut() {
-                g.advance(&added);
+                Ok(Some(next))
             }
-            text.push_str(&added);
-            content.push(next);
-            if content.len() < s.max_tokens {
-                self.step(model, next)?;
+            Stage::Content => {
+                if self.content.len() >= s.max_tokens {
+                    self.stage = Stage::Done;
+                    return Ok(None);
+                }
+                let (mut mixture, mut probs) =
+                    (std::mem::take(&mut self.mixture), std::mem::take(&mut self.probs));
+                self.distribution(tok, s, voice, &mut mixture, &mut probs);
+                let mut refusals = 0;
+                // The accepted token, and the text it adds (`None` for the end of the message).
+                let next = loop {
+                    let t = generate::draw(&probs, s, rng);
+                    let added =
+                        if t == tok.eom { None } else { Some(piece(tok, &self.content, &self.text, t)?) };
+                    let allowed = match (&self.guard, &added) {
+                        // A message never ends inside a character: half of a multi-byte one
+                        // decodes as U+FFFD until the token that completes it.
+                        (_, None) if self.text.ends_with(char::REPLACEMENT_CHARACTER) => false,
+                        (None, _) => true,
+                        (Some(g), None) => g.allows_end(),
+                        (Some(g), Some(added)) => g.allows(added),
+                    };
+                    if allowed {
+                        break Some((t, added));
+                    }
+                    probs[t as usize] = 0.0;
+                    refusals += 1;
+                    if refusals >= MAX_REFUSALS || probs.iter().all(|&p| p <= 0.0) {
+                        break None;
+                    }
+                };
+                let logp = next.as_ref().map(|(t, _)| f64::from(mixture[*t as usize].max(1e-12)).ln());
+                (self.mixture, self.probs) = (mixture, probs);
+                let Some((next, added)) = next else {
+                    self.stage = Stage::Done;
+                    return Ok(None);
+                };
+                self.logp.extend(logp);
+                let Some(added) = added else {
+                    self.finished = true;
+                    self.stage = Stage::Done;
+                    return Ok(None);
+                };
+                if let Some(g) = self.guard.as_mut() {
+                    g.advance(&added);
+                }
+                self.text.push_str(&added);
+                self.content.push(next);
+                if self.content.len() < s.max_tokens {
+                    Ok(Some(next))
+                } else {
+                    self.stage = Stage::Done;
+                    Ok(None)
+                }
             }
         }
-        let text = match &guard {
-            Some(g) if !finished => g.finish().trim().to_string(),
-            _ => tok.decode(&content)?.trim().to_string(),
-        };
-        let reply = Generated {
-            author: tok.decode(&author)?.trim().to_string(),
-            text,
-            tokens: content.len(),
-            finished,
-        };
-        Ok((reply, logp))
     }
 
-    fn step(&mut self, model: &FastModel, next: u32) -> Result<(), EngineError> {
-        self.seq.push(next);
-        model.forward(&[next], &mut self.cache, &mut self.logits)
+    fn finish(self, tok: &ChatTokenizer) -> Result<Decoded, EngineError> {
+        let text = match &self.guard {
+            Some(g) if !self.finished => g.finish().to_string(),
+            _ => tok.decode(&self.content)?,
+        };
+        let text = whole_characters(&text).trim().to_string();
+        let reply = Generated {
+            author: tok.decode(&self.author)?.trim().to_string(),
+            text,
+            tokens: self.content.len(),
+            finished: self.finished,
+        };
+        Ok((reply, self.logp))
     }
 
     /// The sampling distribution of the next content token: the network's (repetition-penalised)
@@ -224,12 +309,11 @@ impl Fork {
         tok: &ChatTokenizer,
         s: &Sampling,
         voice: Option<&Voice>,
-        content: &[u32],
         mixture: &mut [f32],
         out: &mut [f32],
     ) {
         let mut logits = self.logits.clone();
-        let recent = self.seq.iter().rev().take(64).chain(content).copied();
+        let recent = self.seq.iter().rev().take(64).chain(&self.content).copied();
         generate::penalize_repeats(&mut logits, recent, s.repetition_penalty);
         mixed(&logits, voice, &self.seq, mixture);
         out.copy_from_slice(mixture);
@@ -239,14 +323,12 @@ impl Fork {
             }
         }
         let t = s.temperature.max(1e-3);
-        out.iter_mut().for_each(|p| *p = p.powf(1.0 / t));
+        // min-p: tokens far less likely than the best are out. On the sharpened values that is
+        // `p^(1/t) < max^(1/t) · min_p`, i.e. `p < max · min_p^t`: applied first, so only the
+        // few survivors of a large vocabulary are sharpened.
         let max = out.iter().copied().fold(0.0f32, f32::max);
-        // min-p: tokens far less likely than the best are out.
-        out.iter_mut().for_each(|p| {
-            if *p < max * s.min_p {
-                *p = 0.0
-            }
-        });
+        let floor = max * s.min_p.max(0.0).powf(t);
+        out.iter_mut().for_each(|p| *p = if *p < floor || *p <= 0.0 { 0.0 } else { p.powf(1.0 / t) });
     }
 }
 
@@ -265,6 +347,12 @@ fn mixed(logits: &[f32], voice: Option<&Voice>, seq: &[u32], out: &mut [f32]) {
         }
         _ => out.copy_from_slice(&net),
     }
+}
+
+/// `text` without a character cut in half at its end (a reply stopped by its length can end
+/// between the tokens of one character, which decodes as U+FFFD).
+fn whole_characters(text: &str) -> &str {
+    text.trim_end_matches(char::REPLACEMENT_CHARACTER)
 }
 
 /// The text token `t` adds after `content` (whose text is `text`).
@@ -329,6 +417,19 @@ mod tests {
         );
         assert!(!junk(&reply("0xaABAAC"), None, ""), "without a voice nothing is judged");
         assert!(!junk(&reply(""), Some(&voice), ""));
+    }
+
+    #[test]
+    fn a_reply_never_ends_in_half_a_character() {
+        let tok =
+            crate::engine::tokenizer::ChatTokenizer::train(&crate::engine::tests::sample_lines(40), 300)
+                .unwrap();
+        // "🎉" is four bytes: byte-level tokens of its first bytes alone decode as U+FFFD.
+        let ids = tok.encode_text("yay 🎉").unwrap();
+        let cut = tok.decode(&ids[..ids.len() - 1]).unwrap();
+        assert!(cut.ends_with(char::REPLACEMENT_CHARACTER), "{cut:?}");
+        assert_eq!(whole_characters(&cut).trim(), "yay");
+        assert_eq!(whole_characters("fine 🎉"), "fine 🎉");
     }
 
     #[test]

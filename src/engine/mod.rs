@@ -18,6 +18,7 @@
 //! - [`words`]: words of chat text, the copy index and guard, readability figures.
 //! - [`voice`]: a guild's count model, vocabulary and copy index, kept beside its network.
 //! - [`checkpoint`]: atomic save and validated load of a run directory, and its manifest.
+//! - [`pretrain`]: pretraining a small chat base from nothing, resumable across sittings.
 //! - [`run`]: one whole training run, from chat lines to a saved checkpoint loaded back.
 
 pub mod checkpoint;
@@ -30,6 +31,7 @@ pub mod lora;
 pub mod model;
 pub mod ngram;
 pub mod ops;
+pub mod pretrain;
 pub mod prompt;
 pub mod run;
 pub mod tokenizer;
@@ -125,8 +127,26 @@ impl Preset {
         }
     }
 
+    /// The embedded chat base mynah pretrains on public chat (`mynah base pretrain`): sized
+    /// for about two hours of two CPU cores (compute-optimal for that is a couple of million
+    /// parameters) and for replies as quick as the default model's.
+    pub fn base_s() -> Preset {
+        Preset {
+            name: "base-s".into(),
+            vocab_size: 8192,
+            hidden_size: 128,
+            layers: 6,
+            heads: 4,
+            ffn: 384,
+            seq_len: 256,
+            batch: 16,
+            lr: 2e-3,
+        }
+    }
+
     pub fn by_name(name: &str) -> Option<Preset> {
         match name {
+            "base-s" => Some(Self::base_s()),
             "tiny" => Some(Self::tiny()),
             "small" => Some(Self::small()),
             "default" => Some(Self::default_preset()),

@@ -67,7 +67,7 @@ pub fn train_and_save(
         corpus_last: spec.corpus_span.1.clone(),
         mixer,
         base: spec.base.as_ref().map(|b| b.reference.clone()),
-        lora: spec.base.as_ref().and(spec.opts.lora),
+        lora: trained.lora,
         ..Meta::trained(&trained.config, &trained.report, spec.lines.len(), spec.preset_label.clone())
     };
     if cancel.load(Ordering::Relaxed) {

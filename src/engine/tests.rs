@@ -299,7 +299,7 @@ fn a_base_checkpoint_in_hf_layout_starts_training() {
     let reference = checkpoint::BaseRef { name: "b".into(), sha256: "0".repeat(64) };
     let spec = super::run::RunSpec {
         lines: &lines,
-        opts: &TrainOptions { max_seconds: Some(3.0), ..tiny_options(1) },
+        opts: &TrainOptions { max_seconds: Some(3.0), full_fine_tune_below: 0, ..tiny_options(1) },
         base: Some(super::run::BaseRun { path: base.path(), reference: reference.clone() }),
         parent: dir.path(),
         name: "lora",

@@ -17,6 +17,8 @@ pub const MSG: &str = "<|msg|>";
 pub const SAYS: &str = "<|says|>";
 pub const EOM: &str = "<|eom|>";
 pub const SPECIALS: [&str; 4] = [PAD, MSG, SAYS, EOM];
+/// The control token of a tokenizer for `author: content` lines that mynah trains itself.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// The smallest vocabulary that holds every byte and the special tokens.
 pub const MIN_VOCAB: usize = 256 + SPECIALS.len();
@@ -88,6 +90,30 @@ impl ChatTokenizer {
         let texts = lines.iter().flat_map(|l| [l.author.as_str(), l.content.as_str()]);
         tokenizer.train(&mut trainer, texts).map_err(tok_err)?;
         Self::wrap(tokenizer)
+    }
+
+    /// Trains a byte-level BPE of at most `vocab_size` tokens for `author: content` lines (the
+    /// tokenizer of a base mynah pretrains itself), with one control token, [`END_OF_TEXT`].
+    pub fn train_lines(lines: &[ChatLine], vocab_size: usize) -> Result<ChatTokenizer, EngineError> {
+        let vocab_size = vocab_size.max(MIN_VOCAB);
+        let mut tokenizer = Tokenizer::new(BPE::default());
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        // The texts as `encode_message` renders them: the name, then the text after its space.
+        let texts = lines.iter().flat_map(|l| {
+            let content = l.content.split_whitespace().collect::<Vec<_>>().join(" ");
+            [l.author.clone(), format!(" {content}")]
+        });
+        tokenizer.train(&mut trainer, texts).map_err(tok_err)?;
+        Self::wrap_lines(tokenizer)
     }
 
     /// Loads a saved tokenizer: mynah's own (with framing tokens) or a base's (without).

@@ -33,6 +33,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Fine-tuning a base trains low-rank adapters of this shape; `None` trains every weight.
     pub lora: Option<super::lora::LoraSpec>,
+    /// A base with fewer parameters than this is fine-tuned whole, whatever `lora` says.
+    pub full_fine_tune_below: u64,
 }
 
 impl TrainOptions {
@@ -47,6 +49,7 @@ impl TrainOptions {
             max_val_windows: 64,
             seed: 42,
             lora: Some(super::lora::LoraSpec::default()),
+            full_fine_tune_below: FULL_FINE_TUNE_MAX_PARAMS,
         }
     }
 }
@@ -126,6 +129,8 @@ pub struct Trained {
     pub tokenizer: ChatTokenizer,
     pub config: ModelConfig,
     pub report: Report,
+    /// The adapters trained on a base's frozen weights; `None` when every weight trained.
+    pub lora: Option<super::lora::LoraSpec>,
 }
 
 /// The lines split by time and turned into token streams.
@@ -157,7 +162,7 @@ pub fn split(lines: &[ChatLine], val_fraction: f64) -> Result<(&[ChatLine], &[Ch
     Ok(lines.split_at(lines.len() - n_val))
 }
 
-fn stream(lines: &[ChatLine], tok: &ChatTokenizer) -> Result<Vec<u32>, EngineError> {
+pub(crate) fn stream(lines: &[ChatLine], tok: &ChatTokenizer) -> Result<Vec<u32>, EngineError> {
     let mut by_channel: BTreeMap<&str, Vec<&ChatLine>> = BTreeMap::new();
     for l in lines {
         by_channel.entry(l.channel.as_str()).or_default().push(l);
@@ -172,14 +177,14 @@ fn stream(lines: &[ChatLine], tok: &ChatTokenizer) -> Result<Vec<u32>, EngineErr
 }
 
 /// Non-overlapping windows of `len + 1` tokens (inputs plus the shifted targets).
-fn windows(stream: &[u32], len: usize) -> Vec<usize> {
+pub(crate) fn windows(stream: &[u32], len: usize) -> Vec<usize> {
     if stream.len() < len + 1 {
         return Vec::new();
     }
     (0..(stream.len() - 1) / len).map(|i| i * len).collect()
 }
 
-fn batch_tensors(
+pub(crate) fn batch_tensors(
     stream: &[u32],
     starts: &[usize],
     len: usize,
@@ -260,7 +265,7 @@ pub fn init_model(cfg: &ModelConfig, device: &Device) -> Result<(Model, VarMap),
     Ok((model, varmap))
 }
 
-fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
+pub(crate) fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
     if step < warmup {
         return peak * (step + 1) as f64 / warmup as f64;
     }
@@ -270,7 +275,7 @@ fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
 }
 
 /// Scales all gradients so their global norm is at most `max_norm`; returns the norm before.
-fn clip_gradients(
+pub(crate) fn clip_gradients(
     grads: &mut candle_core::backprop::GradStore,
     vars: &[candle_core::Var],
     max_norm: f64,
@@ -323,11 +328,28 @@ pub const BASE_SEQ_LEN: usize = 256;
 pub const BASE_BATCH: usize = 4;
 pub const BASE_LR: f64 = 1e-3;
 
-pub fn base_options(opts: &TrainOptions) -> TrainOptions {
+pub fn base_options(opts: &TrainOptions, cfg: &ModelConfig) -> TrainOptions {
+    if cfg.params() < opts.full_fine_tune_below {
+        let preset = Preset {
+            seq_len: BASE_SEQ_LEN.min(cfg.max_position_embeddings),
+            batch: SMALL_BASE_BATCH,
+            lr: SMALL_BASE_LR,
+            ..opts.preset.clone()
+        };
+        return TrainOptions { preset, lora: None, ..opts.clone() };
+    }
     let preset = Preset { seq_len: BASE_SEQ_LEN, batch: BASE_BATCH, lr: BASE_LR, ..opts.preset.clone() };
     // Validation of a large model is costly: 32 windows of 256 tokens are enough for a figure.
     TrainOptions { preset, max_val_windows: opts.max_val_windows.min(32), ..opts.clone() }
 }
+
+/// A base smaller than this (like mynah's own embedded one) is fine-tuned whole by default: adapters would
+/// save little memory there, and every weight of a small model trains in the same minutes.
+pub const FULL_FINE_TUNE_MAX_PARAMS: u64 = 20_000_000;
+pub const SMALL_BASE_BATCH: usize = 16;
+/// Half the embedded base's pretraining peak: enough to learn a guild's voice in minutes without
+/// washing out what the base knows.
+pub const SMALL_BASE_LR: f64 = 1e-3;
 
 /// Positions a model made from a base keeps: chat context is a few hundred tokens, and every
 /// position costs key/value cache in each reply candidate.
@@ -410,12 +432,12 @@ pub fn train_from_base(
 ) -> Result<Trained, EngineError> {
     let started = Instant::now();
     let (cfg, tok, weights) = load_base(base, device)?;
+    let opts = &base_options(opts, &cfg);
     let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device)?;
-    let opts = &base_options(opts);
     progress(&Progress::starting(Phase::Preparing));
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
-    Ok(Trained { config: cfg, tokenizer: tok, ..trained })
+    Ok(Trained { config: cfg, tokenizer: tok, lora: opts.lora, ..trained })
 }
 
 /// A base as it is, without training, with its validation figure on `lines`: what a guild
@@ -428,8 +450,8 @@ pub fn zero_shot(
 ) -> Result<Trained, EngineError> {
     let started = Instant::now();
     let (cfg, tok, weights) = load_base(base, device)?;
+    let opts = &base_options(opts, &cfg);
     let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device)?;
-    let opts = &base_options(opts);
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let len = opts.preset.seq_len.min(cfg.max_position_embeddings);
     let val = bits_per_byte(&model, &tok, &data.val, len, opts.max_val_windows)?;
@@ -445,7 +467,7 @@ pub fn zero_shot(
         val_messages: data.val_messages,
         stopped_by_budget: false,
     };
-    Ok(Trained { model, varmap, tokenizer: tok, config: cfg, report })
+    Ok(Trained { model, varmap, tokenizer: tok, config: cfg, report, lora: opts.lora })
 }
 
 /// The optimisation loop on prepared data, for a model that may start from pretrained weights.
@@ -566,5 +588,5 @@ pub fn fit(
         stopped_by_budget,
     };
     let config = model.cfg.clone();
-    Ok(Trained { model, varmap, tokenizer: tok.clone(), config, report })
+    Ok(Trained { model, varmap, tokenizer: tok.clone(), config, report, lora: None })
 }

@@ -16,6 +16,8 @@ use crate::engine::model::{self, ModelConfig};
 use crate::engine::run::BaseRun;
 use crate::engine::{gguf, EngineError};
 
+pub mod embedded;
+
 /// The directory under `models/` that holds the bases.
 pub const DIR: &str = "base";
 /// Files every base has besides its manifest.
@@ -84,7 +86,12 @@ impl Base {
 
 /// The installed base a run refers to: the one with its hash, whatever it is called here.
 pub fn find(models_dir: &Path, reference: &BaseRef) -> Option<PathBuf> {
-    list(models_dir).into_iter().find(|b| b.manifest.sha256 == reference.sha256).map(|b| b.path)
+    if let Some(b) = list(models_dir).into_iter().find(|b| b.manifest.sha256 == reference.sha256) {
+        return Some(b.path);
+    }
+    // A run of the embedded base finds it even where it was never installed (or was removed).
+    let embedded = embedded::manifest().ok()?;
+    (embedded.sha256 == reference.sha256).then(|| embedded::install(models_dir).ok()).flatten()
 }
 
 /// Loads a run directory, putting a run of adapters on its base from those installed under
@@ -101,7 +108,7 @@ pub fn load_run(
 /// Which base new trainings start from (`MYNAH_BASE`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Choice {
-    /// The installed base, when there is one (the newest import when there are several).
+    /// The newest base an operator imported, or else mynah's embedded one.
     #[default]
     Auto,
     /// From scratch, whatever is installed.
@@ -166,9 +173,15 @@ pub fn open(dir: &Path) -> Result<Base, BaseError> {
 pub fn resolve(models_dir: &Path, choice: &Choice) -> Result<Option<Base>, BaseError> {
     match choice {
         Choice::None => Ok(None),
-        Choice::Auto => Ok(list(models_dir).into_iter().next()),
+        Choice::Auto => match list(models_dir).into_iter().find(|b| b.manifest.name != embedded::NAME) {
+            Some(imported) => Ok(Some(imported)),
+            None => embedded::installed(models_dir).map(Some),
+        },
         Choice::Named(name) => {
             let dir = models_dir.join(DIR).join(name);
+            if name == embedded::NAME {
+                return embedded::installed(models_dir).map(Some);
+            }
             if !dir.exists() {
                 return Err(BaseError::Missing(name.clone()));
             }
@@ -332,6 +345,11 @@ fn sha256_file(path: &Path) -> Result<String, BaseError> {
         hasher.update(&buf[..n]);
     }
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+#[cfg(test)]
+fn sha256_bytes(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -79,8 +79,16 @@ fn a_guild_fine_tunes_from_the_installed_base_and_replies_from_it() {
     std::fs::write(&corpus, mynah::playground::SAMPLE).unwrap();
     ok(mynah(dir.path()).args(["corpus", "import"]).arg(&corpus));
 
+    // Unset MYNAH_BASE: mynah's embedded base is the starting point until an operator imports one.
+    let auto = || {
+        let mut cmd = mynah(dir.path());
+        cmd.env_remove("MYNAH_BASE");
+        cmd
+    };
     let out = ok(mynah(dir.path()).args(["base", "list"]));
-    assert!(out.contains("no base installed"), "{out}");
+    assert!(out.contains("no base installed") && out.contains("MYNAH_BASE=none"), "{out}");
+    let out = ok(auto().args(["base", "list"]));
+    assert!(out.starts_with("* mynah-base-s ") && out.contains("CC-BY-4.0 AND MIT"), "{out}");
     let texts: Vec<String> = mynah::playground::SAMPLE
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -93,11 +101,11 @@ fn a_guild_fine_tunes_from_the_installed_base_and_replies_from_it() {
     let out =
         ok(mynah(dir.path()).args(["base", "import", "--name", "tiny", "--licence", "MIT"]).arg(&source));
     assert!(out.starts_with("installed base tiny ("), "{out}");
-    let out = ok(mynah(dir.path()).args(["base", "list"]));
+    let out = ok(auto().args(["base", "list"]));
     assert!(out.starts_with("* tiny ") && out.contains("MIT") && out.contains("hf"), "{out}");
 
-    // Unset MYNAH_BASE: the installed base is the starting point.
-    ok(mynah(dir.path()).args(["train", "--preset", "tiny", "--epochs", "1", "--max-minutes", "0.1"]));
+    // The imported base takes precedence over the embedded one.
+    ok(auto().args(["train", "--preset", "tiny", "--epochs", "1", "--max-minutes", "0.1"]));
     let status: serde_json::Value =
         serde_json::from_str(&ok(mynah(dir.path()).args(["stats", "--json"]))).unwrap();
     assert_eq!(status["mode"], "model", "{status}");
@@ -105,11 +113,11 @@ fn a_guild_fine_tunes_from_the_installed_base_and_replies_from_it() {
     let run = dir.path().join("models/fcc-city").join(status["model"]["run"].as_str().unwrap());
     let tokenizer = std::fs::read_to_string(run.join("tokenizer.json")).unwrap();
     assert!(!tokenizer.contains("<|msg|>"), "the base's tokenizer, without mynah's framing tokens");
-    let reply = ok(mynah(dir.path()).args(["reply", "--guild", "fcc-city", "anyone around?"]));
+    let reply = ok(auto().args(["reply", "--guild", "fcc-city", "anyone around?"]));
     assert!(reply.trim().lines().count() <= 1, "one message, one line: {reply:?}");
 
     // MYNAH_BASE=none trains from scratch; a name that cannot be a base's stops start-up.
-    ok(mynah(dir.path()).env("MYNAH_BASE", "none").args(["train", "--preset", "tiny", "--epochs", "1"]));
+    ok(mynah(dir.path()).args(["train", "--preset", "tiny", "--epochs", "1"]));
     let status: serde_json::Value =
         serde_json::from_str(&ok(mynah(dir.path()).args(["stats", "--json"]))).unwrap();
     assert_eq!(status["model"]["preset"], "tiny", "{status}");
@@ -117,7 +125,18 @@ fn a_guild_fine_tunes_from_the_installed_base_and_replies_from_it() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 
     ok(mynah(dir.path()).args(["base", "remove", "tiny"]));
-    assert!(ok(mynah(dir.path()).args(["base", "list"])).contains("no base installed"));
+    let out = ok(auto().args(["base", "list"]));
+    assert!(out.starts_with("* mynah-base-s ") && !out.contains("tiny"), "{out}");
+    // A guild with no imported base fine-tunes the embedded one (every weight: it is small).
+    ok(auto().args(["train", "--epochs", "1", "--max-minutes", "0.05"]));
+    let status: serde_json::Value = serde_json::from_str(&ok(auto().args(["stats", "--json"]))).unwrap();
+    assert_eq!(status["model"]["preset"], "fine-tuned from base mynah-base-s", "{status}");
+    let run = dir.path().join("models/fcc-city").join(status["model"]["run"].as_str().unwrap());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("meta.json")).unwrap()).unwrap();
+    assert!(meta["lora"].is_null(), "a small base is fine-tuned whole: {meta}");
+    let reply = ok(auto().args(["reply", "--guild", "fcc-city", "anyone around?"]));
+    assert!(!reply.trim().is_empty() && reply.trim().lines().count() <= 1, "{reply:?}");
     let out = mynah(dir.path()).args(["base", "remove", "tiny"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no base named \"tiny\""));

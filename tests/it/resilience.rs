@@ -63,6 +63,7 @@ impl World {
             .env("DISCORD_API_BASE", self.server.base_url())
             .env("MYNAH_COLLECT_CHANNELS", self.general.to_string())
             .env("MYNAH_PRESET", "tiny")
+            .env("MYNAH_BASE", "none")
             .env("MYNAH_TRAIN_EPOCHS", "2")
             .env("MYNAH_SCHEDULE_MINUTES", "0")
             .env("MYNAH_BACKFILL_MESSAGES", "100000")

@@ -12,7 +12,8 @@ use mynah::service::Core;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The `mynah` binary run in `dir` with nothing of the environment but `PATH`: its database
-/// and models in `dir`, no API socket.
+/// and models in `dir`, no API socket, and models from scratch (`MYNAH_BASE=none`: the tests'
+/// tiny presets train in seconds; the bases tests unset it).
 pub fn mynah(dir: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mynah"));
     cmd.current_dir(dir)
@@ -20,7 +21,8 @@ pub fn mynah(dir: &std::path::Path) -> std::process::Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", format!("sqlite://{}/db/mynah.db", dir.display()))
         .env("MYNAH_MODELS_DIR", dir.join("models"))
-        .env("MYNAH_API_ADDR", "off");
+        .env("MYNAH_API_ADDR", "off")
+        .env("MYNAH_BASE", "none");
     cmd
 }
 
@@ -41,6 +43,8 @@ pub fn config(dir: &std::path::Path) -> Config {
     cfg.engine.preset = mynah::engine::Preset::tiny();
     cfg.engine.epochs = 1;
     cfg.engine.max_minutes = 0.5;
+    // From scratch, not from the embedded base (the end-to-end tests of bases choose theirs).
+    cfg.engine.base = mynah::models::bases::Choice::None;
     // Tests mention the bot in quick succession; the cool-down tests set their own limits.
     cfg.limits = mynah::ratelimit::Limits::off();
     // Tests start trainings themselves.

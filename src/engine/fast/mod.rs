@@ -6,7 +6,9 @@
 //! Tests hold it to the candle path's logits. A pretrained base's weights are shared by every
 //! guild fine-tuned from it ([`FastWeights`] behind an `Arc`), each guild's low-rank adapters
 //! applied beside them as it decodes. Models of [`QUANTIZE_MIN_PARAMS`] parameters or more keep
-//! their matrices as `i8` with a scale per row.
+//! their matrices as `i8` with a scale per row. Reply candidates decode side by side
+//! ([`FastModel::forward_batch`]): each weight row, and each key and value of the prompt they
+//! share, is read once per token for all of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +20,13 @@ use super::lora::LoraSpec;
 use super::model::{Model, ModelConfig};
 use super::EngineError;
 
+mod attention;
+mod cache;
 mod kernels;
+
+use self::attention::{attend, prefill_attention, Row, PREFILL_ROWS};
+pub use self::cache::FastCache;
+use self::cache::Scratch;
 
 /// Models this large serve from `i8` matrices: a pretrained base reads a quarter of the bytes
 /// per token and takes a quarter of the memory, for a small loss of precision; small models,
@@ -72,41 +80,6 @@ pub struct FastModel {
     adapters: Option<Vec<[LowRank; 7]>>,
     cos: Vec<f32>,
     sin: Vec<f32>,
-}
-
-/// One generation's state: the KV cache and scratch space, allocated once. Cloning it forks a
-/// generation (candidates share their prompt's prefill).
-#[derive(Clone)]
-pub struct FastCache {
-    /// Per layer, the keys and values of positions `0..pos`, `[pos][kv]`: they grow with the
-    /// sequence, so a cache costs what its context holds.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    pub pos: usize,
-    x: Vec<f32>,
-    xn: Vec<f32>,
-    q: Vec<f32>,
-    kk: Vec<f32>,
-    vv: Vec<f32>,
-    att: Vec<f32>,
-    scores: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
-    tmp: Vec<f32>,
-    /// An adapter's `x aᵀ`.
-    lr: Vec<f32>,
-}
-
-impl FastCache {
-    /// Forgets every position from `pos` on: the next tokens continue from there.
-    pub fn rewind(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
-    }
-
-    /// Bytes its keys and values hold.
-    pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
-    }
 }
 
 fn host(t: &Tensor) -> Result<Vec<f32>, EngineError> {
@@ -239,20 +212,12 @@ impl FastModel {
     pub fn new_cache(&self) -> FastCache {
         let layers = self.weights.layers.len();
         FastCache {
+            prefix: None,
             k: vec![Vec::new(); layers],
             v: vec![Vec::new(); layers],
             pos: 0,
-            x: Vec::new(),
-            xn: Vec::new(),
-            q: Vec::new(),
-            kk: Vec::new(),
-            vv: Vec::new(),
-            att: Vec::new(),
-            scores: Vec::new(),
-            g: Vec::new(),
-            u: Vec::new(),
-            tmp: Vec::new(),
-            lr: Vec::new(),
+            width: self.cfg.kv_heads() * self.cfg.head_dim(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -267,37 +232,98 @@ impl FastModel {
         if ids.is_empty() {
             return Ok(());
         }
-        if cache.pos + ids.len() > self.cfg.max_position_embeddings {
-            return Err(EngineError::ContextFull(self.cfg.max_position_embeddings));
+        let slots = vec![0; ids.len()];
+        self.forward_rows(ids, &slots, &mut [cache], &mut [logits])
+    }
+
+    /// One token for each of several generations (reply candidates) in one pass: `ids[i]`
+    /// continues `caches[i]`, whose next logits go to `logits[i]`. Each weight row is read once
+    /// for all of them, which makes K candidates cost far less than K single passes.
+    pub fn forward_batch(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut FastCache],
+        logits: &mut [&mut Vec<f32>],
+    ) -> Result<(), EngineError> {
+        if ids.len() != caches.len() || ids.len() != logits.len() {
+            return Err(EngineError::BadConfig("a batch needs one cache and one output per token".into()));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let slots: Vec<usize> = (0..ids.len()).collect();
+        self.forward_rows(ids, &slots, caches, logits)
+    }
+
+    /// Row `i` of `ids` continues `caches[slots[i]]` (a cache's rows in order); each cache's
+    /// last row gives its logits.
+    fn forward_rows(
+        &self,
+        ids: &[u32],
+        slots: &[usize],
+        caches: &mut [&mut FastCache],
+        logits: &mut [&mut Vec<f32>],
+    ) -> Result<(), EngineError> {
+        let max = self.cfg.max_position_embeddings;
+        for (i, c) in caches.iter().enumerate() {
+            if c.pos + slots.iter().filter(|&&s| s == i).count() > max {
+                return Err(EngineError::ContextFull(max));
+            }
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(EngineError::Tokenizer(format!("token {bad} is outside the model's vocabulary")));
         }
+        let mut scratch = std::mem::take(&mut caches[0].scratch);
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features the function was compiled for.
-            unsafe { self.forward_fma(ids, cache, logits) };
+            unsafe { self.forward_fma(ids, slots, caches, &mut scratch, logits) };
+            caches[0].scratch = scratch;
             return Ok(());
         }
-        self.forward_impl::<false>(ids, cache, logits);
+        self.forward_impl::<false>(ids, slots, caches, &mut scratch, logits);
+        caches[0].scratch = scratch;
         Ok(())
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_fma(&self, ids: &[u32], cache: &mut FastCache, logits: &mut Vec<f32>) {
-        self.forward_impl::<true>(ids, cache, logits)
+    unsafe fn forward_fma(
+        &self,
+        ids: &[u32],
+        slots: &[usize],
+        caches: &mut [&mut FastCache],
+        scratch: &mut Scratch,
+        logits: &mut [&mut Vec<f32>],
+    ) {
+        self.forward_impl::<true>(ids, slots, caches, scratch, logits)
     }
 
     #[inline(always)]
-    fn forward_impl<const FMA: bool>(&self, ids: &[u32], c: &mut FastCache, logits: &mut Vec<f32>) {
+    fn forward_impl<const FMA: bool>(
+        &self,
+        ids: &[u32],
+        slots: &[usize],
+        caches: &mut [&mut FastCache],
+        c: &mut Scratch,
+        logits: &mut [&mut Vec<f32>],
+    ) {
         let cfg = &self.cfg;
-        let (d, f, t) = (cfg.hidden_size, cfg.intermediate_size, ids.len());
+        let (d, t) = (cfg.hidden_size, ids.len());
         let (h, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let kv = kvh * hd;
         let eps = cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
-        let pos = c.pos;
+        // Each row's position in its own sequence.
+        let starts: Vec<usize> = caches.iter().map(|c| c.pos).collect();
+        let mut next = starts.clone();
+        let positions: Vec<usize> = slots
+            .iter()
+            .map(|&s| {
+                next[s] += 1;
+                next[s] - 1
+            })
+            .collect();
         let w = &*self.weights;
         resize(&mut c.x, t * d);
         for (i, &id) in ids.iter().enumerate() {
@@ -314,8 +340,7 @@ impl FastModel {
                 low_rank::<FMA>(&ad[1], &c.xn, t, d, kv, &mut c.kk, &mut c.lr);
                 low_rank::<FMA>(&ad[2], &c.xn, t, d, kv, &mut c.vv, &mut c.lr);
             }
-            for i in 0..t {
-                let p = pos + i;
+            for (i, &p) in positions.iter().enumerate() {
                 let (cos, sin) =
                     (&self.cos[p * hd / 2..(p + 1) * hd / 2], &self.sin[p * hd / 2..(p + 1) * hd / 2]);
                 for head in c.q[i * d..(i + 1) * d].chunks_exact_mut(hd) {
@@ -325,66 +350,109 @@ impl FastModel {
                     rope(head, cos, sin);
                 }
             }
-            // Positions past `pos` may hold a rewound continuation: they are replaced.
-            c.k[li].truncate(pos * kv);
-            c.k[li].extend_from_slice(&c.kk[..t * kv]);
-            c.v[li].truncate(pos * kv);
-            c.v[li].extend_from_slice(&c.vv[..t * kv]);
+            // Positions past a cache's start may hold a rewound continuation: they are replaced.
+            for (cache, &start) in caches.iter_mut().zip(&starts) {
+                let own = (start - cache.prefix_len()) * kv;
+                cache.k[li].truncate(own);
+                cache.v[li].truncate(own);
+            }
+            for (i, &s) in slots.iter().enumerate() {
+                caches[s].k[li].extend_from_slice(&c.kk[i * kv..(i + 1) * kv]);
+                caches[s].v[li].extend_from_slice(&c.vv[i * kv..(i + 1) * kv]);
+            }
             resize(&mut c.att, t * d);
-            let group = h / kvh;
-            let (layer_k, layer_v) = (&c.k[li], &c.v[li]);
-            for i in 0..t {
-                let seen = pos + i + 1;
-                for hh in 0..h {
-                    let q = &c.q[i * d + hh * hd..i * d + (hh + 1) * hd];
-                    let off = (hh / group) * hd;
-                    resize(&mut c.scores, seen);
-                    let mut max = f32::NEG_INFINITY;
-                    for j in 0..seen {
-                        let s = dot::<FMA>(q, &layer_k[j * kv + off..j * kv + off + hd]) * scale;
-                        c.scores[j] = s;
-                        max = max.max(s);
-                    }
-                    let mut sum = 0.0;
-                    for s in c.scores[..seen].iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let out = &mut c.att[i * d + hh * hd..i * d + (hh + 1) * hd];
-                    out.fill(0.0);
-                    for j in 0..seen {
-                        axpy::<FMA>(c.scores[j] / sum, &layer_v[j * kv + off..j * kv + off + hd], out);
-                    }
+            if caches.len() == 1 && t >= PREFILL_ROWS && caches[0].prefix.is_none() {
+                let (k, v) = (&caches[0].k[li], &caches[0].v[li]);
+                prefill_attention(&c.q, k, v, starts[0], t, (h, kvh, hd), scale, &mut c.scores, &mut c.att);
+                continue_layer::<FMA>(self, li, t, c);
+                continue;
+            }
+            // Rows whose caches share a prefix attend to it together, each shared key and
+            // value read once for all of them.
+            let mut done = vec![false; t];
+            for first in 0..t {
+                if done[first] {
+                    continue;
                 }
+                let prefix = caches[slots[first]].prefix.clone();
+                let group: Vec<usize> = (first..t)
+                    .filter(|&i| {
+                        let other = &caches[slots[i]].prefix;
+                        match (&prefix, other) {
+                            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                            (None, None) => i == first,
+                            _ => false,
+                        }
+                    })
+                    .collect();
+                group.iter().for_each(|&i| done[i] = true);
+                let rows: Vec<Row> = group
+                    .iter()
+                    .map(|&i| Row {
+                        index: i,
+                        seen: positions[i] + 1,
+                        k: &caches[slots[i]].k[li],
+                        v: &caches[slots[i]].v[li],
+                    })
+                    .collect();
+                let shared = prefix.as_ref().map(|p| (&p.k[li][..], &p.v[li][..], p.len));
+                attend::<FMA>(&c.q, &rows, shared, (h, kvh, hd), scale, &mut c.scores, &mut c.att);
             }
-            matmul::<FMA>(&c.att, &l.wo, t, d, d, &mut c.tmp);
-            if let Some(ad) = ad {
-                low_rank::<FMA>(&ad[3], &c.att, t, d, d, &mut c.tmp, &mut c.lr);
-            }
-            add(&mut c.x, &c.tmp);
-            rms_norm_rows::<FMA>(&c.x, &l.mlp_norm, d, eps, &mut c.xn);
-            matmul::<FMA>(&c.xn, &l.wgate, t, d, f, &mut c.g);
-            matmul::<FMA>(&c.xn, &l.wup, t, d, f, &mut c.u);
-            if let Some(ad) = ad {
-                low_rank::<FMA>(&ad[4], &c.xn, t, d, f, &mut c.g, &mut c.lr);
-                low_rank::<FMA>(&ad[5], &c.xn, t, d, f, &mut c.u, &mut c.lr);
-            }
-            for (g, u) in c.g.iter_mut().zip(&c.u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-            matmul::<FMA>(&c.g, &l.wdown, t, f, d, &mut c.tmp);
-            if let Some(ad) = ad {
-                low_rank::<FMA>(&ad[6], &c.g, t, f, d, &mut c.tmp, &mut c.lr);
-            }
-            add(&mut c.x, &c.tmp);
+            continue_layer::<FMA>(self, li, t, c);
         }
-        c.pos += t;
-        // Only the last position's logits are needed.
-        let last = &c.x[(t - 1) * d..t * d];
-        rms_norm_rows::<FMA>(last, &w.norm, d, eps, &mut c.xn);
+        for (cache, &end) in caches.iter_mut().zip(&next) {
+            cache.pos = end;
+        }
+        // Only each sequence's last position needs logits.
+        let n = caches.len();
+        c.tmp.clear();
+        for s in 0..n {
+            let last = slots.iter().rposition(|&x| x == s).unwrap_or(0);
+            c.tmp.extend_from_slice(&c.x[last * d..(last + 1) * d]);
+        }
+        rms_norm_rows::<FMA>(&c.tmp, &w.norm, d, eps, &mut c.last);
         let head = w.lm_head.as_ref().unwrap_or(&w.embed);
-        matmul::<FMA>(&c.xn, head, 1, d, cfg.vocab_size, logits);
+        let vocab = cfg.vocab_size;
+        if n == 1 {
+            matmul::<FMA>(&c.last, head, 1, d, vocab, &mut *logits[0]);
+            return;
+        }
+        matmul::<FMA>(&c.last, head, n, d, vocab, &mut c.out);
+        for (s, out) in logits.iter_mut().enumerate() {
+            out.clear();
+            out.extend_from_slice(&c.out[s * vocab..(s + 1) * vocab]);
+        }
     }
+}
+
+/// A layer after its attention: the output projection, the residual, and the MLP.
+#[inline(always)]
+fn continue_layer<const FMA: bool>(m: &FastModel, li: usize, t: usize, c: &mut Scratch) {
+    let cfg = &m.cfg;
+    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let eps = cfg.rms_norm_eps as f32;
+    let l = &m.weights.layers[li];
+    let ad = m.adapters.as_ref().map(|a| &a[li]);
+    matmul::<FMA>(&c.att, &l.wo, t, d, d, &mut c.tmp);
+    if let Some(ad) = ad {
+        low_rank::<FMA>(&ad[3], &c.att, t, d, d, &mut c.tmp, &mut c.lr);
+    }
+    add(&mut c.x, &c.tmp);
+    rms_norm_rows::<FMA>(&c.x, &l.mlp_norm, d, eps, &mut c.xn);
+    matmul::<FMA>(&c.xn, &l.wgate, t, d, f, &mut c.g);
+    matmul::<FMA>(&c.xn, &l.wup, t, d, f, &mut c.u);
+    if let Some(ad) = ad {
+        low_rank::<FMA>(&ad[4], &c.xn, t, d, f, &mut c.g, &mut c.lr);
+        low_rank::<FMA>(&ad[5], &c.xn, t, d, f, &mut c.u, &mut c.lr);
+    }
+    for (g, u) in c.g.iter_mut().zip(&c.u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+    matmul::<FMA>(&c.g, &l.wdown, t, f, d, &mut c.tmp);
+    if let Some(ad) = ad {
+        low_rank::<FMA>(&ad[6], &c.g, t, f, d, &mut c.tmp, &mut c.lr);
+    }
+    add(&mut c.x, &c.tmp);
 }
 
 #[cfg(test)]

@@ -59,3 +59,65 @@ fn int8_matrices_stay_close_to_the_exact_logits() {
         assert!(worst < 0.05 * spread + 1e-4, "int8 logits differ by {worst} (logits up to {spread})");
     }
 }
+
+/// Candidates decoded side by side (one batched pass per token, caches of different lengths)
+/// get the logits each would get alone.
+#[test]
+fn a_batch_of_generations_gets_what_each_gets_alone() {
+    let cfg = crate::engine::Preset::small().model_config(1024);
+    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let fast = FastModel::from_model(&model).unwrap();
+    let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[9, 8], &[100, 200, 300, 400, 500, 600, 700]];
+    let (mut alone, mut together) = (Vec::new(), Vec::new());
+    for p in prompts {
+        let (mut c, mut l) = (fast.new_cache(), Vec::new());
+        fast.forward(p, &mut c, &mut l).unwrap();
+        alone.push((c.clone(), l.clone()));
+        together.push((c, l));
+    }
+    // Two more forks of the last prompt, sharing its keys and values (as reply candidates do),
+    // one of them after a token of its own before sharing again.
+    let (c, l) = together.pop().unwrap();
+    let shared = c.shared();
+    let (mut own, mut own_logits) = (shared.clone(), l.clone());
+    fast.forward(&[42], &mut own, &mut own_logits).unwrap();
+    let (mut plain, mut plain_logits) = (alone[2].0.clone(), alone[2].1.clone());
+    fast.forward(&[42], &mut plain, &mut plain_logits).unwrap();
+    together.push((shared.clone(), l.clone()));
+    for _ in 0..2 {
+        alone.push(alone[2].clone());
+        together.push((shared.clone(), l.clone()));
+    }
+    alone.push((plain, plain_logits));
+    together.push((own.shared(), own_logits));
+    assert!(together[2].0.bytes() > 0);
+    for step in 0..4u32 {
+        let ids: Vec<u32> = (0..alone.len() as u32).map(|i| 7 + step * 31 + i * 101).collect();
+        for (i, (c, l)) in alone.iter_mut().enumerate() {
+            fast.forward(&[ids[i]], c, l).unwrap();
+        }
+        let (mut caches, mut logits): (Vec<&mut FastCache>, Vec<&mut Vec<f32>>) =
+            together.iter_mut().map(|(c, l)| (c, l)).unzip();
+        fast.forward_batch(&ids, &mut caches, &mut logits).unwrap();
+        for ((ca, la), (cb, lb)) in alone.iter().zip(&together) {
+            assert_eq!(ca.pos, cb.pos);
+            let diff = la.iter().zip(lb.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "step {step}: batched logits differ by {diff}");
+        }
+    }
+    // Rewinding into the shared part gives a cache of its own that continues correctly.
+    let (mut c, mut l) = together.pop().unwrap();
+    let (mut a, mut la) = alone.pop().unwrap();
+    c.rewind(3);
+    a.rewind(3);
+    fast.forward(&[5, 6], &mut c, &mut l).unwrap();
+    fast.forward(&[5, 6], &mut a, &mut la).unwrap();
+    let diff = la.iter().zip(&l).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4 && c.pos == 5, "after rewinding into the prefix: {diff}");
+    let mut one = fast.new_cache();
+    let (mut c, mut l) = (fast.new_cache(), Vec::new());
+    assert!(
+        fast.forward_batch(&[1, 2], &mut [&mut one, &mut c], &mut [&mut l]).is_err(),
+        "mismatched batch refused"
+    );
+}

@@ -1,0 +1,90 @@
+//! A generation's state in the serving path: its keys and values (a prompt's possibly shared
+//! between reply candidates) and the scratch buffers its passes reuse.
+
+use std::sync::Arc;
+
+/// One generation's state: the KV cache and scratch space, allocated once. Cloning it forks a
+/// generation; forks of a [`FastCache::shared`] cache hold their common prompt once.
+#[derive(Clone)]
+pub struct FastCache {
+    /// Keys and values of the first positions, shared with other forks of the same prompt.
+    pub(super) prefix: Option<Arc<Prefix>>,
+    /// Per layer, the keys and values of the positions after the prefix up to `pos`,
+    /// `[pos][kv]`: they grow with the sequence, so a cache costs what its context holds.
+    pub(super) k: Vec<Vec<f32>>,
+    pub(super) v: Vec<Vec<f32>>,
+    pub pos: usize,
+    /// Floats per position in one layer's keys (or values).
+    pub(super) width: usize,
+    pub(super) scratch: Scratch,
+}
+
+/// The keys and values of a prompt's `len` positions, per layer.
+pub(super) struct Prefix {
+    pub(super) k: Vec<Vec<f32>>,
+    pub(super) v: Vec<Vec<f32>>,
+    pub(super) len: usize,
+}
+
+/// Working buffers of one forward pass, reused from pass to pass.
+#[derive(Clone, Default)]
+pub(super) struct Scratch {
+    pub(super) x: Vec<f32>,
+    pub(super) xn: Vec<f32>,
+    pub(super) q: Vec<f32>,
+    pub(super) kk: Vec<f32>,
+    pub(super) vv: Vec<f32>,
+    pub(super) att: Vec<f32>,
+    pub(super) scores: Vec<f32>,
+    pub(super) g: Vec<f32>,
+    pub(super) u: Vec<f32>,
+    pub(super) tmp: Vec<f32>,
+    /// An adapter's `x aᵀ`.
+    pub(super) lr: Vec<f32>,
+    /// The normed last row of each cache, and their logits.
+    pub(super) last: Vec<f32>,
+    pub(super) out: Vec<f32>,
+}
+
+impl FastCache {
+    /// Forgets every position from `pos` on: the next tokens continue from there.
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+        if let Some(prefix) = self.prefix.as_ref().filter(|p| p.len > self.pos) {
+            // Rewound into the shared part: this cache takes its own copy of what is left.
+            let n = self.pos * self.width;
+            self.k = prefix.k.iter().map(|l| l[..n].to_vec()).collect();
+            self.v = prefix.v.iter().map(|l| l[..n].to_vec()).collect();
+            self.prefix = None;
+        }
+    }
+
+    /// This cache with its positions held once behind a shared pointer: its clones (reply
+    /// candidates) share them instead of each copying them, and a batched pass reads each
+    /// shared key and value once for all of them.
+    pub fn shared(mut self) -> FastCache {
+        let n = (self.pos - self.prefix_len()) * self.width;
+        let (mut k, mut v) = match self.prefix.take() {
+            Some(p) => (p.k.clone(), p.v.clone()),
+            None => (vec![Vec::new(); self.k.len()], vec![Vec::new(); self.v.len()]),
+        };
+        for (all, own) in k.iter_mut().zip(&self.k).chain(v.iter_mut().zip(&self.v)) {
+            all.extend_from_slice(&own[..n]);
+        }
+        self.prefix = Some(Arc::new(Prefix { k, v, len: self.pos }));
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
+        // A prefill's buffers are long; forks need a token's worth.
+        self.scratch = Scratch::default();
+        self
+    }
+
+    pub(super) fn prefix_len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.len)
+    }
+
+    /// Bytes its keys and values hold (a shared prefix counted whole).
+    pub fn bytes(&self) -> usize {
+        let own: usize = self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum();
+        own + self.prefix.as_ref().map_or(0, |p| p.k.iter().chain(&p.v).map(|l| l.len() * 4).sum())
+    }
+}
