@@ -120,6 +120,20 @@ fn preset(name: &str) -> anyhow::Result<Preset> {
     Preset::by_name(name).with_context(|| format!("unknown preset {name:?}"))
 }
 
+/// The JSONL files of `path`: the file itself, or a directory's `*.jsonl` in name order.
+pub fn jsonl_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("Failed to read {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Reads a JSONL corpus as chat lines, oldest first.
 pub fn read_corpus(path: &Path) -> anyhow::Result<Vec<ChatLine>> {
     read_corpus_of(path, None)

@@ -3,30 +3,14 @@
 //! of the other, the same test as the copy guard's. A base that saw the evaluation's messages
 //! would flatter its figures.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::Context as _;
+use std::path::Path;
 
 use crate::engine::words::{copies_run, CopyIndex, COPY_RUN};
-
-/// The JSONL files of `path`: the file itself, or a directory's `*.jsonl`.
-fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("Failed to read {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
 
 pub fn run(corpus: &Path, against: &Path) -> anyhow::Result<()> {
     let mut index = CopyIndex::new();
     let mut id = 0u64;
-    for f in files(against)? {
+    for f in super::jsonl_files(against)? {
         for line in super::read_corpus(&f)? {
             id += 1;
             index.add(id, &line.content);

@@ -53,12 +53,8 @@ pub struct PretrainArgs {
 
 /// The corpus's files as sources, each oldest first.
 fn read_sources(dir: &Path) -> anyhow::Result<Vec<Vec<ChatLine>>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("Failed to read the corpus directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory of JSONL chat files", dir.display());
+    let files = crate::bench::jsonl_files(dir)?;
     anyhow::ensure!(!files.is_empty(), "{} holds no .jsonl files", dir.display());
     files
         .iter()

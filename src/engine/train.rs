@@ -298,6 +298,26 @@ pub(crate) fn clip_gradients(
     Ok(norm)
 }
 
+/// One batch's loss, its gradients clipped to `clip_norm`, and the tokens it scored: the part
+/// of a training step every trainer shares (the optimiser steps after).
+pub(crate) fn gradients(
+    model: &Model,
+    stream: &[u32],
+    starts: &[usize],
+    len: usize,
+    vars: &[candle_core::Var],
+    clip_norm: f64,
+    device: &Device,
+) -> Result<(f32, candle_core::backprop::GradStore, usize), EngineError> {
+    let (x, y) = batch_tensors(stream, starts, len, device)?;
+    let logits = model.forward_train(&x)?;
+    let n = y.dims1()?;
+    let loss = super::ops::cross_entropy(&logits.reshape((n, ()))?, &y)?;
+    let mut grads = loss.backward()?;
+    clip_gradients(&mut grads, vars, clip_norm)?;
+    Ok((loss.to_scalar::<f32>()?, grads, n))
+}
+
 /// Trains a tokenizer and a model on `lines` (oldest first).
 pub fn train(
     lines: &[ChatLine],
@@ -512,14 +532,10 @@ pub fn fit(
                 break 'epochs;
             }
             opt.set_learning_rate(learning_rate(step, total, warmup, p.lr));
-            let (x, y) = batch_tensors(&data.train, starts, len, device)?;
-            let logits = model.forward_train(&x)?;
-            let n = y.dims1()?;
-            let loss = super::ops::cross_entropy(&logits.reshape((n, ()))?, &y)?;
-            let mut grads = loss.backward()?;
-            clip_gradients(&mut grads, &vars, opts.clip_norm)?;
+            let (loss, grads, n) =
+                gradients(&model, &data.train, starts, len, &vars, opts.clip_norm, device)?;
             opt.step(&grads)?;
-            last_loss = loss.to_scalar::<f32>()?;
+            last_loss = loss;
             if !last_loss.is_finite() {
                 return Err(EngineError::BadConfig(format!(
                     "training diverged at step {step} (loss {last_loss})"

@@ -64,15 +64,30 @@ impl FastCache {
     /// shared key and value once for all of them.
     pub fn shared(mut self) -> FastCache {
         let n = (self.pos - self.prefix_len()) * self.width;
-        let (mut k, mut v) = match self.prefix.take() {
-            Some(p) => (p.k.clone(), p.v.clone()),
-            None => (vec![Vec::new(); self.k.len()], vec![Vec::new(); self.v.len()]),
+        // This cache's own positions are moved, not copied (stale ones after a rewind dropped).
+        let own = |l: &mut Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+            l.iter_mut()
+                .map(|x| {
+                    let mut x = std::mem::take(x);
+                    x.truncate(n);
+                    x
+                })
+                .collect()
         };
-        for (all, own) in k.iter_mut().zip(&self.k).chain(v.iter_mut().zip(&self.v)) {
-            all.extend_from_slice(&own[..n]);
+        let (mut k, mut v) = (own(&mut self.k), own(&mut self.v));
+        if let Some(p) = self.prefix.take() {
+            // The shared positions first, then this cache's own.
+            let join = |pre: &[Vec<f32>], own: &mut Vec<Vec<f32>>| {
+                for (all, mine) in pre.iter().zip(own.iter_mut()) {
+                    let mut joined = all.clone();
+                    joined.append(mine);
+                    *mine = joined;
+                }
+            };
+            join(&p.k, &mut k);
+            join(&p.v, &mut v);
         }
         self.prefix = Some(Arc::new(Prefix { k, v, len: self.pos }));
-        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
         // A prefill's buffers are long; forks need a token's worth.
         self.scratch = Scratch::default();
         self

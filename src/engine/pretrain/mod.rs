@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Model, ModelConfig};
 use super::tokenizer::{ChatLine, ChatTokenizer};
-use super::train::{batch_tensors, bits_per_byte, clip_gradients, learning_rate, stream, windows};
+use super::train::{bits_per_byte, gradients, learning_rate, stream, windows};
 use super::{EngineError, Preset};
 
 /// The tokenized corpus: every source's oldest messages for training, its newest held out.
@@ -310,14 +310,9 @@ pub fn run(
         }
         let starts = &order[in_epoch * p.batch..(in_epoch + 1) * p.batch];
         opt.params.lr = learning_rate(state.step, state.total_steps, state.warmup_steps, p.lr);
-        let (x, y) = batch_tensors(&corpus.train, starts, len, device)?;
-        let logits = model.forward_train(&x)?;
-        let n = y.dims1()?;
-        let loss = super::ops::cross_entropy(&logits.reshape((n, ()))?, &y)?;
-        let mut grads = loss.backward()?;
-        clip_gradients(&mut grads, &vars, opts.clip_norm)?;
+        let (loss, grads, n) = gradients(&model, &corpus.train, starts, len, &vars, opts.clip_norm, device)?;
         opt.step(&grads)?;
-        last_loss = loss.to_scalar::<f32>()?;
+        last_loss = loss;
         if !last_loss.is_finite() {
             return Err(EngineError::BadConfig(format!(
                 "pretraining diverged at step {} (loss {last_loss})",
