@@ -7,6 +7,8 @@ COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY src src
 COPY migrations migrations
 COPY data/sample data/sample
+# The plots' font (DejaVu Sans) is compiled into the binary.
+COPY assets assets
 # The embedded base is compiled into the binary.
 COPY models/base/mynah-base-s models/base/mynah-base-s
 RUN cargo build --release --locked

@@ -31,6 +31,7 @@ pub struct Running {
 /// (`schedule_minutes`), retention (`retention_days`) and Discord (`discord_token`).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.check_api_exposure().map_err(anyhow::Error::msg)?;
+    crate::metrics::install();
     // Bound before anything else starts, so a taken port is an error at once.
     let listener = match config.api_addr {
         Some(addr) => Some(

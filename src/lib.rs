@@ -8,16 +8,19 @@
 //! - [`consent`]: which channels are collected and who opted out, cached for the hot path.
 //! - [`scrub`]: credentials, e-mail addresses and phone numbers out of messages before storage.
 //! - [`ratelimit`]: reply cool-downs per user and channel, and the per-channel cap.
+//! - [`reply_modes`]: where mynah speaks: answering mentions, joining in now and then, or not.
 //! - [`policy`]: the single should-we-train decision with its reasons.
 //! - [`fallback`]: the keyword responder used while a guild has no model.
 //! - [`models`]: the model lifecycle: the registry under `models/`, the training slot, serving,
 //!   bundles and remote training.
 //! - [`render`]: plain-text renderings of service results for Discord and the CLI.
+//! - [`plot`]: the PNG pictures (a guild's learning, a run's loss curve); pure, with a bundled font.
 //! - [`text`]: making text safe to send to Discord: length limits, mentions that cannot ping.
 //! - [`scheduler`]: periodic retraining through the policy, one guild at a time.
 //! - [`service`]: the operations that Discord commands, the HTTP API and the CLI share.
 //! - [`app`]: starting and stopping a whole mynah (store, core, API, Discord, schedules).
-//! - [`api`]: the axum HTTP API, a thin adapter over [`service`].
+//! - [`api`]: the axum HTTP API and the admins' status page, a thin adapter over [`service`].
+//! - [`metrics`]: the Prometheus metrics' names, the recorder, and the text of a scrape.
 //! - [`discord`]: the poise/serenity layer, a thin adapter over [`service`].
 //! - [`devserver`]: a local Discord-compatible server for tests and the playground.
 //! - [`playground`]: the terminal front-end that runs the real bot against the devserver.
@@ -35,11 +38,14 @@ pub mod devserver;
 pub mod discord;
 pub mod engine;
 pub mod fallback;
+pub mod metrics;
 pub mod models;
 pub mod playground;
+pub mod plot;
 pub mod policy;
 pub mod ratelimit;
 pub mod render;
+pub mod reply_modes;
 pub mod scheduler;
 pub mod scrub;
 pub mod service;

@@ -19,9 +19,18 @@ pub const OFFTOPIC_ID: u64 = 1_000_000_000_000_000_003;
 
 /// How long to wait for the bot to answer a command or a mention before prompting again.
 const REPLY_WAIT: Duration = Duration::from_secs(15);
+/// How long to wait for the bot to join in where `llmchannel reply sometimes` lets it.
+const JOIN_IN_WAIT: Duration = Duration::from_secs(3);
+
+/// What the bot did about a line typed at the prompt.
+enum Answered {
+    Reply(String),
+    Reaction(String),
+}
 
 struct Room {
     server: DevServer,
+    core: std::sync::Arc<crate::service::Core>,
     you: u64,
     guest: u64,
     bot_name: String,
@@ -130,7 +139,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         running.shutdown().await;
         anyhow::bail!("the bot did not connect to the local Discord server within 20 s");
     }
-    let room = Room { bot_name: "mynah".into(), server, you, guest };
+    let room = Room { bot_name: "mynah".into(), server, core: core.clone(), you, guest };
     let stats = core.stats(&GUILD_ID.to_string(), None).await?;
     println!("mynah playground: the real bot, connected to a local Discord-compatible server.");
     println!("Server \"Playground\": #general (collected) and #off-topic; you type as \"you\" (admin).");
@@ -149,7 +158,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         Err(e) => format!("Base:      {e}; !llmtrain trains from scratch."),
     };
     println!("{base_line}");
-    println!("Try: !llmstats   @mynah hi   !llmtrain force   /as guest   /channel off-topic   /help   /quit");
+    println!("Try: !help   !llmstats   @mynah hi   !llmtrain force   /as guest   /channel off-topic   /help   /quit");
 
     let result = prompt_loop(&room, &config.prefix).await;
     running.shutdown().await;
@@ -200,15 +209,37 @@ async fn prompt_loop(room: &Room, prefix: &str) -> anyhow::Result<()> {
         let content = line.replace(&format!("@{}", room.bot_name), &format!("<@{bot_id}>"));
         let expects_reply = content.contains(&format!("<@{bot_id}>")) || content.starts_with(prefix);
         let sent = room.server.say(channel, user, &content);
-        if expects_reply {
-            match room.server.wait_for_bot_message(channel, sent, REPLY_WAIT).await {
-                Some(reply) => {
-                    for line in room.readable(&reply.content).lines() {
-                        println!("  {}: {line}", room.bot_name);
-                    }
+        let guild = GUILD_ID.to_string();
+        let may_join_in = matches!(
+            room.core.reply_mode(&guild, &channel.to_string(), None),
+            crate::reply_modes::ReplyMode::Sometimes { .. }
+        ) && room.core.has_model(&guild);
+        let wait = match (expects_reply, may_join_in) {
+            (true, _) => REPLY_WAIT,
+            (false, true) => JOIN_IN_WAIT,
+            (false, false) => continue,
+        };
+        let answered = room
+            .server
+            .wait_for(wait, || {
+                let reply = room.server.bot_messages(channel).into_iter().find(|p| p.id > sent);
+                reply
+                    .map(|p| Answered::Reply(p.content))
+                    .or_else(|| room.server.bot_reactions(sent).into_iter().next().map(Answered::Reaction))
+            })
+            .await;
+        match answered {
+            Some(Answered::Reply(text)) => {
+                for line in room.readable(&text).lines() {
+                    println!("  {}: {line}", room.bot_name);
                 }
-                None => println!("  (no reply from {})", room.bot_name),
             }
+            Some(Answered::Reaction(emoji)) => println!(
+                "  ({} reacted {emoji}: it answered a moment ago and is cooling down; try again in a few seconds)",
+                room.bot_name
+            ),
+            None if expects_reply => println!("  (no reply from {})", room.bot_name),
+            None => {}
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Who may call the HTTP API. With `MYNAH_API_TOKEN` set, every route needs it as a bearer
 //! token (compared in constant time), except `GET /healthz` (no data) and, when the operator
-//! opts in with `MYNAH_PUBLIC_STATUS`, a public form of `GET /api/ml/status`. A client that
-//! fails too often is refused for a while without its token being looked at.
+//! opts in with `MYNAH_PUBLIC_STATUS`, a public form of `GET /api/ml/status`. The status page's
+//! login turns the token into a session cookie, accepted instead of it on reads (`GET`); without
+//! either, the page shows its login form. A client that fails too often is refused for a while
+//! without its token being looked at.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -16,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
@@ -32,6 +35,30 @@ pub enum Access {
     Full,
     /// The public status an operator opted into: no IDs, no error text.
     Public,
+    /// No credentials, on the status page's own routes: they show the login form and nothing
+    /// else.
+    Visitor,
+}
+
+/// Set on a response by the login form when the token given was wrong: [`check`] counts it as a
+/// failed attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginFailed;
+
+/// The name of the status page's session cookie.
+pub const COOKIE: &str = "mynah_session";
+
+/// The session cookie's value for `token`: a hash of it, so the cookie does not carry the token
+/// itself and stops working when the token changes.
+pub fn session_value(token: &Secret) -> String {
+    let digest =
+        Sha256::new().chain_update(b"mynah status page session\n").chain_update(token.expose()).finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `given` is the token, compared in constant time.
+pub fn is_token(given: &str, token: &Secret) -> bool {
+    bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
 }
 
 /// The failure throttle: a GCRA budget per client address (governor), and the addresses refused
@@ -82,7 +109,19 @@ impl Guard {
 fn presents(req: &Request, token: &Secret) -> Option<bool> {
     let given = req.headers().get(header::AUTHORIZATION)?.to_str().ok().unwrap_or("");
     let given = given.strip_prefix("Bearer ").unwrap_or("");
-    Some(bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())))
+    Some(is_token(given, token))
+}
+
+/// Whether the request carries the session cookie of `token`.
+fn has_session(req: &Request, token: &Secret) -> bool {
+    let wanted = session_value(token);
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| name == COOKIE && bool::from(value.as_bytes().ct_eq(wanted.as_bytes())))
 }
 
 /// The middleware in front of every route.
@@ -105,20 +144,37 @@ pub async fn check(
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     if let Some(wait) = guard.refused(ip) {
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many failed attempts; try again in {} s", wait.as_secs().max(1)),
-        )
-        .into_response();
+        let why = format!("too many failed attempts; try again in {} s", wait.as_secs().max(1));
+        let mut response = if super::page::is_login_route(&method, &path) {
+            super::page::refused(&why)
+        } else {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, why).into_response()
+        };
         if let Ok(v) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         return response;
     }
-    match presents(&req, &token) {
+    let bearer = presents(&req, &token);
+    // The cookie is for reading: a page elsewhere cannot make a browser change anything with it
+    // (and SameSite=Strict keeps other sites' requests from carrying it at all).
+    let reads = method == Method::GET || method == Method::HEAD;
+    match bearer {
         Some(true) => {
             req.extensions_mut().insert(Access::Full);
             next.run(req).await
+        }
+        None if reads && has_session(&req, &token) => {
+            req.extensions_mut().insert(Access::Full);
+            next.run(req).await
+        }
+        None if super::page::is_login_route(&method, &path) => {
+            req.extensions_mut().insert(Access::Visitor);
+            let response = next.run(req).await;
+            if response.extensions().get::<LoginFailed>().is_some() {
+                guard.failed(ip);
+            }
+            response
         }
         None if method == Method::GET && path == "/api/ml/status" && core.config().public_status => {
             req.extensions_mut().insert(Access::Public);

@@ -1,7 +1,11 @@
 //! The HTTP API (axum), compatible with the old bot's clients. Every handler is a thin adapter
 //! over [`crate::service::Core`]; errors are JSON `{"error": "..."}` with a fitting status.
+//! Beside the JSON routes: the admins' status page at `/` (`page`) and the Prometheus scrape at
+//! `/metrics` (`metrics`), behind the same token (`auth`).
 
 mod auth;
+mod metrics;
+mod page;
 mod serve;
 
 pub use serve::{serve_with, Limits};
@@ -103,6 +107,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route_layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BUNDLE_DEADLINE))
         .route_layer(middleware::from_fn_with_state(core.clone(), remote_allowed));
     let guard = Arc::new(auth::Guard::default());
+    crate::metrics::install();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/ml/status", get(status))
@@ -110,6 +115,9 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/ml/should-train", get(should_train))
         .route("/api/ml/initialize", post(initialize))
         .route("/api/ml/runs", get(runs))
+        .route("/metrics", get(metrics::scrape))
+        .merge(page::routes())
+        .route("/api/ml/runs/{id}/loss.png", get(run_loss))
         .route_layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_DEADLINE,
@@ -152,7 +160,9 @@ async fn json_posts_only(req: Request, next: Next) -> Response {
     if req.method() == Method::POST {
         let kind = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let kind = kind.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        let wanted = if req.uri().path() == "/api/training/model" {
+        let wanted = if page::takes_forms(req.uri().path()) {
+            kind == "application/x-www-form-urlencoded"
+        } else if req.uri().path() == "/api/training/model" {
             ["application/octet-stream", "application/x-tar", "application/gzip"].contains(&kind.as_str())
         } else {
             kind == "application/json" || (kind.is_empty() && is_empty_body(&req))
@@ -332,6 +342,18 @@ async fn runs(State(core): State<Arc<Core>>, query: Result<Query<RunsQuery>, Que
     let limit = q.limit.unwrap_or(20).clamp(1, 500);
     let runs = core.runs(q.guild_id.as_deref(), limit).await?;
     Ok(Json(json!({ "runs": runs })))
+}
+
+/// A run's loss curve as a PNG picture; 404 for a run that does not exist.
+async fn run_loss(
+    State(core): State<Arc<Core>>,
+    id: Result<axum::extract::Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Path(id) =
+        id.map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such run: the run ID is a number"))?;
+    let png = core.run_loss_picture(id).await?;
+    let png = png.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run {id}")))?;
+    Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], png).into_response())
 }
 
 async fn initialize(State(core): State<Arc<Core>>) -> ApiResult {

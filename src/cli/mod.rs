@@ -1,6 +1,7 @@
 //! Command-line parsing and the entry point of each subcommand.
 
 mod base;
+mod import;
 mod pretrain;
 
 use std::io::Write;
@@ -32,7 +33,7 @@ pub enum Command {
         #[arg(long, default_value = "sqlite://data/playground.db")]
         database: String,
     },
-    /// Import or export the corpus as JSONL (one message per line).
+    /// Import the corpus (JSONL or DiscordChatExporter JSON) or export it as JSONL.
     #[command(subcommand)]
     Corpus(CorpusCommand),
     /// Train a guild's model now, in this process, with a progress bar.
@@ -93,6 +94,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also draw the guild's picture (runs, loss curve, messages per day) into this PNG file.
+        #[arg(long, value_name = "FILE.png")]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -140,13 +144,17 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CorpusCommand {
-    /// Import a JSONL file (`-` for standard input); replayed messages are skipped.
+    /// Import JSONL or DiscordChatExporter JSON exports (told apart by content): a file, `-` for
+    /// standard input, or a directory, searched recursively for .json and .jsonl files. Replayed
+    /// messages are skipped; bots' messages, system messages and messages without text are
+    /// counted and left out.
     Import {
+        /// A .jsonl or .json file, `-` for standard input, or a directory of them.
         file: PathBuf,
-        /// Store every message under this guild instead of the one on its line.
+        /// Store every message under this guild instead of its own.
         #[arg(long)]
         guild: Option<String>,
-        /// Import nothing if any line is malformed.
+        /// Import nothing if any file, line or message is malformed.
         #[arg(long)]
         strict: bool,
     },
@@ -169,12 +177,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             crate::playground::run(Config { database_url: database, ..config }).await
         }
         Command::Corpus(CorpusCommand::Import { file, guild, strict }) => {
-            import(&config, &file, guild.as_deref(), strict).await
+            import::run(&config, &file, guild.as_deref(), strict).await
         }
         Command::Corpus(CorpusCommand::Export { guild, output }) => {
             export(&config, guild.as_deref(), output).await
         }
-        Command::Stats { guild, json } => stats(config, guild.as_deref(), json).await,
+        Command::Stats { guild, json, plot } => stats(config, guild.as_deref(), json, plot).await,
         Command::Model(ModelCommand::Push { dir, remote, guild, token, insecure }) => {
             let url = crate::models::remote::check_url(&remote, insecure)?;
             let token = token.context("push needs --token (or MYNAH_REMOTE_TOKEN)")?;
@@ -421,31 +429,6 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn import(config: &Config, file: &PathBuf, guild: Option<&str>, strict: bool) -> anyhow::Result<()> {
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("Failed to read standard input")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("Failed to read {}", file.display()))?
-    };
-    let s =
-        with_core(config.clone(), async |core| Ok(core.import_jsonl(&text, guild, strict).await?)).await?;
-    for (line, error) in &s.malformed {
-        eprintln!("line {line}: {error}");
-    }
-    if s.skipped > s.malformed.len() as u64 {
-        eprintln!("... and {} more malformed lines", s.skipped - s.malformed.len() as u64);
-    }
-    let opted_out = match s.opted_out {
-        0 => String::new(),
-        n => format!(", {n} left out (their authors opted out)"),
-    };
-    println!(
-        "imported {}, skipped {} malformed, {} already present{opted_out}",
-        s.imported, s.skipped, s.already_present
-    );
-    Ok(())
-}
-
 async fn export(config: &Config, guild: Option<&str>, output: Option<PathBuf>) -> anyhow::Result<()> {
     let records = with_core(config.clone(), async |core| Ok(core.export(guild).await?)).await?;
     let mut text = String::new();
@@ -470,9 +453,12 @@ async fn export(config: &Config, guild: Option<&str>, output: Option<PathBuf>) -
     Ok(())
 }
 
-async fn stats(config: Config, guild: Option<&str>, json: bool) -> anyhow::Result<()> {
+async fn stats(config: Config, guild: Option<&str>, json: bool, plot: Option<PathBuf>) -> anyhow::Result<()> {
     let prefix = config.prefix.clone();
     with_core(config, async |core| {
+        if let Some(path) = &plot {
+            plot_stats(core, guild, path).await?;
+        }
         match (guild, json) {
             (Some(g), true) => println!("{}", serde_json::to_string_pretty(&core.stats(g, None).await?)?),
             (None, true) => println!("{}", serde_json::to_string_pretty(&core.status().await?)?),
@@ -496,6 +482,25 @@ async fn stats(config: Config, guild: Option<&str>, json: bool) -> anyhow::Resul
         anyhow::Ok(())
     })
     .await
+}
+
+/// Draws the guild's picture (the only guild's without `--guild`) into `path`.
+async fn plot_stats(core: &Core, guild: Option<&str>, path: &std::path::Path) -> anyhow::Result<()> {
+    let guild = match guild {
+        Some(g) => g.to_string(),
+        None => match core.resolve_guild(None).await {
+            Ok(only) => only,
+            Err(ServiceError::GuildAmbiguous(_)) => {
+                anyhow::bail!("several guilds have messages; pass --guild")
+            }
+            Err(ServiceError::NothingToTrain) => anyhow::bail!("no guild has messages; pass --guild"),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let png = core.guild_picture(&guild, None).await?;
+    std::fs::write(path, png).with_context(|| format!("Failed to write {}", path.display()))?;
+    eprintln!("drew guild {guild}'s picture into {}", path.display());
+    Ok(())
 }
 
 /// Drops Discord's bold markers for the terminal.

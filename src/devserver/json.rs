@@ -10,14 +10,19 @@ pub const MANAGE_GUILD: u64 = 1 << 5;
 /// Channel permissions the bot needs, as Discord numbers them.
 pub const VIEW_CHANNEL: u64 = 1 << 10;
 pub const SEND_MESSAGES: u64 = 1 << 11;
+pub const ADD_REACTIONS: u64 = 1 << 6;
 pub const ATTACH_FILES: u64 = 1 << 15;
 pub const READ_MESSAGE_HISTORY: u64 = 1 << 16;
 pub const SEND_MESSAGES_IN_THREADS: u64 = 1 << 38;
 pub const ADMINISTRATOR: u64 = 1 << 3;
 /// What `@everyone` may do in devserver guilds, as in a new Discord server: view, send (also
 /// in threads), attach, read history, add reactions.
-pub const EVERYONE: u64 =
-    VIEW_CHANNEL | SEND_MESSAGES | SEND_MESSAGES_IN_THREADS | ATTACH_FILES | READ_MESSAGE_HISTORY | (1 << 6);
+pub const EVERYONE: u64 = VIEW_CHANNEL
+    | SEND_MESSAGES
+    | SEND_MESSAGES_IN_THREADS
+    | ATTACH_FILES
+    | READ_MESSAGE_HISTORY
+    | ADD_REACTIONS;
 
 pub fn user(u: &User) -> Value {
     json!({
@@ -256,7 +261,7 @@ pub fn message(w: &World, m: &Msg) -> Value {
         "mention_everyone": false,
         "mentions": mentions,
         "mention_roles": [],
-        "attachments": m.attachments,
+        "attachments": m.attachments.iter().map(without_test_fields).collect::<Vec<_>>(),
         "embeds": [],
         "pinned": false,
         "type": m.kind,
@@ -321,6 +326,15 @@ pub fn ready(w: &World, gateway_url: &str) -> Value {
 /// Discord's error body, e.g. `{"message": "404: Not Found", "code": 0}`.
 pub fn error(message: &str, code: u32) -> Value {
     json!({ "message": message, "code": code })
+}
+
+/// An attachment as Discord shows it: without the bytes the devserver keeps for tests.
+fn without_test_fields(a: &Value) -> Value {
+    let mut a = a.clone();
+    if let Some(obj) = a.as_object_mut() {
+        obj.remove("data_hex");
+    }
+    a
 }
 
 #[cfg(test)]

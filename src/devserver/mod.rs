@@ -21,7 +21,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, Notify};
 
-pub use json::{MANAGE_GUILD, READ_MESSAGE_HISTORY, SEND_MESSAGES, SEND_MESSAGES_IN_THREADS, VIEW_CHANNEL};
+pub use json::{
+    ADD_REACTIONS, MANAGE_GUILD, READ_MESSAGE_HISTORY, SEND_MESSAGES, SEND_MESSAGES_IN_THREADS, VIEW_CHANNEL,
+};
 pub use world::Rejection;
 use world::World;
 
@@ -44,6 +46,8 @@ pub struct Posted {
     pub request: Value,
     /// Attached files: name and content.
     pub files: Vec<(String, String)>,
+    /// Attached files: name and exact bytes (pictures are not text).
+    pub attachments: Vec<(String, Vec<u8>)>,
     /// Only the invoking user sees it (an ephemeral slash-command answer).
     pub ephemeral: bool,
 }
@@ -396,6 +400,11 @@ impl DevServer {
         }
     }
 
+    /// The emoji the bot reacted to message `message_id` with, in order.
+    pub fn bot_reactions(&self, message_id: u64) -> Vec<String> {
+        self.shared.world().message(message_id).map(|m| m.reactions.clone()).unwrap_or_default()
+    }
+
     /// How many typing indicators the bot sent in `channel_id`.
     pub fn typing_in(&self, channel_id: u64) -> usize {
         self.shared.world().typing.iter().filter(|&&c| c == channel_id).count()
@@ -456,6 +465,19 @@ fn posted(m: &world::Msg) -> Posted {
                 (text("filename"), text("content"))
             })
             .collect(),
+        attachments: m
+            .attachments
+            .iter()
+            .map(|a| {
+                let text = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                (text("filename"), from_hex(&text("data_hex")))
+            })
+            .collect(),
         ephemeral: m.ephemeral,
     }
+}
+
+/// Bytes from the hex the devserver keeps them in.
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect()
 }

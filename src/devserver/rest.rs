@@ -42,6 +42,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             "/channels/{channel}/messages/{message}",
             get(get_message).patch(edit_message).delete(delete_message),
         )
+        .route("/channels/{channel}/messages/{message}/reactions/{emoji}/@me", put(add_reaction))
         .route("/channels/{channel}/typing", post(typing))
         .route("/guilds/{guild}", get(get_guild))
         .route("/guilds/{guild}/members/{user}", get(get_member))
@@ -225,6 +226,8 @@ pub(super) async fn message_body(
                 "url": format!("attachment://{filename}"),
                 "proxy_url": format!("attachment://{filename}"),
                 "content": String::from_utf8_lossy(&data),
+                // The exact bytes (a picture is not text), for tests; never sent to the bot.
+                "data_hex": data.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             }));
         }
     }
@@ -372,6 +375,37 @@ async fn delete_message(
         }
         None => unknown("Message", 10008).into_response(),
     }
+}
+
+/// The bot reacts to a message. As on Discord: Read Message History always, Add Reactions
+/// unless someone already reacted with that emoji (nobody else reacts on the devserver).
+async fn add_reaction(
+    State(shared): State<Arc<Shared>>,
+    Path((channel, message, emoji)): Path<(u64, u64, String)>,
+) -> Response {
+    let mut w = shared.world();
+    if w.channel(channel).is_none() {
+        return unknown("Channel", 10003).into_response();
+    }
+    if let Err(e) = require(&w, channel, dj::READ_MESSAGE_HISTORY | dj::ADD_REACTIONS) {
+        return e.into_response();
+    }
+    // A custom emoji is `name:id`; anything else must be a Unicode emoji, not a word.
+    let custom = emoji.split_once(':').is_some_and(|(_, id)| id.parse::<u64>().is_ok());
+    if emoji.is_empty() || (!custom && emoji.chars().any(|c| c.is_ascii_alphanumeric())) {
+        return fail(StatusCode::BAD_REQUEST, "Unknown Emoji", 10014).into_response();
+    }
+    match w.message_mut(message).filter(|m| m.channel_id == channel && !m.deleted) {
+        Some(m) => {
+            if !m.reactions.contains(&emoji) {
+                m.reactions.push(emoji);
+            }
+        }
+        None => return unknown("Message", 10008).into_response(),
+    }
+    drop(w);
+    shared.changed.notify_waiters();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn typing(State(shared): State<Arc<Shared>>, Path(channel): Path<u64>) -> Response {

@@ -86,6 +86,8 @@ pub struct Msg {
     pub interaction: Option<u64>,
     /// Only the invoking user sees it (an ephemeral interaction response).
     pub ephemeral: bool,
+    /// Emoji the bot reacted with, in order.
+    pub reactions: Vec<String>,
     /// Discord's message type: 0 chat, 19 a reply, anything else a system message (18 thread
     /// created, 6 pin, 7 join, 8 boost, 20 a slash command's answer, …).
     pub kind: u8,
@@ -378,6 +380,7 @@ impl World {
             request: None,
             interaction: None,
             ephemeral: false,
+            reactions: Vec::new(),
             kind: if reference.is_some() { 19 } else { 0 },
         });
         &self.messages[self.messages.len() - 1]

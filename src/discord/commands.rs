@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use poise::serenity_prelude as serenity;
 
-use super::{backfill, message};
+use super::{channels, help};
 use super::{no_pings, Context, Error};
 use crate::service::{Cancelled, ServiceError, TrainRequest, Trigger};
 
@@ -15,7 +15,16 @@ const FORGET_CONFIRM_WITHIN: Duration = Duration::from_secs(300);
 const DATA_FILE_BYTES: usize = 8 * 1024 * 1024;
 
 pub fn all() -> Vec<poise::Command<super::Data, Error>> {
-    vec![llmstats(), llmtrain(), llmchannel(), llmoptout(), llmoptin(), llmforgetme(), llmmydata()]
+    vec![
+        llmstats(),
+        llmtrain(),
+        channels::llmchannel(),
+        llmoptout(),
+        llmoptin(),
+        llmforgetme(),
+        llmmydata(),
+        help::help(),
+    ]
 }
 
 /// How to call a command, for error messages.
@@ -23,14 +32,15 @@ pub fn usage(prefix: &str, command: &str) -> String {
     match command {
         "llmtrain" => format!("`{prefix}llmtrain`, `{prefix}llmtrain force` or `{prefix}llmtrain cancel`"),
         "llmchannel" | "add" | "remove" | "list" => {
-            format!("`{prefix}llmchannel add #channel`, `{prefix}llmchannel remove #channel` or `{prefix}llmchannel list`")
+            format!("`{prefix}llmchannel add #channel`, `{prefix}llmchannel remove #channel`, `{prefix}llmchannel list` or `{prefix}llmchannel reply mention|sometimes [percent]|off [#channel]`")
         }
+        "reply" => format!("`{prefix}llmchannel reply mention`, `{prefix}llmchannel reply sometimes 5` or `{prefix}llmchannel reply off`, optionally followed by #channel"),
         "llmforgetme" => format!("`{prefix}llmforgetme`, then `{prefix}llmforgetme confirm`"),
         other => format!("`{prefix}{other}`"),
     }
 }
 
-/// Show what mynah has collected and learned in this server.
+/// Show what mynah has collected and learned in this server, with a picture of it.
 #[poise::command(prefix_command, slash_command, guild_only)]
 pub async fn llmstats(ctx: Context<'_>) -> Result<(), Error> {
     // Everything that reads or writes the store is deferred first: under ingest load or right
@@ -38,9 +48,17 @@ pub async fn llmstats(ctx: Context<'_>) -> Result<(), Error> {
     ctx.defer().await?;
     let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
     let channel = ctx.channel_id().to_string();
+    let name = ctx.guild().map(|g| g.name.clone());
     let core = &ctx.data().core;
     let stats = core.stats(&guild, Some(&channel)).await?;
-    ctx.say(crate::text::for_discord(&crate::render::stats(&stats, &core.config().prefix))).await?;
+    let text = crate::text::for_discord(&crate::render::stats(&stats, &core.config().prefix));
+    let mut reply = poise::CreateReply::default().content(text).allowed_mentions(no_pings());
+    // The picture is drawn off the async threads; without it the figures still go out.
+    match core.guild_picture(&guild, name.as_deref()).await {
+        Ok(png) => reply = reply.attachment(serenity::CreateAttachment::bytes(png, "mynah-stats.png")),
+        Err(e) => tracing::warn!(guild = %guild, error = %e, "could not draw the stats picture"),
+    }
+    ctx.send(reply).await?;
     Ok(())
 }
 
@@ -53,7 +71,13 @@ pub enum TrainOption {
 }
 
 /// Train this server's language model now (admins only).
-#[poise::command(prefix_command, slash_command, guild_only, check = "is_admin")]
+#[poise::command(
+    prefix_command,
+    slash_command,
+    guild_only,
+    check = "is_admin",
+    default_member_permissions = "MANAGE_GUILD"
+)]
 pub async fn llmtrain(
     ctx: Context<'_>,
     #[description = "force: train even if the policy says it is not needed; cancel: stop the running training"]
@@ -105,7 +129,7 @@ pub async fn llmtrain(
 }
 
 /// Admins: members listed in `MYNAH_ADMIN_IDS`, and members with Manage Server.
-async fn is_admin(ctx: Context<'_>) -> Result<bool, Error> {
+pub(super) async fn is_admin(ctx: Context<'_>) -> Result<bool, Error> {
     if ctx.data().core.config().is_admin(ctx.author().id.get()) {
         return Ok(true);
     }
@@ -129,128 +153,6 @@ async fn is_admin(ctx: Context<'_>) -> Result<bool, Error> {
         }
     };
     Ok(permissions.manage_guild())
-}
-
-/// Choose the channels mynah learns from (admins only).
-#[poise::command(
-    prefix_command,
-    slash_command,
-    guild_only,
-    check = "is_admin",
-    subcommands("channel_add", "channel_remove", "channel_list"),
-    subcommand_required
-)]
-pub async fn llmchannel(_ctx: Context<'_>) -> Result<(), Error> {
-    Ok(())
-}
-
-/// Start collecting a channel (this one if none is named) and read back its recent history.
-#[poise::command(prefix_command, slash_command, guild_only, check = "is_admin", rename = "add")]
-async fn channel_add(
-    ctx: Context<'_>,
-    #[description = "The channel (default: this one)"] channel: Option<serenity::ChannelId>,
-) -> Result<(), Error> {
-    ctx.defer().await?;
-    let Some((guild, channel)) = guild_channel(ctx, channel).await? else { return Ok(()) };
-    let core = &ctx.data().core;
-    let change = core
-        .set_channel(&guild.to_string(), &channel.to_string(), true, Some(&ctx.author().id.to_string()))
-        .await?;
-    let read = backfill::run_logged(ctx.serenity_context(), ctx.data(), guild, channel).await;
-    let mut text = if change.was_collected {
-        format!("<#{channel}> was already collected; it stays collected.")
-    } else {
-        format!(
-            "Collecting <#{channel}> from now on. Members can opt out with `{}llmoptout`.",
-            core.config().prefix
-        )
-    };
-    if let Some(r) = read.filter(|r| r.stored > 0) {
-        text.push_str(&format!(" I read back {} earlier messages.", r.stored));
-    }
-    match super::permissions::bot_in(ctx.serenity_context(), guild, channel).map(|c| c.permissions) {
-        Some(p) if !p.view_channel() => text.push_str(
-            " But I can't see that channel: nothing is collected until I get View Channel there.",
-        ),
-        Some(p) if !p.read_message_history() => text.push_str(
-            " I can't read its earlier messages (I need Read Message History there), so I collect from now on.",
-        ),
-        _ => {}
-    }
-    ctx.say(text).await?;
-    Ok(())
-}
-
-/// Stop collecting a channel (this one if none is named) and delete what was stored from it.
-#[poise::command(prefix_command, slash_command, guild_only, check = "is_admin", rename = "remove")]
-async fn channel_remove(
-    ctx: Context<'_>,
-    #[description = "The channel (default: this one)"] channel: Option<serenity::ChannelId>,
-) -> Result<(), Error> {
-    ctx.defer().await?;
-    let Some((guild, channel)) = guild_channel(ctx, channel).await? else { return Ok(()) };
-    let core = &ctx.data().core;
-    let change = core
-        .set_channel(&guild.to_string(), &channel.to_string(), false, Some(&ctx.author().id.to_string()))
-        .await?;
-    let text = match (change.was_collected, change.purged) {
-        (false, 0) => format!("<#{channel}> is not collected."),
-        (_, 0) => format!("Stopped collecting <#{channel}>."),
-        (_, n) => format!(
-            "Stopped collecting <#{channel}> and deleted the {n} messages I had stored from it. \
-             The current model is marked stale until it is retrained."
-        ),
-    };
-    ctx.say(text).await?;
-    Ok(())
-}
-
-/// List the channels mynah collects in this server.
-#[poise::command(prefix_command, slash_command, guild_only, check = "is_admin", rename = "list")]
-async fn channel_list(ctx: Context<'_>) -> Result<(), Error> {
-    let known: Vec<String> = ctx
-        .guild()
-        .map(|g| g.channels.values().filter(|c| message::is_text(c)).map(|c| c.id.to_string()).collect())
-        .unwrap_or_default();
-    let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
-    let core = &ctx.data().core;
-    let list = core.channels(&guild, &known);
-    let text = if list.channels.is_empty() {
-        format!(
-            "No channel is collected here. `{}llmchannel add #channel` opts one in. (Default: {}.)",
-            core.config().prefix,
-            list.default
-        )
-    } else {
-        let lines: Vec<String> = list
-            .channels
-            .iter()
-            .map(|c| match c.source {
-                crate::consent::Source::Admin => format!("- <#{}> (opted in by an admin)", c.channel_id),
-                crate::consent::Source::Default => format!("- <#{}> (MYNAH_COLLECT_CHANNELS)", c.channel_id),
-            })
-            .collect();
-        format!("Collected channels:\n{}", lines.join("\n"))
-    };
-    // Channel mentions ping nobody; they are what makes the list readable.
-    ctx.say(crate::text::clamp(&text, 2000)).await?;
-    Ok(())
-}
-
-/// The channel named (or the current one), if it belongs to this server; says so if not.
-async fn guild_channel(
-    ctx: Context<'_>,
-    channel: Option<serenity::ChannelId>,
-) -> Result<Option<(serenity::GuildId, serenity::ChannelId)>, Error> {
-    let Some(guild) = ctx.guild_id() else { return Ok(None) };
-    let channel = channel.unwrap_or(ctx.channel_id());
-    let known =
-        ctx.guild().map(|g| g.channels.contains_key(&channel) || g.threads.iter().any(|t| t.id == channel));
-    if known == Some(false) {
-        ctx.say("That channel is not in this server.").await?;
-        return Ok(None);
-    }
-    Ok(Some((guild, channel)))
 }
 
 /// Stop mynah from storing or learning from your messages here, and delete what it stored.

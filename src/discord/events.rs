@@ -5,12 +5,17 @@ use poise::serenity_prelude as serenity;
 
 use super::message::{self, record};
 use super::{backfill, no_pings, Data, Error};
-use crate::service::{Incoming, ReplyRequest, ServiceError};
+use crate::reply_modes::ReplyMode;
+use crate::service::{Incoming, Mode, ReplyRequest, ServiceError};
+
+/// The reaction on a mention that a cool-down dropped.
+const COOLING_DOWN: &str = "\u{23f3}";
 
 pub async fn handle(
     framework: poise::FrameworkContext<'_, Data, Error>,
     event: &serenity::FullEvent,
 ) -> Result<(), Error> {
+    super::telemetry::gateway_event(event);
     let core = &framework.user_data.core;
     use serenity::FullEvent as E;
     match event {
@@ -101,7 +106,17 @@ async fn on_message(
     answered
 }
 
-/// Replies to `msg` if it mentions the bot (and the cool-downs allow).
+/// Why mynah answers a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prompt {
+    /// The member mentioned it.
+    Mention,
+    /// Nobody asked: the channel's `sometimes` mode drew this message.
+    JoinIn,
+}
+
+/// Replies to `msg` if it mentions the bot, or now and then where an admin asked mynah to join
+/// in; never where its channel's mode is off, and only as the cool-downs allow.
 async fn answer(
     framework: poise::FrameworkContext<'_, Data, Error>,
     msg: &serenity::Message,
@@ -110,30 +125,55 @@ async fn answer(
     let ctx = framework.serenity_context;
     let core = &framework.user_data.core;
     let me = ctx.cache.current_user().id;
-    if incoming.is_command || !msg.mentions.iter().any(|u| u.id == me) {
+    let Some(guild) = msg.guild_id else { return Ok(()) };
+    if incoming.is_command {
         return Ok(());
     }
+    let r = &incoming.record;
+    let parent = r.parent_channel_id.as_deref();
+    let prompt = match core.reply_mode(&r.guild_id, &r.channel_id, parent) {
+        ReplyMode::Off => return Ok(()),
+        _ if msg.mentions.iter().any(|u| u.id == me) => Prompt::Mention,
+        // Only the guild's own model joins in: the fallback's "still learning" is for people
+        // who asked.
+        ReplyMode::Sometimes { .. }
+            if core.has_model(&r.guild_id) && core.draws_join_in(&r.guild_id, &r.channel_id, parent) =>
+        {
+            Prompt::JoinIn
+        }
+        _ => return Ok(()),
+    };
     // A channel the bot may not write in gets no answer (and no typing): Discord would refuse.
-    let Some(guild) = msg.guild_id else { return Ok(()) };
     let here = super::permissions::bot_in(ctx, guild, msg.channel_id);
     if here.is_some_and(|c| !c.may_send()) {
-        tracing::debug!(channel = %msg.channel_id, "mention not answered: no permission to send here");
+        tracing::debug!(channel = %msg.channel_id, "not answered: no permission to send here");
         return Ok(());
     }
     // Held until the reply is sent, so a shutdown lets it go out.
     let Ok(_sending) = core.begin_reply() else { return Ok(()) };
     if let Err(limited) = core.admit_reply(&msg.channel_id.to_string(), &msg.author.id.to_string()) {
-        tracing::debug!(message = %msg.id, ?limited, "mention not answered: rate limited");
+        tracing::debug!(message = %msg.id, ?limited, ?prompt, "not answered: rate limited");
+        if prompt == Prompt::Mention {
+            // A hint instead of silence: the member sees the mention was noticed.
+            let may_react = here.is_none_or(|c| c.reads_history() && c.permissions.add_reactions());
+            if may_react {
+                if let Err(e) =
+                    msg.react(&ctx.http, serenity::ReactionType::Unicode(COOLING_DOWN.into())).await
+                {
+                    tracing::debug!(error = %e, "could not react to a mention dropped by a cool-down");
+                }
+            }
+        }
         return Ok(());
     }
     if let Err(e) = msg.channel_id.broadcast_typing(&ctx.http).await {
         tracing::debug!(error = %e, "typing indicator failed");
     }
     let request = ReplyRequest {
-        guild_id: incoming.record.guild_id.clone(),
+        guild_id: r.guild_id.clone(),
         channel_id: Some(msg.channel_id.to_string()),
         message_id: Some(msg.id.to_string()),
-        author: incoming.record.author.clone(),
+        author: r.author.clone(),
         text: msg.content.clone(),
         bot_user_id: Some(me.to_string()),
     };
@@ -142,16 +182,20 @@ async fn answer(
         Err(ServiceError::ShuttingDown) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    // If the member deleted their message meanwhile, the answer goes out as a plain message
-    // (Discord refuses a reply to a deleted message unless told it may drop the reference).
-    let reference = serenity::MessageReference::from(msg).fail_if_not_exists(false);
-    let mut reply = serenity::CreateMessage::new().content(reply.text).allowed_mentions(no_pings());
-    // A reply shows the message it answers, which takes Read Message History; without it the
-    // answer goes out as a plain message.
-    if here.is_none_or(|c| c.reads_history()) {
-        reply = reply.reference_message(reference);
+    if prompt == Prompt::JoinIn && reply.mode != Mode::Model {
+        tracing::debug!(message = %msg.id, "not joining in: the model did not answer");
+        return Ok(());
     }
-    send_retrying(ctx, msg.channel_id, reply).await?;
+    let mut out = serenity::CreateMessage::new().content(reply.text).allowed_mentions(no_pings());
+    // A reply shows the message it answers, which takes Read Message History; without it the
+    // answer goes out as a plain message. Joining in is a plain message too, as a member's is.
+    if prompt == Prompt::Mention && here.is_none_or(|c| c.reads_history()) {
+        // If the member deleted their message meanwhile, the answer goes out as a plain
+        // message (Discord refuses a reply to a deleted message unless told it may drop the
+        // reference).
+        out = out.reference_message(serenity::MessageReference::from(msg).fail_if_not_exists(false));
+    }
+    send_retrying(ctx, msg.channel_id, out).await?;
     Ok(())
 }
 

@@ -3,10 +3,13 @@
 //! mentions, so nothing the bot says can ping anyone.
 
 mod backfill;
+mod channels;
 mod commands;
 mod events;
+mod help;
 mod message;
 mod permissions;
+mod telemetry;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -156,6 +159,7 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
         .build();
     let mut client = serenity::ClientBuilder::new_with_http(http.build(), intents())
         .framework(framework)
+        .event_handler(telemetry::Telemetry)
         .await
         .context("Failed to build the Discord client")?;
     let shard_manager = client.shard_manager.clone();

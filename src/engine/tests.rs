@@ -101,16 +101,19 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() 
         train::init_model(&Preset::tiny().model_config(tok.vocab_size()), &Device::Cpu).unwrap();
     let before = train::bits_per_byte(&untrained, &tok, &data.val, 64, 16).unwrap();
 
-    let mut seen = 0;
+    let (mut seen, mut evaluated) = (0, Vec::new());
     let trained = train::train(&lines, &opts, &Device::Cpu, &cancel, |p| {
         if p.phase == train::Phase::Training {
             seen += 1;
-            assert!(p.step <= p.total_steps && p.tokens_per_second > 0.0);
+            assert!(p.step <= p.total_steps && p.tokens_per_second > 0.0 && p.tokens > 0);
+            evaluated.extend(p.val_bits_per_byte);
         }
     })
     .unwrap();
     let r = &trained.report;
     assert!(seen > 10, "progress was reported for each step ({seen})");
+    assert_eq!(evaluated.len(), opts.evals, "evaluations during training: {evaluated:?}");
+    assert!(evaluated.iter().all(|v| v.is_finite() && *v > 0.0), "{evaluated:?}");
     assert!(r.val_bits_per_byte < before * 0.8, "val bpb {} not well below {before}", r.val_bits_per_byte);
     assert!(r.train_messages > r.val_messages && r.val_messages > 0);
 
@@ -462,4 +465,24 @@ fn a_trained_run_carries_mixer_weights_fitted_on_its_training_part() {
     assert_eq!(weights.len(), super::counts::BUCKETS);
     assert_ne!(weights, super::counts::Mixer::default().weights.to_vec(), "fitted, not the defaults");
     assert_eq!(voice.mixer.weights.to_vec(), weights, "the voice mixes with them");
+}
+
+#[test]
+fn evaluations_during_training_split_the_run_evenly_and_leave_the_last_step_to_the_final_one() {
+    let due = |total: usize, evals: usize| {
+        let mut done = 0;
+        let mut at = Vec::new();
+        for step in 1..=total {
+            if train::eval_due(step, total, done, evals) {
+                done += 1;
+                at.push(step);
+            }
+        }
+        at
+    };
+    assert_eq!(due(100, 4), vec![20, 40, 60, 80]);
+    assert_eq!(due(10, 4), vec![2, 4, 6, 8]);
+    assert_eq!(due(3, 4), vec![1, 2], "no more than one a step, none on the last");
+    assert_eq!(due(100, 0), Vec::<usize>::new());
+    assert_eq!(due(1, 4), Vec::<usize>::new());
 }

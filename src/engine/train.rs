@@ -30,6 +30,9 @@ pub struct TrainOptions {
     pub val_fraction: f64,
     /// At most this many validation windows are scored (keeps evaluation quick).
     pub max_val_windows: usize,
+    /// Evaluations during training, spread evenly over its steps, for the loss curve; each
+    /// scores a quarter of `max_val_windows`. The final evaluation comes on top.
+    pub evals: usize,
     pub seed: u64,
     /// Fine-tuning a base trains low-rank adapters of this shape; `None` trains every weight.
     pub lora: Option<super::lora::LoraSpec>,
@@ -47,6 +50,7 @@ impl TrainOptions {
             clip_norm: 1.0,
             val_fraction: 0.1,
             max_val_windows: 64,
+            evals: 4,
             seed: 42,
             lora: Some(super::lora::LoraSpec::default()),
             full_fine_tune_below: FULL_FINE_TUNE_MAX_PARAMS,
@@ -87,8 +91,13 @@ pub struct Progress {
     pub total_steps: usize,
     pub epoch: f64,
     pub loss: f32,
+    /// Training tokens seen so far.
+    pub tokens: u64,
     pub tokens_per_second: f64,
     pub eta_seconds: f64,
+    /// Validation bits per byte, on the steps where training evaluated (see
+    /// [`TrainOptions::evals`]).
+    pub val_bits_per_byte: Option<f64>,
 }
 
 impl Progress {
@@ -100,8 +109,10 @@ impl Progress {
             total_steps: 0,
             epoch: 0.0,
             loss: 0.0,
+            tokens: 0,
             tokens_per_second: 0.0,
             eta_seconds: 0.0,
+            val_bits_per_byte: None,
         }
     }
 }
@@ -263,6 +274,13 @@ pub fn init_model(cfg: &ModelConfig, device: &Device) -> Result<(Model, VarMap),
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let model = Model::new(cfg, vb)?;
     Ok((model, varmap))
+}
+
+/// Whether step `step` (from 1) of about `total` is where evaluation number `done + 1` of
+/// `evals` falls: they split the run into `evals + 1` equal parts. The last step is left to the
+/// final evaluation.
+pub(crate) fn eval_due(step: usize, total: usize, done: usize, evals: usize) -> bool {
+    done < evals && step < total && step * (evals + 1) >= (done + 1) * total
 }
 
 pub(crate) fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
@@ -521,6 +539,8 @@ pub fn fit(
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let loop_start = Instant::now();
     let (mut step, mut tokens, mut last_loss, mut stopped_by_budget) = (0usize, 0u64, f32::NAN, false);
+    // Evaluations during training: their time is budgeted but is not training throughput.
+    let (mut evals_done, mut eval_seconds) = (0usize, 0f64);
     'epochs: for _epoch in 0..opts.epochs.max(1) {
         order.shuffle(&mut rng);
         for starts in order.chunks(batch) {
@@ -558,8 +578,16 @@ pub fn fit(
                     }
                 }
             }
+            let mut val = None;
+            if eval_due(step, total, evals_done, opts.evals) {
+                let t = Instant::now();
+                let windows = opts.max_val_windows.div_ceil(4).max(1);
+                val = Some(bits_per_byte(&model, tok, &data.val, len, windows)?);
+                evals_done += 1;
+                eval_seconds += t.elapsed().as_secs_f64();
+            }
             let elapsed = loop_start.elapsed().as_secs_f64().max(1e-9);
-            let tps = tokens as f64 / elapsed;
+            let tps = tokens as f64 / (elapsed - eval_seconds).max(1e-9);
             let mut eta = (total - step.min(total)) as f64 * elapsed / step as f64;
             if let Some(max) = opts.max_seconds {
                 eta = eta.min((max - started.elapsed().as_secs_f64()).max(0.0));
@@ -570,8 +598,10 @@ pub fn fit(
                 total_steps: total.max(step),
                 epoch: step as f64 / steps_per_epoch as f64,
                 loss: last_loss,
+                tokens,
                 tokens_per_second: tps,
                 eta_seconds: eta,
+                val_bits_per_byte: val,
             });
         }
     }
@@ -586,8 +616,10 @@ pub fn fit(
         total_steps: total.max(step),
         epoch: step as f64 / steps_per_epoch as f64,
         loss: last_loss,
+        tokens,
         tokens_per_second: 0.0,
         eta_seconds: 0.0,
+        val_bits_per_byte: None,
     });
     let val = bits_per_byte(&model, tok, &data.val, len, opts.max_val_windows)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -598,7 +630,7 @@ pub fn fit(
         train_loss: last_loss,
         val_bits_per_byte: val,
         seconds,
-        tokens_per_second: tokens as f64 / loop_seconds.max(1e-9),
+        tokens_per_second: tokens as f64 / (loop_seconds - eval_seconds).max(1e-9),
         train_messages: data.train_messages,
         val_messages: data.val_messages,
         stopped_by_budget,

@@ -112,6 +112,7 @@ impl Trainer {
     }
 
     pub fn report(&self, p: &Progress) {
+        crate::metrics::training_progress(p);
         self.view.send_modify(|v| v.progress = Some(p.clone()));
     }
 

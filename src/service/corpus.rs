@@ -1,18 +1,23 @@
-//! The corpus: messages seen on Discord stored under the collection rules, JSONL imports and
-//! exports, and the bookkeeping of how far each channel's history was read back.
+//! The corpus: messages seen on Discord stored under the collection rules, imports (JSONL and
+//! DiscordChatExporter exports) and exports, and the bookkeeping of how far each channel's
+//! history was read back.
 
 use super::{Core, Incoming, Ingested, ServiceError};
+use crate::corpus::input::{Format, Malformed, Parsed, Skipped};
 use crate::corpus::Record;
 use crate::store::Store;
 
-/// What a JSONL import did.
+/// What an import did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImportSummary {
+    pub format: Format,
     pub imported: u64,
-    /// Malformed lines skipped.
+    /// Malformed lines (or export messages) skipped.
     pub skipped: u64,
-    /// The first of them, with their line numbers and errors.
-    pub malformed: Vec<(usize, String)>,
+    /// The first of them, with where they are and their errors.
+    pub malformed: Vec<Malformed>,
+    /// Read correctly but not chat: bots' messages, Discord's notices, messages without text.
+    pub left_out: Skipped,
     pub already_present: u64,
     pub opted_out: u64,
 }
@@ -50,6 +55,7 @@ impl Core {
                 Ingested::Stored
             }
         };
+        crate::metrics::ingested(outcome);
         Ok(outcome)
     }
 
@@ -70,6 +76,17 @@ impl Core {
         strict: bool,
     ) -> Result<ImportSummary, ServiceError> {
         import_jsonl(&self.store, text, guild, strict, self.config.scrub).await
+    }
+
+    /// Stores an input of either format (told apart by content), scrubbed unless scrubbing is
+    /// off; see [`import_text`].
+    pub async fn import_text(
+        &self,
+        text: &str,
+        guild: Option<&str>,
+        strict: bool,
+    ) -> Result<ImportSummary, ServiceError> {
+        import_text(&self.store, text, guild, strict, self.config.scrub).await
     }
 
     /// Stored messages, of one guild or all, oldest first.
@@ -111,14 +128,47 @@ pub async fn import_jsonl(
     strict: bool,
     scrub: bool,
 ) -> Result<ImportSummary, ServiceError> {
-    let (mut records, bad) = crate::corpus::parse_all(text, guild);
-    let malformed: Vec<(usize, String)> =
-        bad.iter().take(MALFORMED_SHOWN).map(|b| (b.line, b.error.clone())).collect();
-    if strict && !bad.is_empty() {
-        let listed: Vec<String> = malformed.iter().map(|(n, e)| format!("line {n}: {e}")).collect();
+    let (records, bad) = crate::corpus::parse_all(text, guild);
+    let malformed =
+        bad.into_iter().map(|b| Malformed { at: format!("line {}", b.line), error: b.error }).collect();
+    let parsed = Parsed { format: Format::Jsonl, records, skipped: Skipped::default(), malformed };
+    store_parsed(store, parsed, strict, scrub).await
+}
+
+/// Like [`import_jsonl`] for an input of either format: JSONL, or a DiscordChatExporter JSON
+/// export, whose bots' messages, Discord notices and messages without text are counted and left
+/// out. An export that cannot be read at all is a [`ServiceError::BadRequest`] and stores nothing.
+pub async fn import_text(
+    store: &Store,
+    text: &str,
+    guild: Option<&str>,
+    strict: bool,
+    scrub: bool,
+) -> Result<ImportSummary, ServiceError> {
+    let parsed =
+        crate::corpus::input::parse(text, guild).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+    store_parsed(store, parsed, strict, scrub).await
+}
+
+/// Stores what an input held, in one transaction; with `strict`, nothing if any of it was
+/// malformed.
+async fn store_parsed(
+    store: &Store,
+    parsed: Parsed,
+    strict: bool,
+    scrub: bool,
+) -> Result<ImportSummary, ServiceError> {
+    let Parsed { format, mut records, skipped: left_out, malformed: bad } = parsed;
+    let skipped = bad.len() as u64;
+    let malformed: Vec<Malformed> = bad.into_iter().take(MALFORMED_SHOWN).collect();
+    if strict && skipped > 0 {
+        let listed: Vec<String> = malformed.iter().map(|m| format!("{}: {}", m.at, m.error)).collect();
+        let what = match format {
+            Format::Jsonl => "line(s)",
+            Format::DiscordChatExporter => "message(s)",
+        };
         return Err(ServiceError::BadRequest(format!(
-            "{} malformed line(s); strict: nothing was imported\n{}",
-            bad.len(),
+            "{skipped} malformed {what}; strict: nothing was imported\n{}",
             listed.join("\n")
         )));
     }
@@ -131,9 +181,11 @@ pub async fn import_jsonl(
     }
     let done = store.insert_many(&records).await?;
     Ok(ImportSummary {
+        format,
         imported: done.inserted,
-        skipped: bad.len() as u64,
+        skipped,
         malformed,
+        left_out,
         already_present: done.already_present,
         opted_out: done.opted_out,
     })

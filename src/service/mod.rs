@@ -5,16 +5,22 @@
 //!
 //! - [`types`]: the requests and answers.
 //! - `status`: stats, status, the retraining policy's decisions, the run history.
-//! - `training`: starting, watching and cancelling a training run.
+//! - `training`: starting, watching and cancelling a training run; `curves` records its loss
+//!   curve as it trains.
+//! - `plots`: the pictures (a guild's learning, a run's loss curve) from the store's figures.
 //! - `models`: installing a model trained elsewhere.
 //! - `replies`: answering mentions, cool-downs, replies in flight.
 //! - `corpus`: ingest, import, export and read-back bookkeeping.
 //! - `privacy`: consent and deletion.
+//! - `overview`: what the status page and a metrics scrape read at the time they are served.
 //! - `voices`: each serving model's voice (counts, words, copy index), kept in step with the store.
 
 mod corpus;
+mod curves;
 mod deleted;
 mod models;
+mod overview;
+mod plots;
 mod privacy;
 mod queue;
 mod removals;
@@ -24,7 +30,8 @@ mod training;
 pub mod types;
 mod voices;
 
-pub use corpus::{import_jsonl, ImportSummary};
+pub use corpus::{import_jsonl, import_text, ImportSummary};
+pub use overview::{Scrape, ScrapedModel};
 pub use privacy::{ChannelChange, ChannelList, MyData};
 pub use queue::Cancelled;
 pub use replies::InFlight;
@@ -44,6 +51,7 @@ use crate::models::serving::Serving;
 use crate::models::trainer::{Trainer, TrainingState};
 use crate::policy::Decision;
 use crate::ratelimit::Limiter;
+use crate::reply_modes::ReplyModes;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +84,8 @@ pub enum ServiceError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("could not draw the picture: {0}")]
+    Plot(crate::plot::PlotError),
 }
 
 impl ServiceError {
@@ -93,7 +103,7 @@ impl ServiceError {
             | ServiceError::UploadInProgress
             | ServiceError::Queued { .. }
             | ServiceError::Engine(EngineError::NotEnoughData(_)) => true,
-            ServiceError::Engine(_) | ServiceError::Store(_) => false,
+            ServiceError::Engine(_) | ServiceError::Store(_) | ServiceError::Plot(_) => false,
         }
     }
 }
@@ -107,6 +117,8 @@ pub struct Core {
     serving: Serving,
     trainer: Arc<Trainer>,
     consent: Consent,
+    /// Where mynah speaks: each channel's reply mode.
+    reply_modes: ReplyModes,
     limiter: Limiter,
     events: tokio::sync::broadcast::Sender<CoreEvent>,
     device: Device,
@@ -138,6 +150,7 @@ impl Core {
         let consent =
             Consent::new(config.collect.clone(), store.channel_settings().await?, store.opt_outs().await?);
         consent.set_forgotten(store.forget_marks().await?);
+        let reply_modes = ReplyModes::new(store.channel_replies().await?);
         let core = Arc::new(Core {
             limiter: Limiter::new(config.limits),
             config: Arc::new(config),
@@ -145,6 +158,7 @@ impl Core {
             serving: Serving::new(),
             trainer: Arc::new(Trainer::new()),
             consent,
+            reply_modes,
             events: tokio::sync::broadcast::channel(16).0,
             device,
             started: Instant::now(),

@@ -119,6 +119,7 @@ impl Core {
         }
         let purged = self.store.purge_guild(guild).await?;
         self.consent.forget_guild(guild);
+        self.reply_modes.forget_guild(guild);
         self.serving.remove(guild);
         let dir = self.config.models_dir.join(guild);
         if dir.exists() {

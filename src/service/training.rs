@@ -165,8 +165,15 @@ impl Core {
         let started = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (device, trainer, cancel) = (self.device.clone(), self.trainer.clone(), slot.cancel.clone());
+        let (mut curve, curve_writer) = super::curves::record(self.store.clone(), run_id);
         let spawned = std::thread::Builder::new().name("mynah-train".into()).spawn(move || {
-            let _ = tx.send(train_and_install(job, &device, &cancel, &trainer));
+            let result = train_and_install(job, &device, &cancel, &trainer, &mut curve);
+            if let Ok((_, report)) = &result {
+                curve.finish(report);
+            }
+            // The curve's sender goes with this thread: its writer then finishes.
+            drop(curve);
+            let _ = tx.send(result);
         });
         let outcome = match spawned {
             Ok(_) => rx
@@ -175,6 +182,10 @@ impl Core {
             Err(e) => Err(EngineError::Io(e)),
         };
         let seconds = started.elapsed().as_secs_f64();
+        // The whole curve is stored before the run reads as finished.
+        if curve_writer.await.is_err() {
+            tracing::warn!(run = run_id, "the loss-curve writer stopped early");
+        }
         let (result, val) = match outcome {
             Ok((loaded, report)) => {
                 let val = Some(report.val_bits_per_byte);
@@ -202,6 +213,7 @@ impl Core {
         if let Err(e) = self.store.finish_run(run_id, &result).await {
             tracing::error!(error = %e, "could not record the end of a training run");
         }
+        metrics::counter!(crate::metrics::TRAINING_RUNS, "outcome" => result.outcome.as_str()).increment(1);
         self.trainer.finish(Finished {
             run_id,
             guild_id,
@@ -288,6 +300,7 @@ fn train_and_install(
     device: &Device,
     cancel: &AtomicBool,
     trainer: &Trainer,
+    curve: &mut super::curves::CurveSink,
 ) -> Result<(Loaded, Report), EngineError> {
     let preset_label = match &job.base {
         Some(base) => format!("fine-tuned from base {}", base.manifest.name),
@@ -302,7 +315,10 @@ fn train_and_install(
         preset_label,
         corpus_span: job.corpus_span.clone(),
     };
-    let (loaded, report, _) = run::train_and_save(&spec, device, cancel, |p| trainer.report(p))?;
+    let (loaded, report, _) = run::train_and_save(&spec, device, cancel, |p| {
+        trainer.report(p);
+        curve.observe(p);
+    })?;
     registry::set_current(&job.guild_dir, &job.run)?;
     Ok((loaded, report))
 }

@@ -1,12 +1,18 @@
 //! Everything persisted in SQL: chat messages, training runs and models. SQLite in WAL mode by
 //! default (`DATABASE_URL`); the schema lives in `migrations/` and is applied at open.
 //! This is the only module that contains SQL; `privacy` holds the queries of consent and
-//! deletion, `runs` those of training runs and models.
+//! deletion, `runs` those of training runs and models, `curves` the runs' loss curves and
+//! messages per day, `overview` the database's size and each guild's channel names.
 
+mod curves;
+mod overview;
 mod privacy;
 mod removals;
+mod reply_modes;
 mod runs;
 
+pub use curves::{CurvePoint, DayCount};
+pub use overview::ChannelSummary;
 pub use privacy::{ChannelSetting, Purged, Staleness};
 pub use removals::Removal;
 pub use runs::{LastRun, RunOutcome, RunResult, RunRow};

@@ -175,7 +175,7 @@ impl Store {
         Ok(Purged::from_times(&times))
     }
 
-    /// Removes everything of a guild: messages, channel choices, opt-outs, sync points and
+    /// Removes everything of a guild: messages, channel choices, reply modes, sync points and
     /// staleness records. Training runs stay as history (they hold no message content).
     pub async fn purge_guild(&self, guild: &str) -> Result<Purged> {
         let mut tx = self.pool.begin().await?;
@@ -186,7 +186,7 @@ impl Store {
                 .await?;
         // Opt-outs and forget requests stay (IDs and a time, no content): if the bot is invited
         // back, reading the history back must not store those members' messages again.
-        for table in ["channel_settings", "channel_sync", "model_staleness"] {
+        for table in ["channel_settings", "channel_replies", "channel_sync", "model_staleness"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE guild_id = ?"))
                 .bind(guild)
                 .execute(&mut *tx)

@@ -6,6 +6,14 @@ use sqlx::Row;
 
 use super::{now_ms, Result, Store, StoreError};
 
+/// The columns of `training_runs` that [`run_row`] reads, in its order.
+macro_rules! run_columns {
+    () => {
+        "id, guild_id, trigger, requested_by, started_ms, finished_ms, outcome, error, epochs, \
+         steps, tokens, train_loss, val_bpb, corpus_messages"
+    };
+}
+
 /// How a training run ended (or that it has not): stored as text in `training_runs.outcome`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -186,43 +194,25 @@ impl Store {
 
     /// The newest runs, of one guild or all.
     pub async fn runs(&self, guild: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query(
-            "SELECT id, guild_id, trigger, requested_by, started_ms, finished_ms, outcome, error, epochs,
-                    steps, tokens, train_loss, val_bpb, corpus_messages
-             FROM training_runs WHERE (?1 IS NULL OR guild_id = ?1)
-             ORDER BY id DESC LIMIT ?2",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM training_runs WHERE (?1 IS NULL OR guild_id = ?1) ORDER BY id DESC LIMIT ?2"
+        ))
         .bind(guild)
         .bind(limit)
         .fetch_all(&self.read)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(RunRow {
-                    id: r.try_get(0)?,
-                    guild_id: r.try_get(1)?,
-                    trigger: r.try_get(2)?,
-                    requested_by: r.try_get(3)?,
-                    started_ms: r.try_get(4)?,
-                    finished_ms: r.try_get(5)?,
-                    outcome: {
-                        let text: String = r.try_get(6)?;
-                        RunOutcome::parse(&text)
-                            .ok_or_else(|| StoreError::Unexpected(format!("run outcome {text:?}")))?
-                    },
-                    error: r.try_get(7)?,
-                    epochs: r.try_get(8)?,
-                    steps: r.try_get(9)?,
-                    tokens: r.try_get(10)?,
-                    train_loss: r.try_get(11)?,
-                    val_bpb: r.try_get(12)?,
-                    corpus_messages: r.try_get(13)?,
-                    duration_ms: r
-                        .try_get::<Option<i64>, _>(5)?
-                        .map(|f| f - r.try_get::<i64, _>(4).unwrap_or(f)),
-                })
-            })
-            .collect()
+        rows.iter().map(run_row).collect()
+    }
+
+    /// One run by its ID; `None` if there is no such run.
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(run_row).transpose()
     }
 
     /// Records a trained model as the guild's current one (the previous one stops being current).
@@ -257,6 +247,29 @@ impl Store {
         tx.commit().await?;
         Ok(id)
     }
+}
+
+fn run_row(r: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
+    Ok(RunRow {
+        id: r.try_get(0)?,
+        guild_id: r.try_get(1)?,
+        trigger: r.try_get(2)?,
+        requested_by: r.try_get(3)?,
+        started_ms: r.try_get(4)?,
+        finished_ms: r.try_get(5)?,
+        outcome: {
+            let text: String = r.try_get(6)?;
+            RunOutcome::parse(&text).ok_or_else(|| StoreError::Unexpected(format!("run outcome {text:?}")))?
+        },
+        error: r.try_get(7)?,
+        epochs: r.try_get(8)?,
+        steps: r.try_get(9)?,
+        tokens: r.try_get(10)?,
+        train_loss: r.try_get(11)?,
+        val_bpb: r.try_get(12)?,
+        corpus_messages: r.try_get(13)?,
+        duration_ms: r.try_get::<Option<i64>, _>(5)?.map(|f| f - r.try_get::<i64, _>(4).unwrap_or(f)),
+    })
 }
 
 /// Whether a process with this ID runs on this machine (Linux's `/proc`; elsewhere unknown,

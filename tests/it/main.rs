@@ -5,10 +5,16 @@
 
 mod api;
 mod bases;
+mod browser;
 mod cli;
 mod discord;
 mod engine;
 mod fuzz;
+mod import;
+mod joining;
+mod metrics;
+mod page;
+mod plots;
 mod privacy;
 mod remote;
 mod resilience;

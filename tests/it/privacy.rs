@@ -191,14 +191,17 @@ async fn mentions_over_the_cool_downs_get_no_reply() {
     let bot = h.server.bot_id();
     let mention = format!("<@{bot}> hi");
     h.ask(h.general, h.member, &mention).await;
-    h.server.say(h.general, h.member, &mention);
+    let dropped = [h.server.say(h.general, h.member, &mention)];
     h.ask(h.general, h.admin, &mention).await;
-    h.server.say(h.general, h.listed_admin, &mention);
+    let dropped = [dropped[0], h.server.say(h.general, h.listed_admin, &mention)];
     // Commands are not rate limited; their answer also shows the mentions were handled.
     h.ask(h.general, h.member, "!llmstats").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let replies = h.server.bot_messages(h.general).iter().filter(|m| m.reference.is_some()).count();
-    assert_eq!(replies, 2, "two mention replies; the other mentions were ignored silently");
+    assert_eq!(replies, 2, "two mention replies; the other mentions were not answered");
+    for id in dropped {
+        assert_eq!(h.server.bot_reactions(id), vec!["\u{23f3}".to_string()], "a dropped mention gets a hint");
+    }
     h.ask(h.offtopic, h.listed_admin, &mention).await;
     h.stop().await;
 }

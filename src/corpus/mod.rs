@@ -1,7 +1,12 @@
 //! The corpus interchange format: JSONL, one chat message per line, exactly the shape of
 //! `shared/corpus/*.jsonl`:
 //! `{"id","guild_id","channel_id","channel","author_id","author","content","timestamp"}`, plus
-//! `parent_channel_id` for messages in threads.
+//! `parent_channel_id` for messages in threads. Its submodules read other inputs into the same
+//! records: [`discord_chat_exporter`] reads DiscordChatExporter's JSON exports, and [`input`]
+//! tells the formats apart by content and accounts for what was left out.
+
+pub mod discord_chat_exporter;
+pub mod input;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,64 @@
+//! What the status page and the metrics read beyond the counts: the database's size and the
+//! names of each guild's channels.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{count, Result, Store};
+
+/// A channel of a guild with stored messages, under its latest stored name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelSummary {
+    pub channel_id: String,
+    pub name: String,
+    pub messages: u64,
+}
+
+impl Store {
+    /// The database's size in bytes (its pages, without the write-ahead log).
+    pub async fn database_bytes(&self) -> Result<u64> {
+        let bytes: i64 =
+            sqlx::query_scalar("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+                .fetch_one(&self.read)
+                .await?;
+        Ok(count(bytes))
+    }
+
+    /// The guild's channels with stored messages, the busiest first.
+    pub async fn channel_summaries(&self, guild: &str) -> Result<Vec<ChannelSummary>> {
+        let rows = sqlx::query(
+            // SQLite takes a bare column from the row that gave MAX(): the newest name.
+            "SELECT channel_id, channel_name, COUNT(*) AS n, MAX(created_ms) FROM messages
+             WHERE guild_id = ? GROUP BY channel_id ORDER BY n DESC, channel_id",
+        )
+        .bind(guild)
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(ChannelSummary {
+                    channel_id: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                    messages: count(row.try_get(2)?),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_size_and_the_channels_of_a_guild_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/m.db", dir.path().display())).await.unwrap();
+        store.insert_many(&crate::corpus::parse_all(crate::playground::SAMPLE, Some("42")).0).await.unwrap();
+        assert!(store.database_bytes().await.unwrap() > 4096);
+        let channels = store.channel_summaries("42").await.unwrap();
+        assert!(!channels.is_empty());
+        assert_eq!(channels.iter().map(|c| c.messages).sum::<u64>(), 1500);
+        assert!(store.channel_summaries("7").await.unwrap().is_empty());
+    }
+}
