@@ -85,7 +85,10 @@ fn describe() {
     describe_gauge!(TRAINING_TOKENS_PER_SECOND, "Tokens per second of the running or last training.");
     describe_counter!(GATEWAY_EVENTS, "Discord gateway events received, by event.");
     describe_counter!(GATEWAY_RECONNECTS, "Discord gateway connections lost and reopened.");
-    describe_counter!(DISCORD_RATE_LIMITED, "Discord HTTP 429 answers, by method.");
+    describe_counter!(
+        DISCORD_RATE_LIMITED,
+        "Discord rate limits met: serenity's waits (global, route) and 429 answers to a reply (refused)."
+    );
 }
 
 /// Counts a message seen on Discord: stored, or refused with its reason.

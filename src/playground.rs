@@ -24,7 +24,7 @@ const JOIN_IN_WAIT: Duration = Duration::from_secs(3);
 
 /// What the bot did about a line typed at the prompt.
 enum Answered {
-    Reply(String),
+    Reply(crate::devserver::Posted),
     Reaction(String),
 }
 
@@ -224,14 +224,18 @@ async fn prompt_loop(room: &Room, prefix: &str) -> anyhow::Result<()> {
             .wait_for(wait, || {
                 let reply = room.server.bot_messages(channel).into_iter().find(|p| p.id > sent);
                 reply
-                    .map(|p| Answered::Reply(p.content))
+                    .map(Answered::Reply)
                     .or_else(|| room.server.bot_reactions(sent).into_iter().next().map(Answered::Reaction))
             })
             .await;
         match answered {
-            Some(Answered::Reply(text)) => {
-                for line in room.readable(&text).lines() {
+            Some(Answered::Reply(posted)) => {
+                for line in room.readable(&posted.content).lines() {
                     println!("  {}: {line}", room.bot_name);
+                }
+                // A terminal can't show the picture; say it came (`mynah stats --plot` draws it).
+                for (name, bytes) in &posted.attachments {
+                    println!("  {}: [attached {name}, {} KB]", room.bot_name, bytes.len().div_ceil(1024));
                 }
             }
             Some(Answered::Reaction(emoji)) => println!(

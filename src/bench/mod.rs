@@ -208,7 +208,7 @@ fn bench_train(
     if let Some(export) = export {
         // What the run really trained with: a base is fine-tuned with its own batch and context.
         let opts = match &base {
-            Some(_) => train::base_options(&opts, &trained.fast.cfg),
+            Some(_) => crate::engine::finetune::base_options(&opts, &trained.fast.cfg),
             None => opts.clone(),
         };
         let base = base.as_ref().map(|b| (b.path.as_path(), opts.lora));

@@ -21,6 +21,9 @@ pub enum ExportError {
     Json(String),
     #[error("the export's {0} has no id")]
     NoId(&'static str),
+    /// DiscordChatExporter writes guild id 0 for direct messages and group DMs.
+    #[error("a direct-message export belongs to no server: say which guild it is for with --guild ID")]
+    DirectMessages,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +94,9 @@ pub fn parse(text: &str, guild: Option<&str>) -> Result<Parsed, ExportError> {
     };
     if guild_id.trim().is_empty() {
         return Err(ExportError::NoId("guild"));
+    }
+    if guild_id.trim() == "0" {
+        return Err(ExportError::DirectMessages);
     }
     let channel = export.channel;
     if channel.id.trim().is_empty() {
@@ -289,6 +295,11 @@ mod tests {
     fn the_guild_can_be_overridden() {
         let parsed = parse(&export(GENERAL, &[&message("10", "Default", "x", ANN)]), Some("42")).unwrap();
         assert_eq!(parsed.records[0].guild_id, "42");
+        // A direct-message export (guild 0) needs one.
+        let dm =
+            export(GENERAL, &[&message("10", "Default", "x", ANN)]).replace(r#""id": "100""#, r#""id": "0""#);
+        assert_eq!(parse(&dm, None).unwrap_err(), ExportError::DirectMessages);
+        assert_eq!(parse(&dm, Some("42")).unwrap().records[0].guild_id, "42");
     }
 
     #[test]

@@ -218,6 +218,7 @@ async fn send_retrying(
             let limited = matches!(e, serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r))
                 if r.status_code == serenity::StatusCode::TOO_MANY_REQUESTS);
             if limited {
+                metrics::counter!(crate::metrics::DISCORD_RATE_LIMITED, "scope" => "refused").increment(1);
                 tracing::info!(%channel, "Discord rate-limited the reply; trying again shortly");
             }
             limited

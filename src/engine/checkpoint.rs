@@ -220,7 +220,7 @@ pub fn load_with_bases(
                 // Another guild on this base already serves: only the adapters are loaded.
                 Some(shared) if !keep_model => (shared, None),
                 shared => {
-                    let (base_cfg, _, base_weights) = super::train::load_base(&path, device)?;
+                    let (base_cfg, _, base_weights) = super::finetune::load_base(&path, device)?;
                     if base_cfg != config {
                         return Err(ck_err(dir, format!("its config does not match base {}'s", base.name)));
                     }

@@ -5,6 +5,7 @@
 //! - [`tokenizer`]: byte-level BPE with message/speaker framing tokens.
 //! - [`model`]: the transformer, with a differentiable training path and a KV-cached one.
 //! - [`train`]: the training loop (schedule, clipping, validation in bits per byte, budget).
+//! - [`finetune`]: starting from a pretrained base: loading it, fine-tuning it whole or with LoRA.
 //! - [`fast`]: the lean CPU inference path that serves replies.
 //! - [`generate`]: sampling a reply from a chat history.
 //! - [`decode`]: sample and rank: K candidates mixed with the guild's counts, never copying.
@@ -25,6 +26,7 @@ pub mod checkpoint;
 pub mod counts;
 pub mod decode;
 pub mod fast;
+pub mod finetune;
 pub mod generate;
 pub mod gguf;
 pub mod lora;

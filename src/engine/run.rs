@@ -49,9 +49,9 @@ pub fn train_and_save(
     let trained = match &spec.base {
         // No time to train: the base serves as it is.
         Some(b) if spec.opts.max_seconds == Some(0.0) => {
-            train::zero_shot(spec.lines, b.path, spec.opts, device)?
+            super::finetune::zero_shot(spec.lines, b.path, spec.opts, device)?
         }
-        Some(b) => train::train_from_base(spec.lines, b.path, spec.opts, device, cancel, progress)?,
+        Some(b) => super::finetune::train_from_base(spec.lines, b.path, spec.opts, device, cancel, progress)?,
         None => train::train(spec.lines, spec.opts, device, cancel, progress)?,
     };
     // The count model is mixed in with weights fitted on the training part only.

@@ -270,7 +270,8 @@ fn a_base_checkpoint_in_hf_layout_starts_training() {
     let cancel = AtomicBool::new(false);
     // Every weight trains (no adapters): the run holds a whole model and loads on its own.
     let opts = TrainOptions { max_seconds: Some(2.0), lora: None, ..tiny_options(1) };
-    let trained = train::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {}).unwrap();
+    let trained =
+        super::finetune::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {}).unwrap();
     assert_eq!(trained.config.vocab_size, base_vocab, "the base's vocabulary is kept as it is");
     let tok = &trained.tokenizer;
     assert_eq!(tok.framing, super::tokenizer::Framing::Lines);
@@ -361,8 +362,9 @@ fn a_base_checkpoint_in_hf_layout_starts_training() {
     wrong["hidden_size"] = serde_json::json!(64);
     wrong["num_attention_heads"] = serde_json::json!(4);
     std::fs::write(base.path().join("config.json"), wrong.to_string()).unwrap();
-    let err =
-        train::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {}).err().unwrap();
+    let err = super::finetune::train_from_base(&lines, base.path(), &opts, &Device::Cpu, &cancel, |_| {})
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
 

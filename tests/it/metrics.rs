@@ -12,7 +12,7 @@ use crate::support::Harness;
 
 const TOKEN: &str = "a-metrics-token-of-32-characters";
 
-async fn scrape(h: &Harness, token: Option<&str>) -> (StatusCode, String) {
+pub async fn scrape(h: &Harness, token: Option<&str>) -> (StatusCode, String) {
     let mut req = Request::builder().uri("/metrics");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -24,7 +24,7 @@ async fn scrape(h: &Harness, token: Option<&str>) -> (StatusCode, String) {
 }
 
 /// The value of one series (name and labels exactly as rendered).
-fn value(text: &str, series: &str) -> f64 {
+pub fn value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())

@@ -154,6 +154,9 @@ async fn a_rate_limited_reply_still_arrives_after_the_wait() {
     assert_eq!(limited.len(), 1, "{limited:?}");
     assert_eq!(limited[0].route, route);
     assert_eq!(h.server.bot_messages(h.general).len(), 1, "sent once, after the wait");
+    let (_, text) = crate::metrics::scrape(&h, None).await;
+    let refused = crate::metrics::value(&text, r#"mynah_discord_rate_limited_total{scope="refused"}"#);
+    assert!(refused >= 1.0, "the 429 is counted: {refused}");
     h.stop_allowing(&[0]).await;
 }
 

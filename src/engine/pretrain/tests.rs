@@ -98,7 +98,7 @@ fn a_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does() {
     // The export is a base in Hugging Face layout that loads as one, with `author: content` lines.
     let out = tempfile::tempdir().unwrap();
     let cfg = export(parts.path(), out.path()).unwrap();
-    let (loaded, base_tok, tensors) = crate::engine::train::load_base(out.path(), &Device::Cpu).unwrap();
+    let (loaded, base_tok, tensors) = crate::engine::finetune::load_base(out.path(), &Device::Cpu).unwrap();
     assert_eq!(loaded.vocab_size, cfg.vocab_size);
     assert_eq!(base_tok.framing, crate::engine::tokenizer::Framing::Lines);
     assert_eq!(tensors.len(), crate::engine::model::tensor_names(&cfg).len());

@@ -73,7 +73,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = installed(dir.path()).unwrap();
         assert_eq!(base.manifest, m);
-        let (cfg, tok, _) = crate::engine::train::load_base(&base.path, &candle_core::Device::Cpu).unwrap();
+        let (cfg, tok, _) =
+            crate::engine::finetune::load_base(&base.path, &candle_core::Device::Cpu).unwrap();
         assert_eq!(cfg.params(), m.parameters);
         assert_eq!(tok.framing, crate::engine::tokenizer::Framing::Lines);
         // An installed base of that name (an operator's own pretraining) is left as it is.
