@@ -37,6 +37,27 @@ pub fn defuse_mentions(text: &str) -> String {
     out.replace("@everyone", "@\u{200B}everyone").replace("@here", "@\u{200B}here")
 }
 
+/// A generated reply without the `@name` addresses it opens with. Models learn members' habit of
+/// addressing each other ("@alex try this"), but a reply already goes to its asker: someone
+/// else's name there (or a bare `@`) reads as a mistake. Text that is nothing but addresses is
+/// left as it is.
+pub fn without_leading_address(text: &str) -> &str {
+    let mut rest = text.trim_start();
+    while let Some(after_at) = rest.strip_prefix('@') {
+        let end = after_at.find(char::is_whitespace).unwrap_or(after_at.len());
+        let next = after_at[end..].trim_start();
+        if next.is_empty() {
+            break;
+        }
+        rest = next;
+    }
+    // Still at an `@`: the loop stopped at the last word, so it was addresses only.
+    if rest.starts_with('@') {
+        return text;
+    }
+    rest
+}
+
 /// If `s` starts with `<@123>`, `<@!123>`, `<@&123>` or `<#123>`, its length and replacement.
 fn mention_token(s: &str) -> Option<(usize, &'static str)> {
     let (body, replacement) = if let Some(b) = s.strip_prefix("<@&") {
@@ -71,6 +92,16 @@ mod tests {
         assert_eq!(cut.chars().count(), DISCORD_MAX_CHARS);
         assert!(cut.ends_with('…'));
         assert_eq!(clamp("short", 10), "short");
+    }
+
+    #[test]
+    fn a_reply_does_not_open_by_addressing_someone_else() {
+        assert_eq!(without_leading_address("@RazzaFrazza I'm not a fan yet."), "I'm not a fan yet.");
+        assert_eq!(without_leading_address("@, I hope so!"), "I hope so!");
+        assert_eq!(without_leading_address("@a @b: hi there"), "hi there");
+        assert_eq!(without_leading_address("ask @alex about it"), "ask @alex about it");
+        assert_eq!(without_leading_address("@alex"), "@alex");
+        assert_eq!(without_leading_address("@alex @bo"), "@alex @bo");
     }
 
     #[test]

@@ -127,7 +127,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             None,
         )?;
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        now.push(ranked.first().map(|c| c.reply.text.clone()).unwrap_or_default());
+        // As a member would read it: the service drops an opening `@name` address.
+        let best = ranked.first().map(|c| c.reply.text.as_str()).unwrap_or_default();
+        now.push(crate::text::without_leading_address(best).to_string());
         // The next mention in the same channel: the member's next message, replied to with the
         // channel's context kept from this reply.
         let mut next = p.history.clone();

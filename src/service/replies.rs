@@ -92,7 +92,10 @@ impl Core {
             match self.generate(model, req).await {
                 Ok(Some(text)) => {
                     crate::metrics::replied(Mode::Model, started);
-                    return Ok(ReplyOut { text: crate::text::for_discord(&text), mode: Mode::Model });
+                    return Ok(ReplyOut {
+                        text: crate::text::for_discord(crate::text::without_leading_address(&text)),
+                        mode: Mode::Model,
+                    });
                 }
                 Ok(None) => tracing::debug!("the model produced nothing; falling back"),
                 Err(e) => tracing::warn!(error = %e, "generation failed; falling back"),
