@@ -110,6 +110,8 @@ pub struct Config {
     pub removal_retry: std::time::Duration,
     /// Messages older than this many days are deleted (`None`: kept until removed otherwise).
     pub retention_days: Option<u64>,
+    /// The gateway shards this process runs (`MYNAH_SHARDS`); it serves only their guilds.
+    pub shards: crate::shards::ShardRange,
 }
 
 /// How models are trained and how replies are sampled.
@@ -163,6 +165,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             schedule_minutes: Some(30),
             announce_channels: BTreeSet::new(),
+            shards: crate::shards::ShardRange::default(),
             scrub: true,
             limits: Limits::default(),
             stale_fallback: false,
@@ -290,6 +293,11 @@ impl Config {
             n => Some(n),
         };
 
+        if let Some(shards) = get("MYNAH_SHARDS") {
+            cfg.shards = crate::shards::ShardRange::parse(&shards).map_err(|_| {
+                err("MYNAH_SHARDS", &shards, "FIRST-LAST/TOTAL with FIRST <= LAST < TOTAL, e.g. 0-3/8")
+            })?;
+        }
         if let Some(list) = get("MYNAH_ANNOUNCE_CHANNELS") {
             cfg.announce_channels = parse_ids(&list)
                 .ok_or_else(|| err("MYNAH_ANNOUNCE_CHANNELS", &list, "comma-separated channel IDs"))?
@@ -478,6 +486,7 @@ mod tests {
         );
         assert_eq!(config(&[("DISCORD_API_BASE", "http://x/api/v10")]).unwrap_err().var, "DISCORD_API_BASE");
         assert_eq!(config(&[("MYNAH_SCRUB", "maybe")]).unwrap_err().var, "MYNAH_SCRUB");
+        assert_eq!(config(&[("MYNAH_SHARDS", "2-1/4")]).unwrap_err().var, "MYNAH_SHARDS");
         assert_eq!(config(&[("MYNAH_STALE_MODELS", "x")]).unwrap_err().var, "MYNAH_STALE_MODELS");
         assert_eq!(
             config(&[("MYNAH_USER_COOLDOWN_SECONDS", "-1")]).unwrap_err().var,
@@ -506,6 +515,7 @@ mod tests {
         ])
         .unwrap();
         assert!(!cfg.scrub && cfg.stale_fallback);
+        assert_eq!(config(&[("MYNAH_SHARDS", "0-3/8")]).unwrap().shards.to_string(), "0-3/8");
         assert_eq!(cfg.limits.channel_cooldown, std::time::Duration::from_millis(500));
     }
 

@@ -6,6 +6,7 @@
 //! - [`store`]: everything persisted in SQL (messages, training runs, models); the only module with SQL.
 //! - [`engine`]: the language model: tokenizer, transformer, training, checkpoints, sampling.
 //! - [`consent`]: which channels are collected and who opted out, cached for the hot path.
+//! - [`shards`]: which gateway shards a process runs and which guilds that gives it.
 //! - [`scrub`]: credentials, e-mail addresses and phone numbers out of messages before storage.
 //! - [`ratelimit`]: reply cool-downs per user and channel, and the per-channel cap.
 //! - [`reply_modes`]: where mynah speaks: answering mentions, joining in now and then, or not.
@@ -49,6 +50,7 @@ pub mod reply_modes;
 pub mod scheduler;
 pub mod scrub;
 pub mod service;
+pub mod shards;
 pub mod store;
 pub mod text;
 

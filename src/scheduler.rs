@@ -31,6 +31,8 @@ impl Scheduler {
             .into_iter()
             .filter(|(_, d)| d.should_train)
             .map(|(g, _)| g)
+            // Another process serves (and trains) the guilds of the other shards.
+            .filter(|g| core.config().shards.holds(g))
             .collect();
         // Never started first, then the longest wait; guild order breaks ties.
         due.sort_by_key(|g| (self.last_started.get(g).copied(), g.clone()));

@@ -24,6 +24,9 @@ pub(super) async fn upgrade(ws: WebSocketUpgrade, State(shared): State<Arc<Share
 
 struct Session {
     seq: u64,
+    /// `[id, total]` from IDENTIFY (`[0, 1]` when the bot runs one shard): the session gets the
+    /// events of its shard's guilds only, and direct messages on shard 0.
+    shard: [u64; 2],
     identified: bool,
     content_intent: bool,
     presences_intent: bool,
@@ -34,6 +37,16 @@ impl Session {
     fn frame(&mut self, name: &str, data: Value) -> Message {
         self.seq += 1;
         Message::Text(json!({ "op": 0, "s": self.seq, "t": name, "d": data }).to_string().into())
+    }
+
+    /// Whether Discord would send `event` on this session's shard.
+    fn routes(&self, event: &Event) -> bool {
+        let data = &event.data;
+        let guild = if event.name.starts_with("GUILD_") { &data["id"] } else { &data["guild_id"] };
+        match guild.as_str().and_then(|g| g.parse::<u64>().ok()) {
+            Some(g) => dj::shard_of(g, self.shard[1]) == self.shard[0],
+            None => self.shard[0] == 0,
+        }
     }
 
     /// Without the message-content intent Discord sends empty content, except in messages that
@@ -77,7 +90,14 @@ async fn session(mut socket: WebSocket, shared: Arc<Shared>) {
         return;
     }
     let bot_id = shared.world().bot.id;
-    let mut s = Session { seq: 0, identified: false, content_intent: true, presences_intent: false, bot_id };
+    let mut s = Session {
+        seq: 0,
+        shard: [0, 1],
+        identified: false,
+        content_intent: true,
+        presences_intent: false,
+        bot_id,
+    };
     loop {
         tokio::select! {
             frame = socket.recv() => {
@@ -98,7 +118,7 @@ async fn session(mut socket: WebSocket, shared: Arc<Shared>) {
                 }
             }
             event = events.recv(), if s.identified => match event {
-                Ok(event) if !sees(&shared, s.bot_id, &event) => {}
+                Ok(event) if !sees(&shared, s.bot_id, &event) || !s.routes(&event) => {}
                 Ok(event) => {
                     let frame = s.frame(event.name, s.visible(&event));
                     if socket.send(frame).await.is_err() {
@@ -145,9 +165,15 @@ async fn handle(socket: &mut WebSocket, shared: &Shared, s: &mut Session, payloa
                     let intents = payload.pointer("/d/intents").and_then(Value::as_u64).unwrap_or(0);
                     s.content_intent = intents & MESSAGE_CONTENT_INTENT != 0;
                     s.presences_intent = intents & PRESENCES_INTENT != 0;
+                    let shard = payload.pointer("/d/shard").and_then(Value::as_array).map(|a| {
+                        let n = |i: usize| a.get(i).and_then(Value::as_u64);
+                        [n(0).unwrap_or(0), n(1).unwrap_or(1).max(1)]
+                    });
+                    s.shard = shard.unwrap_or([0, 1]);
                     let url = format!("{}/gateway", shared.base_url.replacen("http", "ws", 1));
-                    let mut frames = vec![s.frame("READY", dj::ready(&w, &url))];
-                    for g in &w.guilds {
+                    let mut frames = vec![s.frame("READY", dj::ready(&w, &url, s.shard))];
+                    let [id, total] = s.shard;
+                    for g in w.guilds.iter().filter(|g| dj::shard_of(g.id, total) == id) {
                         let guild = s.guild_as_sent(dj::guild_create(&w, g));
                         frames.push(s.frame("GUILD_CREATE", guild));
                     }

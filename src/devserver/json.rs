@@ -311,16 +311,28 @@ pub fn application(w: &World) -> Value {
     })
 }
 
-pub fn ready(w: &World, gateway_url: &str) -> Value {
+/// READY for a session of shard `shard` (`[id, total]`): the guilds of that shard only.
+pub fn ready(w: &World, gateway_url: &str, shard: [u64; 2]) -> Value {
+    let guilds: Vec<Value> = w
+        .guilds
+        .iter()
+        .filter(|g| shard_of(g.id, shard[1]) == shard[0])
+        .map(|g| json!({"id": g.id.to_string(), "unavailable": true}))
+        .collect();
     json!({
         "v": 10,
         "user": current_user(&w.bot),
-        "guilds": w.guilds.iter().map(|g| json!({"id": g.id.to_string(), "unavailable": true})).collect::<Vec<_>>(),
+        "guilds": guilds,
         "session_id": "devserver-session",
         "resume_gateway_url": gateway_url,
-        "shard": [0, 1],
+        "shard": shard,
         "application": { "id": w.application_id.to_string(), "flags": 0 },
     })
+}
+
+/// The shard Discord sends a guild's events to: `(guild_id >> 22) % total`.
+pub fn shard_of(guild_id: u64, total: u64) -> u64 {
+    (guild_id >> 22) % total.max(1)
 }
 
 /// Discord's error body, e.g. `{"message": "404: Not Found", "code": 0}`.
@@ -376,7 +388,7 @@ mod tests {
         assert!(msg.member.is_some());
         let _: s::CurrentUser = parses(current_user(&w.bot));
         let _: s::CurrentApplicationInfo = parses(application(&w));
-        let _: s::Ready = parses(ready(&w, "ws://x/gateway"));
+        let _: s::Ready = parses(ready(&w, "ws://x/gateway", [1, 2]));
         let _: s::GuildChannel = parses(channel(w.channels_of(g.id).next().unwrap(), 0));
         let c = w.channels_of(g.id).next().unwrap().id;
         let mut w2 = world();

@@ -102,6 +102,7 @@ pub fn intents() -> serenity::GatewayIntents {
 
 /// Connects the bot to Discord (or to `DISCORD_API_BASE`) and runs it in the background.
 pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
+    let shards = core.config().shards;
     let token = core.config().discord_token.clone().context("DISCORD_TOKEN is not set")?;
     let mut http = serenity::HttpBuilder::new(token.expose());
     if let Some(base) = &core.config().discord_api_base {
@@ -164,7 +165,12 @@ pub async fn start(core: Arc<Core>) -> anyhow::Result<BotHandle> {
         .context("Failed to build the Discord client")?;
     let shard_manager = client.shard_manager.clone();
     let task = tokio::spawn(async move {
-        let started = client.start().await;
+        let started = if shards.is_all() && shards.total == 1 {
+            client.start().await
+        } else {
+            // serenity takes the range's end as the last shard (inclusive).
+            client.start_shard_range(shards.first..shards.last, shards.total).await
+        };
         if let Some(why) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(anyhow::anyhow!(why));
         }

@@ -198,13 +198,17 @@ impl Serving {
         all
     }
 
-    /// Reads `models/` and loads every guild's current checkpoint (blocking: call it off the
-    /// async workers). A checkpoint that fails to load leaves its guild in fallback mode with
-    /// the reason.
-    pub fn load_all(&self, root: &Path, device: &Device) {
+    /// Reads `models/` and loads the current checkpoint of every guild that `holds` says this
+    /// process serves (its gateway shards' guilds), blocking: call it off the async workers. A
+    /// checkpoint that fails to load leaves its guild in fallback mode with the reason.
+    pub fn load_all(&self, root: &Path, device: &Device, holds: impl Fn(&str) -> bool) {
         let mut models = HashMap::new();
         let mut broken = HashMap::new();
-        for found in registry::scan(root) {
+        let mine = |f: &Found| match f {
+            Found::Ready(dir) => holds(&dir.guild_id),
+            Found::Broken { guild_id, .. } => holds(guild_id),
+        };
+        for found in registry::scan(root).into_iter().filter(mine) {
             match found {
                 Found::Ready(dir) => match super::bases::load_run(&dir.path, device, root, false) {
                     Ok(loaded) => {

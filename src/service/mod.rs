@@ -223,8 +223,9 @@ impl Core {
             self.prune_runs(&guild).await;
         }
         let core = self.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || core.serving.load_all(&core.config.models_dir, &core.device));
+        let loaded = tokio::task::spawn_blocking(move || {
+            core.serving.load_all(&core.config.models_dir, &core.device, |g| core.config.shards.holds(g))
+        });
         if let Err(e) = loaded.await {
             tracing::error!(error = %e, "loading models panicked");
         }

@@ -62,6 +62,15 @@ impl Core {
         }
         let guild_id = self.resolve_guild(req.guild_id.as_deref()).await?;
         check_guild_id(&guild_id)?;
+        let shards = self.config.shards;
+        if !shards.holds(&guild_id) {
+            // Its model would be trained here but served by the process that runs its shard.
+            return Err(ServiceError::BadRequest(format!(
+                "guild {guild_id} is served by gateway shard {}; this process runs shards {shards}: \
+                 ask that process",
+                shards.shard_of(&guild_id)
+            )));
+        }
         let decision = self.should_train(&guild_id).await?;
         let busy = || ServiceError::AlreadyRunning {
             guild_id: self.trainer.view().guild_id,

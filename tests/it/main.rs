@@ -19,6 +19,7 @@ mod privacy;
 mod remote;
 mod resilience;
 mod schedule;
+mod shards;
 mod slash;
 mod store;
 mod strict;
