@@ -65,6 +65,8 @@ pub struct Harness {
     pub listed_admin: u64,
     pub member: u64,
     pub other_bot: u64,
+    /// New models are announced in `#general`.
+    announces: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -96,6 +98,7 @@ impl Harness {
         cfg.admin_ids = [listed_admin].into();
         cfg.announce_channels = [general.to_string()].into();
         tweak(&mut cfg);
+        let announces = cfg.announce_channels.contains(&general.to_string());
         let running = mynah::app::start(cfg).await.expect("the bot starts");
         let core = running.core().clone();
         assert!(server.wait_until_ready(WAIT).await, "the bot identified with the devserver");
@@ -110,6 +113,7 @@ impl Harness {
             listed_admin,
             member,
             other_bot,
+            announces,
             _dir: dir,
         }
     }
@@ -140,9 +144,21 @@ impl Harness {
         }
     }
 
-    /// Waits until no training runs and returns how the last one ended.
+    /// Waits until no training runs and returns how the last one ended. A new model is
+    /// announced in `#general` a moment later: that is waited for too (for a while), so the
+    /// announcement can't be taken for the answer to whatever the test says next.
     pub async fn wait_training_done(&self) -> mynah::models::trainer::Finished {
-        wait_training_done(&self.core).await
+        let finished = wait_training_done(&self.core).await;
+        let here = finished.guild_id == self.guild.to_string();
+        if finished.outcome == mynah::store::RunOutcome::Succeeded && self.announces && here {
+            let tag = format!("model run-{} ", finished.run_id);
+            let announced = || {
+                let posts = self.server.bot_messages(self.general);
+                posts.into_iter().find(|m| m.content.starts_with("I've learned") && m.content.contains(&tag))
+            };
+            self.server.wait_for(WAIT, announced).await;
+        }
+        finished
     }
 
     /// The bot's database, for tests that hold its write lock.
