@@ -68,12 +68,14 @@ async fn index(
     let status = core.status().await?;
     let runs = core.runs(None, RUNS_SHOWN).await?;
     let mut channels = Vec::new();
+    let mut names = Vec::new();
     for g in &status.guilds {
         channels.push(core.channel_summaries(&g.guild_id).await?);
+        names.push(core.guild_name(&g.guild_id));
     }
     let mut body = header_bar(&status, has_token);
     body.push_str("<main>");
-    guilds(&mut body, &status, &channels);
+    guilds(&mut body, &status, &channels, &names);
     models(&mut body, &status);
     training(&mut body, &status.training);
     runs_table(&mut body, &runs);
@@ -208,20 +210,31 @@ fn header_bar(status: &Status, has_token: bool) -> String {
     )
 }
 
-fn guilds(out: &mut String, status: &Status, channels: &[Vec<crate::store::ChannelSummary>]) {
+fn guilds(
+    out: &mut String,
+    status: &Status,
+    channels: &[Vec<crate::store::ChannelSummary>],
+    names: &[Option<String>],
+) {
     out.push_str("<section id=\"guilds\"><h2>Guilds</h2>");
     if status.guilds.is_empty() {
         out.push_str("<p class=\"muted\">No messages collected yet.</p></section>");
         return;
     }
     out.push_str("<table><tr><th>guild</th><th>channels</th><th>messages</th><th>authors</th><th>mode</th><th>why</th></tr>");
-    for (g, chans) in status.guilds.iter().zip(channels) {
+    for ((g, chans), name) in status.guilds.iter().zip(channels).zip(names) {
         let names: Vec<String> =
             chans.iter().map(|c| format!("#{} ({})", esc(&c.name), c.messages)).collect();
+        // The name Discord gave, with the ID beneath; the ID alone for a guild not seen since
+        // the start (or an imported corpus's own name).
+        let guild = match name {
+            Some(n) => format!("{}<br><span class=\"muted\">{}</span>", esc(n), esc(&g.guild_id)),
+            None => esc(&g.guild_id),
+        };
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&g.guild_id),
+            guild,
             names.join(", "),
             g.messages,
             g.authors,

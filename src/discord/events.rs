@@ -52,6 +52,7 @@ pub async fn handle(
             // Each connection (and reconnection) announces the guilds: catch up on what was
             // said meanwhile, in the background.
             let g = guild.id.to_string();
+            core.guild_seen(&g, &guild.name);
             let channels: Vec<serenity::ChannelId> = guild
                 .channels
                 .values()

@@ -134,6 +134,8 @@ pub struct Core {
     uploads: tokio::sync::Mutex<()>,
     /// Training requests waiting for the slot, one per guild.
     queue: queue::TrainQueue,
+    /// Guild names as Discord last gave them (for people: the status page), by guild ID.
+    guild_names: std::sync::RwLock<std::collections::HashMap<String, String>>,
 }
 
 impl Core {
@@ -168,6 +170,7 @@ impl Core {
             pending: removals::PendingRemovals::default(),
             uploads: tokio::sync::Mutex::new(()),
             queue: queue::TrainQueue::default(),
+            guild_names: Default::default(),
         });
         queue::TrainQueue::spawn_pump(&core);
         core.load_models().await;

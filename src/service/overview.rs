@@ -1,5 +1,5 @@
 //! What the status page and a metrics scrape read at the moment they are served: the database's
-//! size, the serving models and their age, and each guild's channels.
+//! size, the serving models and their age, each guild's channels, and guilds' names.
 
 use super::{run_name, Core, ServiceError};
 use crate::store::ChannelSummary;
@@ -37,6 +37,17 @@ impl Core {
             })
             .collect();
         Ok(Scrape { database_bytes: self.store.database_bytes().await?, models })
+    }
+
+    /// Remembers a guild's name as Discord gives it (at each connection, and when it changes).
+    pub fn guild_seen(&self, guild_id: &str, name: &str) {
+        let mut names = self.guild_names.write().unwrap_or_else(|p| p.into_inner());
+        names.insert(guild_id.to_string(), name.to_string());
+    }
+
+    /// A guild's name, if Discord gave it since the start.
+    pub fn guild_name(&self, guild_id: &str) -> Option<String> {
+        self.guild_names.read().unwrap_or_else(|p| p.into_inner()).get(guild_id).cloned()
     }
 
     /// The guild's channels with stored messages (names as Discord last gave them), busiest first.

@@ -156,8 +156,10 @@ async fn without_a_token_the_page_is_open_and_escapes_what_discord_named() {
     let page = Page::new(None).await;
     let line = r#"{"id":"1","guild_id":"42","channel_id":"7","channel":"<script>alert(1)</script>","author_id":"9","author":"a","content":"hi","timestamp":"2026-01-01T00:00:00Z"}"#;
     page.core.import_jsonl(line, None, true).await.unwrap();
+    page.core.guild_seen("42", "Tom & Jerry's <b>server</b>");
     let shown = page.get("/", None).await;
     assert_eq!(shown.status, StatusCode::OK);
+    assert!(shown.body.contains("Tom &amp; Jerry&#39;s &lt;b&gt;server&lt;/b&gt;<br>"), "{}", shown.body);
     assert!(shown.body.contains("#&lt;script&gt;alert(1)&lt;/script&gt; (1)"), "{}", shown.body);
     assert!(!shown.body.contains("<script>alert"), "{}", shown.body);
     assert!(!shown.body.contains("Sign out"), "nothing to sign out of");
