@@ -94,15 +94,16 @@ pub fn detect(text: &str) -> Format {
 pub fn parse(text: &str, guild: Option<&str>) -> Result<Parsed, ExportError> {
     match detect(text) {
         Format::DiscordChatExporter => discord_chat_exporter::parse(text, guild),
-        Format::Jsonl => {
-            let (records, bad) = super::parse_all(text, guild);
-            let malformed = bad
-                .into_iter()
-                .map(|b| Malformed { at: format!("line {}", b.line), error: b.error })
-                .collect();
-            Ok(Parsed { format: Format::Jsonl, records, skipped: Skipped::default(), malformed })
-        }
+        Format::Jsonl => Ok(parse_jsonl(text, guild)),
     }
+}
+
+/// Reads a JSONL input; its malformed lines are listed by number.
+pub fn parse_jsonl(text: &str, guild: Option<&str>) -> Parsed {
+    let (records, bad) = super::parse_all(text, guild);
+    let malformed =
+        bad.into_iter().map(|b| Malformed { at: format!("line {}", b.line), error: b.error }).collect();
+    Parsed { format: Format::Jsonl, records, skipped: Skipped::default(), malformed }
 }
 
 #[cfg(test)]

@@ -137,8 +137,8 @@ async fn answer(
         _ if msg.mentions.iter().any(|u| u.id == me) => Prompt::Mention,
         // Only the guild's own model joins in: the fallback's "still learning" is for people
         // who asked.
-        ReplyMode::Sometimes { .. }
-            if core.has_model(&r.guild_id) && core.draws_join_in(&r.guild_id, &r.channel_id, parent) =>
+        mode @ ReplyMode::Sometimes { .. }
+            if core.has_model(&r.guild_id) && core.draws_join_in(&r.channel_id, mode) =>
         {
             Prompt::JoinIn
         }

@@ -128,11 +128,7 @@ pub async fn import_jsonl(
     strict: bool,
     scrub: bool,
 ) -> Result<ImportSummary, ServiceError> {
-    let (records, bad) = crate::corpus::parse_all(text, guild);
-    let malformed =
-        bad.into_iter().map(|b| Malformed { at: format!("line {}", b.line), error: b.error }).collect();
-    let parsed = Parsed { format: Format::Jsonl, records, skipped: Skipped::default(), malformed };
-    store_parsed(store, parsed, strict, scrub).await
+    store_parsed(store, crate::corpus::input::parse_jsonl(text, guild), strict, scrub).await
 }
 
 /// Like [`import_jsonl`] for an input of either format: JSONL, or a DiscordChatExporter JSON

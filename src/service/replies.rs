@@ -39,9 +39,9 @@ impl Core {
     }
 
     /// Whether mynah joins in after a member message that does not mention it: a draw under the
-    /// channel's mode, never for the message right after one that drew an answer.
-    pub fn draws_join_in(&self, guild: &str, channel: &str, parent: Option<&str>) -> bool {
-        let mode = self.reply_modes.mode(guild, channel, parent);
+    /// channel's `mode` (as [`Core::reply_mode`] gave it), never for the message right after one
+    /// that drew an answer.
+    pub fn draws_join_in(&self, channel: &str, mode: ReplyMode) -> bool {
         self.reply_modes.draw(channel, mode, rand::random::<f64>())
     }
 
