@@ -190,8 +190,12 @@ impl Config {
         let discord_token = secret(&get, "DISCORD_TOKEN", "DISCORD_TOKEN_FILE")?.map(Secret::new);
         let mut cfg = Config { discord_token, ..Config::default() };
         if let Some(url) = get("DATABASE_URL") {
-            if !url.starts_with("sqlite:") {
-                return Err(err("DATABASE_URL", &url, "a SQLite URL like sqlite://data/mynah.db"));
+            if crate::store::Backend::of(&url).is_err() {
+                return Err(err(
+                    "DATABASE_URL",
+                    &url,
+                    "a SQLite URL like sqlite://data/mynah.db or a PostgreSQL one like postgres://user@host/mynah",
+                ));
             }
             cfg.database_url = url;
         }
@@ -479,7 +483,8 @@ mod tests {
             config(&[("MYNAH_COLLECT_CHANNELS", "general")]).unwrap_err().var,
             "MYNAH_COLLECT_CHANNELS"
         );
-        assert_eq!(config(&[("DATABASE_URL", "postgres://x")]).unwrap_err().var, "DATABASE_URL");
+        assert_eq!(config(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var, "DATABASE_URL");
+        assert_eq!(config(&[("DATABASE_URL", "postgres://x/db")]).unwrap().database_url, "postgres://x/db");
         assert_eq!(
             config(&[("MYNAH_TRAIN_MIN_MESSAGES", "-3")]).unwrap_err().var,
             "MYNAH_TRAIN_MIN_MESSAGES"

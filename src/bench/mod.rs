@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod load;
 pub mod overlap;
 pub mod quality;
+pub mod scale;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -70,6 +71,29 @@ pub enum Bench {
         #[arg(long, default_value_t = 10_000)]
         messages: usize,
     },
+    /// Messages per second stored by 1, 2 and 4 processes into one SQLite file, and into one
+    /// PostgreSQL database with --postgres.
+    Scale {
+        /// A PostgreSQL server to measure too (the bench creates its databases there).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// How long each measurement writes.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// The numbers of writer processes to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        processes: Vec<usize>,
+    },
+    /// One writer of `bench scale` (started by it).
+    #[command(hide = true)]
+    ScaleWriter {
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        guild: String,
+        #[arg(long)]
+        seconds: u64,
+    },
     /// Mention reply latency while concurrent clients hammer the HTTP API, next to an idle API.
     Load {
         #[arg(long, default_value_t = 32)]
@@ -110,8 +134,8 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
         Bench::Memory { model, replies } => bench_memory(&model, replies),
         Bench::Overlap { corpus, against } => overlap::run(&corpus, &against),
         Bench::Quality(options) => quality::run(&options),
-        Bench::Ingest { .. } | Bench::Load { .. } => {
-            anyhow::bail!("bench ingest and load run on the async runtime (see cli::run)")
+        Bench::Ingest { .. } | Bench::Load { .. } | Bench::Scale { .. } | Bench::ScaleWriter { .. } => {
+            anyhow::bail!("bench ingest, load and scale run on the async runtime (see cli::run)")
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line parsing and the entry point of each subcommand.
 
 mod base;
+mod db;
 mod import;
 mod pretrain;
 
@@ -86,6 +87,9 @@ pub enum Command {
     /// as their own commands.
     #[command(subcommand)]
     User(UserCommand),
+    /// The database: moving a store from SQLite to PostgreSQL.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Show what has been collected and learned.
     Stats {
         /// Only this guild.
@@ -226,9 +230,16 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
         }
         Command::Base(cmd) => base::run(&config, cmd).await,
+        Command::Db(cmd) => db::run(&config.database_url, cmd).await,
         Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
         Command::User(cmd) => user(config, cmd).await,
         Command::Bench(crate::bench::Bench::Ingest { messages }) => crate::bench::ingest::run(messages).await,
+        Command::Bench(crate::bench::Bench::Scale { postgres, seconds, processes }) => {
+            crate::bench::scale::run(postgres.as_deref(), seconds, &processes).await
+        }
+        Command::Bench(crate::bench::Bench::ScaleWriter { database, guild, seconds }) => {
+            crate::bench::scale::writer(&database, &guild, seconds).await
+        }
         Command::Bench(crate::bench::Bench::Load { clients, seconds }) => {
             crate::bench::load::run(clients, seconds).await
         }

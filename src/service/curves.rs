@@ -105,7 +105,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_run_is_sampled_with_mean_losses_and_every_evaluation_kept() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let run = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
         let (mut sink, writer) = record(store.clone(), run);
         let total = 1200;

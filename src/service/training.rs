@@ -18,7 +18,7 @@ use crate::engine::train::{Report, TrainOptions};
 use crate::engine::EngineError;
 use crate::models::trainer::{Finished, Slot, Trainer};
 use crate::models::{bases, registry};
-use crate::store::{RunOutcome, RunResult};
+use crate::store::{RunOutcome, RunResult, TrainingClaim};
 
 /// The work of one training run, moved to its thread.
 struct Job {
@@ -93,6 +93,11 @@ impl Core {
             return Err(ServiceError::NotNeeded { guild_id, decision });
         }
         let slot = self.trainer.try_begin(&guild_id).ok_or_else(busy)?;
+        // Across processes (bots on one PostgreSQL, a `mynah train` beside the bot), the
+        // database decides who trains the guild.
+        let claim = self.store.claim_training(&guild_id).await?.ok_or_else(|| {
+            ServiceError::AlreadyRunning { guild_id: Some(guild_id.clone()), requested: guild_id.clone() }
+        })?;
         let records = self.corpus_records(Some(&guild_id)).await?;
         if records.len() < 20 {
             return Err(ServiceError::Engine(EngineError::NotEnoughData(format!(
@@ -148,7 +153,7 @@ impl Core {
             decision,
         };
         let core = self.clone();
-        tokio::spawn(async move { core.run_training(job, guild_id, run_id, slot).await });
+        tokio::spawn(async move { core.run_training(job, guild_id, run_id, (slot, claim)).await });
         Ok(accepted)
     }
 
@@ -170,7 +175,13 @@ impl Core {
     }
 
     /// Runs one training on a dedicated thread and records what came of it.
-    async fn run_training(self: Arc<Self>, job: Job, guild_id: String, run_id: i64, slot: Slot) {
+    async fn run_training(
+        self: Arc<Self>,
+        job: Job,
+        guild_id: String,
+        run_id: i64,
+        (slot, claim): (Slot, TrainingClaim),
+    ) {
         let started = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (device, trainer, cancel) = (self.device.clone(), self.trainer.clone(), slot.cancel.clone());
@@ -232,6 +243,7 @@ impl Core {
             seconds,
         });
         drop(slot);
+        claim.release().await;
         // The next guild waiting, if any, starts now.
         self.queue.wake();
     }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Result, Store};
+use super::{BindReal, Result, Store};
 
 /// One point of a run's loss curve.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,7 +42,7 @@ impl Store {
         for p in points {
             sqlx::query(
                 "INSERT INTO run_curve (run_id, step, elapsed_ms, tokens, train_loss, val_bpb)
-                 VALUES (?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (run_id, step) DO UPDATE SET
                      elapsed_ms = excluded.elapsed_ms, tokens = excluded.tokens,
                      train_loss = excluded.train_loss,
@@ -53,7 +53,7 @@ impl Store {
             .bind(p.elapsed_ms)
             .bind(p.tokens)
             .bind(p.train_loss)
-            .bind(p.val_bpb)
+            .bind_real(p.val_bpb)
             .execute(&mut *tx)
             .await?;
         }
@@ -65,7 +65,7 @@ impl Store {
     pub async fn run_curve(&self, run_id: i64) -> Result<Vec<CurvePoint>> {
         let rows = sqlx::query(
             "SELECT step, elapsed_ms, tokens, train_loss, val_bpb FROM run_curve
-             WHERE run_id = ? ORDER BY step",
+             WHERE run_id = $1 ORDER BY step",
         )
         .bind(run_id)
         .fetch_all(&self.read)
@@ -87,10 +87,10 @@ impl Store {
     /// `days` days up to its newest message; days without messages are left out.
     pub async fn messages_per_day(&self, guild: &str, days: i64) -> Result<Vec<DayCount>> {
         let rows = sqlx::query(
-            "SELECT created_ms / ?1 AS day, COUNT(*) FROM messages
-             WHERE guild_id = ?2
-               AND created_ms >= (SELECT COALESCE(MAX(created_ms), 0) / ?1 - ?3 + 1
-                                  FROM messages WHERE guild_id = ?2) * ?1
+            "SELECT created_ms / $1 AS day, COUNT(*) FROM messages
+             WHERE guild_id = $2
+               AND created_ms >= (SELECT COALESCE(MAX(created_ms), 0) / $1 - $3 + 1
+                                  FROM messages WHERE guild_id = $2) * $1
              GROUP BY day ORDER BY day",
         )
         .bind(DAY_MS)
@@ -117,7 +117,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_curve_reads_back_by_step_and_keeps_a_validation_figure_on_rewrite() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let run = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
         store.add_curve_points(run, &[point(2, 4.0, None), point(1, 5.0, None)]).await.unwrap();
         store.add_curve_points(run, &[point(2, 3.9, Some(2.5))]).await.unwrap();
@@ -129,7 +129,7 @@ mod tests {
 
     #[tokio::test]
     async fn messages_per_day_counts_the_newest_days_only() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let line = |id: u32, ts: &str| {
             format!(
                 r#"{{"id":"{id}","guild_id":"g","channel_id":"1","channel":"general","author_id":"7","author":"a","content":"hi {id}","timestamp":"{ts}"}}"#

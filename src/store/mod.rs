@@ -1,29 +1,32 @@
 //! Everything persisted in SQL: chat messages, training runs and models. SQLite in WAL mode by
-//! default (`DATABASE_URL`); the schema lives in `migrations/` and is applied at open.
+//! default, PostgreSQL when `DATABASE_URL` names one; the schema of each lives in
+//! `migrations/<backend>/` and is applied at open (`open`).
 //! This is the only module that contains SQL; `privacy` holds the queries of consent and
 //! deletion, `runs` those of training runs and models, `curves` the runs' loss curves and
 //! messages per day, `overview` the database's size and each guild's channel names.
 
+mod copy;
 mod curves;
+mod locks;
+mod open;
 mod overview;
 mod privacy;
 mod removals;
 mod reply_modes;
 mod runs;
 
+pub use copy::TableCopy;
 pub use curves::{CurvePoint, DayCount};
+pub use locks::TrainingClaim;
 pub use overview::ChannelSummary;
 pub use privacy::{ChannelSetting, Purged, Staleness};
 pub use removals::Removal;
 pub use runs::{LastRun, RunOutcome, RunResult, RunRow};
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+pub use open::{create_postgres_database, Backend};
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 
 use crate::corpus::Record;
 
@@ -37,20 +40,26 @@ pub enum StoreError {
     Dir { path: String, source: std::io::Error },
     #[error("invalid message: {0}")]
     Invalid(#[from] crate::corpus::LineError),
+    #[error("unsupported DATABASE_URL {0:?}: expected sqlite:… or postgres://…")]
+    Url(String),
     #[error("the database holds an unexpected {0}")]
     Unexpected(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A cheap, clonable handle on the database.
+/// A cheap, clonable handle on the database. Every query is written once, in the SQL both
+/// backends accept (`$N` parameters, `ON CONFLICT`, `RETURNING`), and runs through sqlx's `Any`
+/// driver; the few that must differ match on [`Backend`].
 #[derive(Clone, Debug)]
 pub struct Store {
-    /// Writes go through one connection: SQLite has one writer anyway, and queueing here
-    /// instead of on its lock keeps bursts of ingest from timing out.
-    pool: SqlitePool,
-    /// Reads (replies, stats, exports) never wait behind writes: WAL lets them run alongside.
-    read: SqlitePool,
+    /// Writes. On SQLite one connection: it has one writer anyway, and queueing here instead of
+    /// on its lock keeps bursts of ingest from timing out.
+    pool: AnyPool,
+    /// Reads (replies, stats, exports) never wait behind writes: on SQLite, WAL lets them run
+    /// alongside; on PostgreSQL this is the same pool as `pool`.
+    read: AnyPool,
+    backend: Backend,
 }
 
 /// Message counts for one guild (and optionally one of its channels).
@@ -82,40 +91,19 @@ pub struct Inserted {
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `url` and applies pending migrations.
-    pub async fn open(url: &str) -> Result<Store> {
-        let memory = url.contains(":memory:") || url.contains("mode=memory");
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let options = if memory {
-            options
-        } else {
-            if let Some(dir) = Path::new(options.get_filename()).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|source| StoreError::Dir { path: dir.display().to_string(), source })?;
-                }
-            }
-            // WAL lets readers (stats, replies) proceed while ingest writes; NORMAL is durable
-            // across process crashes, which is the failure we guard against.
-            options.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
+    /// SQLite's own consistency check: `ok`, or what is wrong. PostgreSQL checks its pages
+    /// itself; there this only checks that the server answers.
+    pub async fn integrity_check(&self) -> Result<String> {
+        let sql = match self.backend {
+            Backend::Sqlite => "PRAGMA integrity_check",
+            Backend::Postgres => "SELECT 'ok'",
         };
-        // An in-memory database exists per connection, so it must have exactly one.
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        let read = if memory {
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new().max_connections(4).connect_with(options).await?
-        };
-        Ok(Store { pool, read })
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.read).await?)
     }
 
-    /// SQLite's own consistency check: `ok`, or what is wrong.
-    pub async fn integrity_check(&self) -> Result<String> {
-        Ok(sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&self.read).await?)
+    /// Which engine holds the data.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub async fn close(&self) {
@@ -161,7 +149,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at,
                     parent_channel_id
-             FROM messages m WHERE (?1 IS NULL OR guild_id = ?1)
+             FROM messages m WHERE ($1 IS NULL OR guild_id = $1)
                AND NOT EXISTS (SELECT 1 FROM opt_outs o WHERE o.guild_id = m.guild_id AND o.user_id = m.author_id)
              ORDER BY guild_id, created_ms, length(id), id",
         )
@@ -174,8 +162,8 @@ impl Store {
     pub async fn counts(&self, guild: &str, channel: Option<&str>) -> Result<Counts> {
         let row = sqlx::query(
             "SELECT COUNT(*), COUNT(DISTINCT author_id), COUNT(DISTINCT channel_id),
-                    SUM(channel_id = ?2)
-             FROM messages WHERE guild_id = ?1",
+                    SUM(CASE WHEN channel_id = $2 THEN 1 ELSE 0 END)
+             FROM messages WHERE guild_id = $1",
         )
         .bind(guild)
         .bind(channel)
@@ -213,7 +201,7 @@ impl Store {
     /// Messages of `guild` stored after the given instant (by message time).
     pub async fn messages_after(&self, guild: &str, after_ms: i64) -> Result<u64> {
         let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE guild_id = ? AND created_ms > ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE guild_id = $1 AND created_ms > $2")
                 .bind(guild)
                 .bind(after_ms)
                 .fetch_one(&self.read)
@@ -241,8 +229,8 @@ impl Store {
     ) -> Result<Vec<Recent>> {
         let rows = sqlx::query(
             "SELECT id, author_name, content FROM messages
-             WHERE guild_id = ? AND channel_id = ? AND (?3 IS NULL OR id != ?3)
-             ORDER BY created_ms DESC, length(id) DESC, id DESC LIMIT ?4",
+             WHERE guild_id = $1 AND channel_id = $2 AND ($3 IS NULL OR id != $3)
+             ORDER BY created_ms DESC, length(id) DESC, id DESC LIMIT $4",
         )
         .bind(guild)
         .bind(channel)
@@ -260,7 +248,7 @@ impl Store {
 
     /// The newest message time of a guild, in Unix ms.
     pub async fn newest_ms(&self, guild: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT MAX(created_ms) FROM messages WHERE guild_id = ?")
+        Ok(sqlx::query_scalar("SELECT MAX(created_ms) FROM messages WHERE guild_id = $1")
             .bind(guild)
             .fetch_one(&self.read)
             .await?)
@@ -270,13 +258,13 @@ impl Store {
 /// Stores one message unless it is there already, or its author opted out or asked to be
 /// forgotten. The service checks consent in memory first; this makes the store the guarantee,
 /// also for changes another process (`mynah user …`) made meanwhile.
-async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Result<bool> {
+async fn insert(conn: &mut sqlx::AnyConnection, r: &Record, now: i64) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO messages (guild_id, id, channel_id, channel_name, author_id, author_name,
                                content, created_at, created_ms, ingested_ms, parent_channel_id)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-         WHERE NOT EXISTS (SELECT 1 FROM opt_outs WHERE guild_id = ?1 AND user_id = ?5)
-           AND NOT EXISTS (SELECT 1 FROM forget_marks WHERE guild_id = ?1 AND user_id = ?5 AND before_ms >= ?9)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+         WHERE NOT EXISTS (SELECT 1 FROM opt_outs WHERE guild_id = $1 AND user_id = $5)
+           AND NOT EXISTS (SELECT 1 FROM forget_marks WHERE guild_id = $1 AND user_id = $5 AND before_ms >= $9)
          ON CONFLICT (guild_id, id) DO NOTHING",
     )
     .bind(&r.guild_id)
@@ -300,7 +288,7 @@ async fn insert(conn: &mut sqlx::SqliteConnection, r: &Record, now: i64) -> Resu
 
 /// A message row selected as `id, guild_id, channel_id, channel_name, author_id, author_name,
 /// content, created_at, parent_channel_id`.
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Record> {
+fn record_from_row(row: &sqlx::any::AnyRow) -> Result<Record> {
     Ok(Record {
         id: row.try_get(0)?,
         guild_id: row.try_get(1)?,
@@ -312,6 +300,32 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Record> {
         timestamp: row.try_get(7)?,
         parent_channel_id: row.try_get(8)?,
     })
+}
+
+/// Binds a number that may be missing. sqlx 0.8's `Any` driver sends a missing `f64` to
+/// PostgreSQL as a `float4` NULL (its Real and Double are swapped there), and a statement it
+/// prepared with that type garbles a present value bound later; a missing `f32` goes as the
+/// `float8` NULL it should be. On SQLite a NULL is a NULL.
+trait BindReal {
+    fn bind_real(self, value: Option<f64>) -> Self;
+}
+
+impl<'q> BindReal for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    fn bind_real(self, value: Option<f64>) -> Self {
+        match value {
+            Some(x) => self.bind(x),
+            None => self.bind(None::<f32>),
+        }
+    }
+}
+
+impl<'q, O> BindReal for sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>> {
+    fn bind_real(self, value: Option<f64>) -> Self {
+        match value {
+            Some(x) => self.bind(x),
+            None => self.bind(None::<f32>),
+        }
+    }
 }
 
 fn count(n: i64) -> u64 {
@@ -355,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replayed_message_is_stored_once() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let r = record("1", "c", "a", "2020-01-01T00:00:00Z");
         assert!(store.insert_message(&r).await.unwrap());
         assert!(!store.insert_message(&r).await.unwrap());
@@ -364,7 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_cover_guild_channel_and_authors() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let batch = vec![
             record("1", "c1", "a", "2020-01-01T00:00:00Z"),
             record("2", "c1", "b", "2020-01-01T00:01:00Z"),
@@ -380,7 +394,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_record_in_a_batch_writes_nothing() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let batch =
             vec![record("1", "c1", "a", "2020-01-01T00:00:00Z"), record("2", "c1", "b", "not a time")];
         assert!(store.insert_many(&batch).await.is_err());

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{count, Result, Store};
+use super::{count, Backend, Result, Store};
 
 /// A channel of a guild with stored messages, under its latest stored name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -17,19 +17,22 @@ pub struct ChannelSummary {
 impl Store {
     /// The database's size in bytes (its pages, without the write-ahead log).
     pub async fn database_bytes(&self) -> Result<u64> {
-        let bytes: i64 =
-            sqlx::query_scalar("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
-                .fetch_one(&self.read)
-                .await?;
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            Backend::Postgres => "SELECT pg_database_size(current_database())",
+        };
+        let bytes: i64 = sqlx::query_scalar(sql).fetch_one(&self.read).await?;
         Ok(count(bytes))
     }
 
     /// The guild's channels with stored messages, the busiest first.
     pub async fn channel_summaries(&self, guild: &str) -> Result<Vec<ChannelSummary>> {
         let rows = sqlx::query(
-            // SQLite takes a bare column from the row that gave MAX(): the newest name.
-            "SELECT channel_id, channel_name, COUNT(*) AS n, MAX(created_ms) FROM messages
-             WHERE guild_id = ? GROUP BY channel_id ORDER BY n DESC, channel_id",
+            "SELECT m.channel_id,
+                    (SELECT channel_name FROM messages l WHERE l.guild_id = m.guild_id AND l.channel_id = m.channel_id
+                     ORDER BY l.created_ms DESC LIMIT 1),
+                    COUNT(*) AS n
+             FROM messages m WHERE m.guild_id = $1 GROUP BY m.guild_id, m.channel_id ORDER BY n DESC, m.channel_id",
         )
         .bind(guild)
         .fetch_all(&self.read)
@@ -52,8 +55,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_size_and_the_channels_of_a_guild_are_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/m.db", dir.path().display())).await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         store.insert_many(&crate::corpus::parse_all(crate::playground::SAMPLE, Some("42")).0).await.unwrap();
         assert!(store.database_bytes().await.unwrap() > 4096);
         let channels = store.channel_summaries("42").await.unwrap();

@@ -75,7 +75,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO channel_settings (guild_id, channel_id, collect, changed_by, changed_ms)
-             VALUES (?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (guild_id, channel_id) DO UPDATE
              SET collect = excluded.collect, changed_by = excluded.changed_by, changed_ms = excluded.changed_ms",
         )
@@ -98,7 +98,7 @@ impl Store {
     /// Records the opt-out and purges the user's messages in the guild, in one transaction.
     pub async fn opt_out(&self, guild: &str, user: &str) -> Result<Purged> {
         let mark =
-            "INSERT INTO opt_outs (guild_id, user_id, since_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
+            "INSERT INTO opt_outs (guild_id, user_id, since_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
         self.mark_and_purge_author(mark, guild, user, now_ms()).await
     }
 
@@ -108,7 +108,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(mark).bind(guild).bind(user).bind(now).execute(&mut *tx).await?;
         let times: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM messages WHERE guild_id = ? AND author_id = ? RETURNING created_ms",
+            "DELETE FROM messages WHERE guild_id = $1 AND author_id = $2 RETURNING created_ms",
         )
         .bind(guild)
         .bind(user)
@@ -120,7 +120,7 @@ impl Store {
 
     /// `false` if the user had not opted out.
     pub async fn opt_in(&self, guild: &str, user: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM opt_outs WHERE guild_id = ? AND user_id = ?")
+        let done = sqlx::query("DELETE FROM opt_outs WHERE guild_id = $1 AND user_id = $2")
             .bind(guild)
             .bind(user)
             .execute(&self.pool)
@@ -133,12 +133,13 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut times = Vec::new();
         for id in ids {
-            let t: Option<i64> =
-                sqlx::query_scalar("DELETE FROM messages WHERE guild_id = ? AND id = ? RETURNING created_ms")
-                    .bind(guild)
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let t: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM messages WHERE guild_id = $1 AND id = $2 RETURNING created_ms",
+            )
+            .bind(guild)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
             times.extend(t);
         }
         tx.commit().await?;
@@ -149,7 +150,7 @@ impl Store {
     /// come back; returns the mark's time with what was removed.
     pub async fn forget_author(&self, guild: &str, user: &str) -> Result<(i64, Purged)> {
         let now = now_ms();
-        let mark = "INSERT INTO forget_marks (guild_id, user_id, before_ms) VALUES (?, ?, ?)
+        let mark = "INSERT INTO forget_marks (guild_id, user_id, before_ms) VALUES ($1, $2, $3)
                     ON CONFLICT (guild_id, user_id) DO UPDATE SET before_ms = excluded.before_ms";
         Ok((now, self.mark_and_purge_author(mark, guild, user, now).await?))
     }
@@ -165,7 +166,7 @@ impl Store {
     /// Removes a channel's (or thread's) messages, its threads' included.
     pub async fn purge_channel(&self, guild: &str, channel: &str) -> Result<Purged> {
         let times: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM messages WHERE guild_id = ?1 AND (channel_id = ?2 OR parent_channel_id = ?2)
+            "DELETE FROM messages WHERE guild_id = $1 AND (channel_id = $2 OR parent_channel_id = $2)
              RETURNING created_ms",
         )
         .bind(guild)
@@ -180,19 +181,19 @@ impl Store {
     pub async fn purge_guild(&self, guild: &str) -> Result<Purged> {
         let mut tx = self.pool.begin().await?;
         let times: Vec<i64> =
-            sqlx::query_scalar("DELETE FROM messages WHERE guild_id = ? RETURNING created_ms")
+            sqlx::query_scalar("DELETE FROM messages WHERE guild_id = $1 RETURNING created_ms")
                 .bind(guild)
                 .fetch_all(&mut *tx)
                 .await?;
         // Opt-outs and forget requests stay (IDs and a time, no content): if the bot is invited
         // back, reading the history back must not store those members' messages again.
         for table in ["channel_settings", "channel_replies", "channel_sync", "model_staleness"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE guild_id = ?"))
+            sqlx::query(&format!("DELETE FROM {table} WHERE guild_id = $1"))
                 .bind(guild)
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE models SET is_current = 0 WHERE guild_id = ?")
+        sqlx::query("UPDATE models SET is_current = 0 WHERE guild_id = $1")
             .bind(guild)
             .execute(&mut *tx)
             .await?;
@@ -210,8 +211,8 @@ impl Store {
         edited_at: &str,
     ) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
-            "UPDATE messages SET content = ?1, edited_at = ?2
-             WHERE guild_id = ?3 AND id = ?4 AND content != ?1 RETURNING created_ms",
+            "UPDATE messages SET content = $1, edited_at = $2
+             WHERE guild_id = $3 AND id = $4 AND content != $1 RETURNING created_ms",
         )
         .bind(content)
         .bind(edited_at)
@@ -223,7 +224,7 @@ impl Store {
 
     /// Removes the messages written before `before_ms`, per guild (retention).
     pub async fn purge_older_than(&self, before_ms: i64) -> Result<Vec<(String, Purged)>> {
-        let rows = sqlx::query("DELETE FROM messages WHERE created_ms < ? RETURNING guild_id, created_ms")
+        let rows = sqlx::query("DELETE FROM messages WHERE created_ms < $1 RETURNING guild_id, created_ms")
             .bind(before_ms)
             .fetch_all(&self.pool)
             .await?;
@@ -239,7 +240,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, guild_id, channel_id, channel_name, author_id, author_name, content, created_at,
                     parent_channel_id
-             FROM messages WHERE guild_id = ? AND author_id = ? ORDER BY created_ms, length(id), id",
+             FROM messages WHERE guild_id = $1 AND author_id = $2 ORDER BY created_ms, length(id), id",
         )
         .bind(guild)
         .bind(user)
@@ -257,7 +258,7 @@ impl Store {
         through: u64,
     ) -> Result<Vec<String>> {
         let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM messages WHERE guild_id = ? AND channel_id = ?")
+            sqlx::query_scalar("SELECT id FROM messages WHERE guild_id = $1 AND channel_id = $2")
                 .bind(guild)
                 .bind(channel)
                 .fetch_all(&self.read)
@@ -267,7 +268,7 @@ impl Store {
 
     pub async fn synced_through(&self, guild: &str, channel: &str) -> Result<Option<u64>> {
         let id: Option<String> = sqlx::query_scalar(
-            "SELECT synced_through FROM channel_sync WHERE guild_id = ? AND channel_id = ?",
+            "SELECT synced_through FROM channel_sync WHERE guild_id = $1 AND channel_id = $2",
         )
         .bind(guild)
         .bind(channel)
@@ -278,7 +279,7 @@ impl Store {
 
     pub async fn set_synced_through(&self, guild: &str, channel: &str, id: u64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO channel_sync (guild_id, channel_id, synced_through, synced_ms) VALUES (?, ?, ?, ?)
+            "INSERT INTO channel_sync (guild_id, channel_id, synced_through, synced_ms) VALUES ($1, $2, $3, $4)
              ON CONFLICT (guild_id, channel_id) DO UPDATE
              SET synced_through = excluded.synced_through, synced_ms = excluded.synced_ms",
         )
@@ -295,9 +296,9 @@ impl Store {
     /// time keeps its date, later ones add up.
     pub async fn mark_stale(&self, guild: &str, run: &str, reason: &str, removed: u64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO model_staleness (guild_id, run, since_ms, reason, removed) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO model_staleness (guild_id, run, since_ms, reason, removed) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (guild_id, run) DO UPDATE
-             SET reason = excluded.reason, removed = removed + excluded.removed",
+             SET reason = excluded.reason, removed = model_staleness.removed + excluded.removed",
         )
         .bind(guild)
         .bind(run)
@@ -311,7 +312,7 @@ impl Store {
 
     /// The guild's runs marked stale (they learned from messages removed since).
     pub async fn stale_runs(&self, guild: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT run FROM model_staleness WHERE guild_id = ?")
+        Ok(sqlx::query_scalar("SELECT run FROM model_staleness WHERE guild_id = $1")
             .bind(guild)
             .fetch_all(&self.read)
             .await?)
@@ -319,7 +320,7 @@ impl Store {
 
     pub async fn staleness(&self, guild: &str, run: &str) -> Result<Option<Staleness>> {
         let row = sqlx::query(
-            "SELECT since_ms, reason, removed FROM model_staleness WHERE guild_id = ? AND run = ?",
+            "SELECT since_ms, reason, removed FROM model_staleness WHERE guild_id = $1 AND run = $2",
         )
         .bind(guild)
         .bind(run)
@@ -351,7 +352,7 @@ mod tests {
     }
 
     async fn store_with_messages() -> Store {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let batch = vec![
             record("10", "c1", "ann", 1),
             record("11", "c1", "bob", 2),

@@ -35,7 +35,7 @@ impl Store {
         };
         Ok(sqlx::query_scalar(
             "INSERT INTO pending_removals (guild_id, kind, target, content, edited_at, created_ms)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(r.guild())
         .bind(kind)
@@ -78,7 +78,7 @@ impl Store {
 
     /// Crosses off an applied removal.
     pub async fn removal_done(&self, queue_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM pending_removals WHERE id = ?").bind(queue_id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM pending_removals WHERE id = $1").bind(queue_id).execute(&self.pool).await?;
         Ok(())
     }
 }
@@ -89,7 +89,7 @@ mod tests {
 
     #[tokio::test]
     async fn removals_are_queued_listed_in_order_and_crossed_off() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let edit =
             Removal::Edit { guild: "g".into(), id: "2".into(), content: "new".into(), edited_at: "t".into() };
         let first =

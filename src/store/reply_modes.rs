@@ -33,7 +33,7 @@ impl Store {
         by: Option<&str>,
     ) -> Result<()> {
         if mode == ReplyMode::Mention {
-            sqlx::query("DELETE FROM channel_replies WHERE guild_id = ? AND channel_id = ?")
+            sqlx::query("DELETE FROM channel_replies WHERE guild_id = $1 AND channel_id = $2")
                 .bind(guild)
                 .bind(channel)
                 .execute(&self.pool)
@@ -43,7 +43,7 @@ impl Store {
         let (name, percent) = mode.to_parts();
         sqlx::query(
             "INSERT INTO channel_replies (guild_id, channel_id, mode, percent, changed_by, changed_ms)
-             VALUES (?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (guild_id, channel_id) DO UPDATE
              SET mode = excluded.mode, percent = excluded.percent, changed_by = excluded.changed_by,
                  changed_ms = excluded.changed_ms",
@@ -66,7 +66,7 @@ mod tests {
 
     #[tokio::test]
     async fn reply_modes_persist_and_the_default_leaves_no_row() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         store.set_channel_reply("g", "a", ReplyMode::Sometimes { percent: 5 }, Some("admin")).await.unwrap();
         store.set_channel_reply("g", "b", ReplyMode::Off, None).await.unwrap();
         store.set_channel_reply("g", "b", ReplyMode::Sometimes { percent: 50 }, None).await.unwrap();

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, Result, Store, StoreError};
+use super::{now_ms, BindReal, Result, Store, StoreError};
 
 /// The columns of `training_runs` that [`run_row`] reads, in its order.
 macro_rules! run_columns {
@@ -102,7 +102,7 @@ impl Store {
     pub async fn last_successful_run(&self, guild: &str) -> Result<Option<LastRun>> {
         let row = sqlx::query(
             "SELECT id, finished_ms, corpus_until_ms FROM training_runs
-             WHERE guild_id = ? AND outcome = 'succeeded' AND finished_ms IS NOT NULL
+             WHERE guild_id = $1 AND outcome = 'succeeded' AND finished_ms IS NOT NULL
              ORDER BY finished_ms DESC LIMIT 1",
         )
         .bind(guild)
@@ -128,10 +128,10 @@ impl Store {
         corpus_messages: i64,
         corpus_until_ms: Option<i64>,
     ) -> Result<i64> {
-        let id = sqlx::query(
+        let id = sqlx::query_scalar(
             "INSERT INTO training_runs (guild_id, trigger, requested_by, started_ms, outcome, epochs,
                                         corpus_messages, corpus_until_ms, owner_pid)
-             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8) RETURNING id",
         )
         .bind(guild)
         .bind(trigger)
@@ -141,25 +141,24 @@ impl Store {
         .bind(corpus_messages)
         .bind(corpus_until_ms)
         .bind(std::process::id() as i64)
-        .execute(&self.pool)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&self.pool)
+        .await?;
         Ok(id)
     }
 
     pub async fn finish_run(&self, id: i64, r: &RunResult) -> Result<()> {
         sqlx::query(
-            "UPDATE training_runs SET finished_ms = ?, outcome = ?, error = ?, steps = ?, tokens = ?,
-                                      train_loss = ?, val_bpb = ?
-             WHERE id = ?",
+            "UPDATE training_runs SET finished_ms = $1, outcome = $2, error = $3, steps = $4, tokens = $5,
+                                      train_loss = $6, val_bpb = $7
+             WHERE id = $8",
         )
         .bind(now_ms())
         .bind(r.outcome.as_str())
         .bind(&r.error)
         .bind(r.steps)
         .bind(r.tokens)
-        .bind(r.train_loss)
-        .bind(r.val_bpb)
+        .bind_real(r.train_loss)
+        .bind_real(r.val_bpb)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -168,26 +167,39 @@ impl Store {
 
     /// Runs still marked running belong to a process that died: mark them interrupted.
     pub async fn mark_interrupted_runs(&self) -> Result<u64> {
-        let running: Vec<(i64, Option<i64>)> =
-            sqlx::query_as("SELECT id, owner_pid FROM training_runs WHERE outcome = 'running'")
+        let running: Vec<(i64, String, Option<i64>)> =
+            sqlx::query_as("SELECT id, guild_id, owner_pid FROM training_runs WHERE outcome = 'running'")
                 .fetch_all(&self.pool)
                 .await?;
         let mut marked = 0;
-        for (id, owner) in running {
-            // Another live process (a bot next to this one-shot command) is still training it.
-            if owner.is_some_and(|pid| pid != std::process::id() as i64 && process_alive(pid)) {
-                continue;
-            }
+        for (id, guild, owner) in running {
+            // Another live process is still training it: on PostgreSQL, whichever machine it
+            // runs on, it holds the guild's training lock; on SQLite it is on this machine.
+            let claim = match self.backend {
+                super::Backend::Postgres => match self.claim_training(&guild).await? {
+                    Some(claim) => Some(claim),
+                    None => continue,
+                },
+                super::Backend::Sqlite => {
+                    if owner.is_some_and(|pid| pid != std::process::id() as i64 && process_alive(pid)) {
+                        continue;
+                    }
+                    None
+                }
+            };
             marked += sqlx::query(
-                "UPDATE training_runs SET outcome = 'interrupted', finished_ms = ?,
+                "UPDATE training_runs SET outcome = 'interrupted', finished_ms = $1,
                         error = 'the process stopped during training'
-                 WHERE id = ? AND outcome = 'running'",
+                 WHERE id = $2 AND outcome = 'running'",
             )
             .bind(now_ms())
             .bind(id)
             .execute(&self.pool)
             .await?
             .rows_affected();
+            if let Some(claim) = claim {
+                claim.release().await;
+            }
         }
         Ok(marked)
     }
@@ -197,7 +209,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM training_runs WHERE (?1 IS NULL OR guild_id = ?1) ORDER BY id DESC LIMIT ?2"
+            " FROM training_runs WHERE ($1 IS NULL OR guild_id = $1) ORDER BY id DESC LIMIT $2"
         ))
         .bind(guild)
         .bind(limit)
@@ -208,7 +220,7 @@ impl Store {
 
     /// One run by its ID; `None` if there is no such run.
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
-        let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs WHERE id = ?"))
+        let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM training_runs WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.read)
             .await?;
@@ -226,30 +238,29 @@ impl Store {
         corpus_messages: i64,
     ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE models SET is_current = 0 WHERE guild_id = ? AND is_current = 1")
+        sqlx::query("UPDATE models SET is_current = 0 WHERE guild_id = $1 AND is_current = 1")
             .bind(guild)
             .execute(&mut *tx)
             .await?;
-        let id = sqlx::query(
+        let id = sqlx::query_scalar(
             "INSERT INTO models (guild_id, run_id, path, created_ms, params, val_bpb, corpus_messages, is_current)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1) RETURNING id",
         )
         .bind(guild)
         .bind(run_id)
         .bind(path)
         .bind(now_ms())
         .bind(params)
-        .bind(val_bpb)
+        .bind_real(val_bpb)
         .bind(corpus_messages)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(id)
     }
 }
 
-fn run_row(r: &sqlx::sqlite::SqliteRow) -> Result<RunRow> {
+fn run_row(r: &sqlx::any::AnyRow) -> Result<RunRow> {
     Ok(RunRow {
         id: r.try_get(0)?,
         guild_id: r.try_get(1)?,
@@ -284,15 +295,26 @@ mod tests {
 
     #[tokio::test]
     async fn only_runs_whose_process_is_gone_are_marked_interrupted() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
+        let store = Store::open_for_test().await.unwrap();
         let ours = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
         let live = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
         let gone = store.start_run("g", "command", None, 1, 10, None).await.unwrap();
+        if store.backend() == crate::store::Backend::Postgres {
+            // There a run is live while someone, on any machine, holds its guild's lock.
+            let other = store.start_run("h", "command", None, 1, 10, None).await.unwrap();
+            let held = store.claim_training("h").await.unwrap().unwrap();
+            assert_eq!(store.mark_interrupted_runs().await.unwrap(), 3, "g's runs: nobody trains g");
+            let runs = store.runs(None, 10).await.unwrap();
+            assert_eq!(runs.iter().find(|r| r.id == other).unwrap().outcome, RunOutcome::Running);
+            held.release().await;
+            assert_eq!(store.mark_interrupted_runs().await.unwrap(), 1, "h's, once its lock is gone");
+            return;
+        }
         // `live` belongs to another process that is alive (this test's parent, say); `gone` to
         // a process ID no system hands out.
         let parent = std::os::unix::process::parent_id() as i64;
         for (id, pid) in [(live, parent), (gone, i64::from(u32::MAX))] {
-            sqlx::query("UPDATE training_runs SET owner_pid = ? WHERE id = ?")
+            sqlx::query("UPDATE training_runs SET owner_pid = $1 WHERE id = $2")
                 .bind(pid)
                 .bind(id)
                 .execute(&store.pool)

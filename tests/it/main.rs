@@ -15,6 +15,7 @@ mod joining;
 mod metrics;
 mod page;
 mod plots;
+mod postgres;
 mod privacy;
 mod remote;
 mod resilience;

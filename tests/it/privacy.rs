@@ -409,7 +409,11 @@ async fn allow_removals(db: &mut sqlx::SqliteConnection) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_the_database_refuses_is_kept_out_of_the_corpus_and_applied_later() {
-    let h = Harness::start_with(|c| c.removal_retry = Duration::from_millis(200)).await;
+    let h = Harness::start_with(|c| {
+        c.removal_retry = Duration::from_millis(200);
+        crate::support::on_sqlite(c);
+    })
+    .await;
     h.server.say(h.general, h.member, "this stays");
     let gone = h.server.say(h.general, h.member, "this is deleted");
     let edited = h.server.say(h.general, h.member, "the old text");
@@ -439,7 +443,8 @@ async fn a_removal_the_database_refuses_is_kept_out_of_the_corpus_and_applied_la
 async fn removals_queued_before_a_stop_are_applied_at_the_next_start() {
     use sqlx::Connection as _;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = crate::support::config(dir.path());
+    let mut cfg = crate::support::config(dir.path());
+    crate::support::on_sqlite(&mut cfg);
     let lines = crate::support::sample().lines().take(3).collect::<Vec<_>>().join("\n");
     let open = || async {
         let store = mynah::store::Store::open(&cfg.database_url).await.unwrap();

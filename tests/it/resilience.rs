@@ -44,7 +44,7 @@ impl World {
     }
 
     fn database(&self) -> String {
-        format!("sqlite://{}/mynah.db", self.dir.path().display())
+        crate::support::database_url(self.dir.path())
     }
 
     fn models(&self) -> PathBuf {

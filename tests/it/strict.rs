@@ -17,7 +17,7 @@ async fn registered(h: &Harness) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_waiting_on_a_busy_store_are_acknowledged_in_time_and_privately() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(crate::support::on_sqlite).await;
     h.server.say(h.general, h.member, "something of mine");
     h.wait_stored(1).await;
     registered(&h).await;

@@ -19,11 +19,45 @@ pub fn mynah(dir: &std::path::Path) -> std::process::Command {
     cmd.current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", format!("sqlite://{}/db/mynah.db", dir.display()))
+        .env("DATABASE_URL", database_url(&dir.join("db")))
         .env("MYNAH_MODELS_DIR", dir.join("models"))
         .env("MYNAH_API_ADDR", "off")
         .env("MYNAH_BASE", "none");
     cmd
+}
+
+/// The database of a test working in `dir`: the SQLite file `dir/mynah.db`, or, when
+/// `MYNAH_TEST_POSTGRES` names a PostgreSQL server (as in CI's second pass), a database of its
+/// own on it, the same one for the same `dir`.
+pub fn database_url(dir: &std::path::Path) -> String {
+    let Some(server) = std::env::var("MYNAH_TEST_POSTGRES").ok().filter(|s| !s.is_empty()) else {
+        return sqlite_url(dir);
+    };
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let name = format!("mynah_it_{:016x}", hasher.finish());
+    // Called from sync code inside the tests' runtimes: a thread with a runtime of its own.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(mynah::store::create_postgres_database(&server, &name))
+    })
+    .join()
+    .expect("the database is created")
+    .expect("MYNAH_TEST_POSTGRES accepts CREATE DATABASE")
+}
+
+/// The SQLite file database in `dir`, for the tests that stand SQLite's own locks and triggers
+/// in for a failing database.
+pub fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}/mynah.db", dir.display())
+}
+
+/// Puts a test's bot on SQLite whatever the pass: for the tests that stand SQLite's own locks
+/// and triggers in for a failing database.
+pub fn on_sqlite(cfg: &mut Config) {
+    let dir = cfg.models_dir.parent().expect("models sit in the test's dir").to_path_buf();
+    cfg.database_url = sqlite_url(&dir);
 }
 
 /// The bundled sample corpus, as shipped in `data/sample/`.
@@ -34,7 +68,7 @@ pub fn sample() -> &'static str {
 /// A config for tests: a file database in `dir`, models in `dir/models`, no API socket.
 pub fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config {
-        database_url: format!("sqlite://{}/mynah.db", dir.display()),
+        database_url: database_url(dir),
         models_dir: dir.join("models"),
         api_addr: None,
         ..Config::default()
@@ -67,6 +101,7 @@ pub struct Harness {
     pub other_bot: u64,
     /// New models are announced in `#general`.
     announces: bool,
+    database_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -99,6 +134,7 @@ impl Harness {
         cfg.announce_channels = [general.to_string()].into();
         tweak(&mut cfg);
         let announces = cfg.announce_channels.contains(&general.to_string());
+        let database_url = cfg.database_url.clone();
         let running = mynah::app::start(cfg).await.expect("the bot starts");
         let core = running.core().clone();
         assert!(server.wait_until_ready(WAIT).await, "the bot identified with the devserver");
@@ -114,6 +150,7 @@ impl Harness {
             member,
             other_bot,
             announces,
+            database_url,
             _dir: dir,
         }
     }
@@ -163,7 +200,7 @@ impl Harness {
 
     /// The bot's database, for tests that hold its write lock.
     pub fn database_url(&self) -> String {
-        format!("sqlite://{}/mynah.db", self._dir.path().display())
+        self.database_url.clone()
     }
 
     /// Stops the bot and checks that it called only routes the devserver serves and that
