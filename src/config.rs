@@ -72,6 +72,17 @@ impl Collect {
     }
 }
 
+/// Where trainings run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingMode {
+    /// In this process, one at a time (the default; the only mode on SQLite).
+    #[default]
+    Here,
+    /// On `mynah worker` processes, through the job queue in PostgreSQL.
+    Workers,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub discord_token: Option<Secret>,
@@ -112,6 +123,10 @@ pub struct Config {
     pub retention_days: Option<u64>,
     /// The gateway shards this process runs (`MYNAH_SHARDS`); it serves only their guilds.
     pub shards: crate::shards::ShardRange,
+    /// Where trainings run (`MYNAH_TRAINING`): in this process, or on `mynah worker`s.
+    pub training: TrainingMode,
+    /// The largest model bundle a worker stores in the database (`MYNAH_BUNDLE_MAX_MB`).
+    pub bundle_max_bytes: usize,
 }
 
 /// How models are trained and how replies are sampled.
@@ -166,6 +181,8 @@ impl Default for Config {
             schedule_minutes: Some(30),
             announce_channels: BTreeSet::new(),
             shards: crate::shards::ShardRange::default(),
+            training: TrainingMode::Here,
+            bundle_max_bytes: 256 << 20,
             scrub: true,
             limits: Limits::default(),
             stale_fallback: false,
@@ -297,6 +314,32 @@ impl Config {
             n => Some(n),
         };
 
+        if let Some(mode) = get("MYNAH_TRAINING") {
+            cfg.training = match mode.as_str() {
+                "here" => TrainingMode::Here,
+                "workers" => TrainingMode::Workers,
+                _ => return Err(err("MYNAH_TRAINING", &mode, "here or workers")),
+            };
+            if cfg.training == TrainingMode::Workers
+                && crate::store::Backend::of(&cfg.database_url).ok() != Some(crate::store::Backend::Postgres)
+            {
+                return Err(err(
+                    "MYNAH_TRAINING",
+                    &mode,
+                    "here, unless DATABASE_URL names a PostgreSQL database",
+                ));
+            }
+        }
+        let bundle_mb = number(&get, "MYNAH_BUNDLE_MAX_MB", (cfg.bundle_max_bytes >> 20) as u64)?;
+        let most = (crate::models::bundle::MAX_BUNDLE_BYTES >> 20) as u64;
+        if !(1..=most).contains(&bundle_mb) {
+            return Err(err(
+                "MYNAH_BUNDLE_MAX_MB",
+                &bundle_mb.to_string(),
+                "a whole number of MB from 1 to 512",
+            ));
+        }
+        cfg.bundle_max_bytes = (bundle_mb as usize) << 20;
         if let Some(shards) = get("MYNAH_SHARDS") {
             cfg.shards = crate::shards::ShardRange::parse(&shards).map_err(|_| {
                 err("MYNAH_SHARDS", &shards, "FIRST-LAST/TOTAL with FIRST <= LAST < TOTAL, e.g. 0-3/8")
@@ -521,6 +564,14 @@ mod tests {
         .unwrap();
         assert!(!cfg.scrub && cfg.stale_fallback);
         assert_eq!(config(&[("MYNAH_SHARDS", "0-3/8")]).unwrap().shards.to_string(), "0-3/8");
+        assert_eq!(
+            config(&[("MYNAH_TRAINING", "workers")]).unwrap_err().var,
+            "MYNAH_TRAINING",
+            "not on SQLite"
+        );
+        let workers = config(&[("MYNAH_TRAINING", "workers"), ("DATABASE_URL", "postgres://h/db")]).unwrap();
+        assert_eq!(workers.training, TrainingMode::Workers);
+        assert_eq!(config(&[("MYNAH_TRAINING", "gpu")]).unwrap_err().var, "MYNAH_TRAINING");
         assert_eq!(cfg.limits.channel_cooldown, std::time::Duration::from_millis(500));
     }
 

@@ -3,7 +3,8 @@
 //! The crate is laid out by responsibility:
 //! - [`config`]: typed configuration parsed once from environment variables.
 //! - [`corpus`]: the JSONL interchange format for chat messages (parsing and rendering).
-//! - [`store`]: everything persisted in SQL (messages, training runs, models); the only module with SQL.
+//! - [`store`]: everything persisted in SQL (messages, training runs, models, the training job
+//!   queue), on SQLite or PostgreSQL; the only module with SQL.
 //! - [`engine`]: the language model: tokenizer, transformer, training, checkpoints, sampling.
 //! - [`consent`]: which channels are collected and who opted out, cached for the hot path.
 //! - [`shards`]: which gateway shards a process runs and which guilds that gives it.
@@ -26,6 +27,7 @@
 //! - [`devserver`]: a local Discord-compatible server for tests and the playground.
 //! - [`playground`]: the terminal front-end that runs the real bot against the devserver.
 //! - [`bench`]: `mynah bench`, the latency, throughput, quality and memory figures.
+//! - [`worker`]: `mynah worker`, which trains the job queue's trainings on its own machine.
 //! - [`cli`]: command-line parsing and the entry points of each subcommand.
 
 pub mod api;
@@ -53,6 +55,7 @@ pub mod service;
 pub mod shards;
 pub mod store;
 pub mod text;
+pub mod worker;
 
 /// The crate version, reported by the API and stats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -48,7 +48,7 @@ impl Scheduler {
                     return Ok(Some(guild));
                 }
                 // Another run slipped in: it waits in the queue and starts after it.
-                Err(ServiceError::Queued { .. }) => {
+                Err(ServiceError::Queued { .. } | ServiceError::Delegated { .. }) => {
                     self.last_started.insert(guild.clone(), Instant::now());
                     return Ok(Some(guild));
                 }

@@ -61,6 +61,18 @@ impl From<ServiceError> for ApiError {
                     body: json!({ "started": false, "queued": true, "position": position, "guild_id": guild_id }),
                 }
             }
+            ServiceError::Delegated { guild_id, job, ahead } => {
+                return ApiError {
+                    status: StatusCode::ACCEPTED,
+                    body: json!({
+                        "started": false,
+                        "queued": true,
+                        "worker_job": job,
+                        "ahead": ahead,
+                        "guild_id": guild_id,
+                    }),
+                }
+            }
             ServiceError::NotNeeded { guild_id, decision } => {
                 return ApiError {
                     status: StatusCode::OK,

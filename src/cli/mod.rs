@@ -87,6 +87,13 @@ pub enum Command {
     /// as their own commands.
     #[command(subcommand)]
     User(UserCommand),
+    /// Train the jobs of the PostgreSQL job queue (MYNAH_TRAINING=workers) on this machine, one
+    /// at a time, until stopped (a job in progress then goes back to the queue).
+    Worker {
+        /// How the worker is named in the queue (default: host name and process ID).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// The database: moving a store from SQLite to PostgreSQL.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -231,6 +238,15 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Base(cmd) => base::run(&config, cmd).await,
         Command::Db(cmd) => db::run(&config.database_url, cmd).await,
+        Command::Worker { name } => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let signalled = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                signalled.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            crate::worker::run(config, stop, name).await
+        }
         Command::Reply { guild, channel, author, text } => reply(config, guild, channel, author, text).await,
         Command::User(cmd) => user(config, cmd).await,
         Command::Bench(crate::bench::Bench::Ingest { messages }) => crate::bench::ingest::run(messages).await,

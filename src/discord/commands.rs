@@ -87,7 +87,7 @@ pub async fn llmtrain(
     let core = &ctx.data().core;
     if option == Some(TrainOption::Cancel) {
         let guild = ctx.guild_id().map(|g| g.to_string()).unwrap_or_default();
-        let text = match core.cancel_training_of(&guild) {
+        let text = match core.cancel_training_for(&guild).await? {
             Cancelled::Running => "Cancelling the running training; the current model stays.",
             Cancelled::Queued => "Took this server's training out of the queue; the current model stays.",
             Cancelled::Nothing => "No training is running for this server.",
@@ -114,6 +114,11 @@ pub async fn llmtrain(
         Err(ServiceError::Queued { position, .. }) => format!(
             "Another server's model is training right now; this server's training is queued \
              (position {position}) and starts by itself as soon as it can. `{}llmtrain cancel` takes it out.",
+            core.config().prefix
+        ),
+        Err(ServiceError::Delegated { job, ahead, .. }) => format!(
+            "Training handed to a training worker (job {job}, {ahead} ahead of it). I keep replying as \
+             before and announce the new model when it serves. `{}llmtrain cancel` stops it.",
             core.config().prefix
         ),
         Err(ServiceError::NotNeeded { decision, .. }) => format!(

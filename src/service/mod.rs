@@ -29,6 +29,7 @@ mod status;
 mod training;
 pub mod types;
 mod voices;
+mod workers;
 
 pub use corpus::{import_jsonl, import_text, ImportSummary};
 pub use overview::{Scrape, ScrapedModel};
@@ -36,6 +37,7 @@ pub use privacy::{ChannelChange, ChannelList, MyData};
 pub use queue::Cancelled;
 pub use replies::InFlight;
 pub use types::*;
+pub use workers::{Worked, LEASE};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,6 +82,10 @@ pub enum ServiceError {
     /// Another guild's run holds the slot: this request waits its turn (`position`, from 1).
     #[error("another server's model is training; this one is queued (position {position}) and starts as soon as it can")]
     Queued { guild_id: String, position: usize },
+    /// Handed to the training workers (`MYNAH_TRAINING=workers`): queued as `job`, with
+    /// `ahead` jobs of other guilds before it.
+    #[error("handed to the training workers (job {job}, {ahead} ahead of it); the new model serves when it is ready")]
+    Delegated { guild_id: String, job: i64, ahead: u64 },
     #[error("the training engine failed: {0}")]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -102,6 +108,7 @@ impl ServiceError {
             | ServiceError::BadBundle(_)
             | ServiceError::UploadInProgress
             | ServiceError::Queued { .. }
+            | ServiceError::Delegated { .. }
             | ServiceError::Engine(EngineError::NotEnoughData(_)) => true,
             ServiceError::Engine(_) | ServiceError::Store(_) | ServiceError::Plot(_) => false,
         }

@@ -39,7 +39,20 @@ impl Core {
     ) -> Result<TrainAccepted, ServiceError> {
         check_guild_id(guild_id)?;
         let _one = self.uploads.try_lock().map_err(|_| ServiceError::UploadInProgress)?;
-        self.install(guild_id, Source::Bytes(bytes)).await
+        self.install(guild_id, Source::Bytes(bytes), None).await
+    }
+
+    /// Validates and serves the bundle of run `run_id`, which its trainer (a worker) recorded
+    /// already; waits for an upload in progress.
+    pub(super) async fn install_recorded_bundle(
+        self: &Arc<Self>,
+        guild_id: &str,
+        run_id: i64,
+        bytes: Vec<u8>,
+    ) -> Result<(), ServiceError> {
+        check_guild_id(guild_id)?;
+        let _one = self.uploads.lock().await;
+        self.install(guild_id, Source::Bytes(bytes), Some(run_id)).await.map(|_| ())
     }
 
     /// [`Core::install_bundle`] for a bundle arriving as a stream of chunks (an HTTP upload):
@@ -75,14 +88,16 @@ impl Core {
         }
         file.flush().await.map_err(EngineError::Io)?;
         drop(file);
-        self.install(guild_id, Source::File(path.clone())).await
+        self.install(guild_id, Source::File(path.clone()), None).await
     }
 
-    /// Validates and installs a bundle; the caller holds the upload lock.
+    /// Validates and installs a bundle; the caller holds the upload lock. `recorded`: the run
+    /// it came from, recorded by its trainer; else it is recorded here as a `remote` run.
     async fn install(
         self: &Arc<Self>,
         guild_id: &str,
         source: Source,
+        recorded: Option<i64>,
     ) -> Result<TrainAccepted, ServiceError> {
         let guild_dir = self.config.models_dir.join(guild_id);
         let tmp = guild_dir.join(format!(".incoming-{:016x}", rand::random::<u64>()));
@@ -98,17 +113,21 @@ impl Core {
             Err(reason) => return Err(ServiceError::BadBundle(reason)),
         };
         let meta = loaded.meta.clone();
-        let run_id = self
-            .store
-            .start_run(
-                guild_id,
-                Trigger::Remote.as_str(),
-                Some("remote"),
-                meta.epochs.ceil() as i64,
-                meta.corpus_messages as i64,
-                None,
-            )
-            .await?;
+        let run_id = match recorded {
+            Some(run_id) => run_id,
+            None => {
+                self.store
+                    .start_run(
+                        guild_id,
+                        Trigger::Remote.as_str(),
+                        Some("remote"),
+                        meta.epochs.ceil() as i64,
+                        meta.corpus_messages as i64,
+                        None,
+                    )
+                    .await?
+            }
+        };
         let run = registry::run_name(&guild_dir, run_id);
         let dir = guild_dir.join(&run);
         // The validated model is what serves: it only moves to its final directory.
@@ -116,15 +135,21 @@ impl Core {
             .map_err(EngineError::Io)
             .and_then(|_| registry::set_current(&guild_dir, &run));
         if let Err(e) = placed {
-            let failed =
-                RunResult { outcome: RunOutcome::Failed, error: Some(e.to_string()), ..RunResult::default() };
-            self.store.finish_run(run_id, &failed).await?;
+            if recorded.is_none() {
+                let failed = RunResult {
+                    outcome: RunOutcome::Failed,
+                    error: Some(e.to_string()),
+                    ..RunResult::default()
+                };
+                self.store.finish_run(run_id, &failed).await?;
+            }
             return Err(e.into());
         }
         loaded.dir = dir;
         self.serve_new_model(guild_id, run_id, Arc::new(loaded.serving_only())).await;
-        let result = super::training::succeeded(&meta);
-        self.store.finish_run(run_id, &result).await?;
+        if recorded.is_none() {
+            self.store.finish_run(run_id, &super::training::succeeded(&meta)).await?;
+        }
         tracing::info!(guild = %guild_id, run = run_id, "model from a remote trainer serving");
         Ok(TrainAccepted {
             guild_id: guild_id.to_string(),

@@ -72,6 +72,12 @@ impl Core {
             )));
         }
         let decision = self.should_train(&guild_id).await?;
+        if self.config.training == crate::config::TrainingMode::Workers {
+            if !req.force && !decision.should_train {
+                return Err(ServiceError::NotNeeded { guild_id, decision });
+            }
+            return Err(self.hand_to_workers(&req, &guild_id).await?);
+        }
         let busy = || ServiceError::AlreadyRunning {
             guild_id: self.trainer.view().guild_id,
             requested: guild_id.clone(),
@@ -121,18 +127,7 @@ impl Core {
             .await?;
         self.trainer.set_run(run_id);
         tracing::info!(guild = %guild_id, run = run_id, trigger = ?req.trigger, force = req.force, "training started");
-        let mut opts = TrainOptions::new(self.config.engine.preset.clone());
-        opts.epochs = epochs as usize;
-        opts.max_seconds = Some(req.max_minutes.unwrap_or(self.config.engine.max_minutes) * 60.0);
-        opts.lora = self.config.engine.lora;
-        let base = match bases::resolve(&self.config.models_dir, &self.config.engine.base) {
-            Ok(base) => base,
-            Err(e) => {
-                // An operator's MYNAH_BASE names a base that is gone: say so, train from scratch.
-                tracing::warn!(guild = %guild_id, "{e}; training from scratch");
-                None
-            }
-        };
+        let (opts, base) = self.training_setup(&guild_id, epochs, req.max_minutes);
         let guild_dir = self.config.models_dir.join(&guild_id);
         let job = Job {
             lines,
@@ -155,6 +150,29 @@ impl Core {
         let core = self.clone();
         tokio::spawn(async move { core.run_training(job, guild_id, run_id, (slot, claim)).await });
         Ok(accepted)
+    }
+
+    /// The options of a run of `epochs` (at most `max_minutes`, else the configured limit) and
+    /// the base it fine-tunes, if one is chosen and installed.
+    pub(super) fn training_setup(
+        &self,
+        guild_id: &str,
+        epochs: u32,
+        max_minutes: Option<f64>,
+    ) -> (TrainOptions, Option<bases::Base>) {
+        let mut opts = TrainOptions::new(self.config.engine.preset.clone());
+        opts.epochs = epochs as usize;
+        opts.max_seconds = Some(max_minutes.unwrap_or(self.config.engine.max_minutes) * 60.0);
+        opts.lora = self.config.engine.lora;
+        let base = match bases::resolve(&self.config.models_dir, &self.config.engine.base) {
+            Ok(base) => base,
+            Err(e) => {
+                // An operator's MYNAH_BASE names a base that is gone: say so, train from scratch.
+                tracing::warn!(guild = %guild_id, "{e}; training from scratch");
+                None
+            }
+        };
+        (opts, base)
     }
 
     /// Asks a running training to stop; `false` if none runs.

@@ -7,6 +7,7 @@
 
 mod copy;
 mod curves;
+mod jobs;
 mod locks;
 mod open;
 mod overview;
@@ -17,6 +18,9 @@ mod runs;
 
 pub use copy::TableCopy;
 pub use curves::{CurvePoint, DayCount};
+pub use jobs::{
+    parse_model_payload, Enqueued, Job, JobRequest, JobState, Lease, JOBS_CHANNEL, MODELS_CHANNEL,
+};
 pub use locks::TrainingClaim;
 pub use overview::ChannelSummary;
 pub use privacy::{ChannelSetting, Purged, Staleness};
@@ -60,6 +64,7 @@ pub struct Store {
     /// alongside; on PostgreSQL this is the same pool as `pool`.
     read: AnyPool,
     backend: Backend,
+    url: open::DbUrl,
 }
 
 /// Message counts for one guild (and optionally one of its channels).

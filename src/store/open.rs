@@ -46,6 +46,22 @@ impl Backend {
     }
 }
 
+/// A database URL, kept for connections opened later (listeners); printed without its password.
+#[derive(Clone)]
+pub(super) struct DbUrl(String);
+
+impl DbUrl {
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
 /// Connections a PostgreSQL store keeps at most (reads and writes share them).
 const POSTGRES_CONNECTIONS: u32 = 8;
 
@@ -111,7 +127,7 @@ async fn open_sqlite(url: &str) -> Result<Store> {
     let pool = pool_with(1).connect(url).await?;
     SQLITE.run(&pool).await?;
     let read = if memory { pool.clone() } else { pool_with(4).connect(url).await? };
-    Ok(Store { pool, read, backend: Backend::Sqlite })
+    Ok(Store { pool, read, backend: Backend::Sqlite, url: DbUrl(url.to_string()) })
 }
 
 async fn open_postgres(url: &str) -> Result<Store> {
@@ -122,7 +138,7 @@ async fn open_postgres(url: &str) -> Result<Store> {
         .await?;
     // Several processes may start at once: sqlx's migrator holds an advisory lock meanwhile.
     POSTGRES.run(&pool).await?;
-    Ok(Store { read: pool.clone(), pool, backend: Backend::Postgres })
+    Ok(Store { read: pool.clone(), pool, backend: Backend::Postgres, url: DbUrl(url.to_string()) })
 }
 
 /// Creates the database `name` on the PostgreSQL server at `server_url` (any database URL of

@@ -25,3 +25,4 @@ mod slash;
 mod store;
 mod strict;
 mod support;
+mod workers;

@@ -3,7 +3,7 @@
 
 use crate::support::{database_url, mynah, sqlite_url};
 
-fn postgres() -> bool {
+pub fn postgres() -> bool {
     let set = std::env::var("MYNAH_TEST_POSTGRES").is_ok_and(|s| !s.is_empty());
     if !set {
         eprintln!("skipped: MYNAH_TEST_POSTGRES names no PostgreSQL server (CI's second pass sets it)");

@@ -4,16 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Harness, WAIT};
-
-/// Waits until `check` holds, polling the bot's database.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::support::{until, Harness};
 
 async fn contents(h: &Harness) -> Vec<String> {
     h.core.export(Some(&h.guild.to_string())).await.unwrap().into_iter().map(|r| r.content).collect()

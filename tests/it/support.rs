@@ -60,6 +60,15 @@ pub fn on_sqlite(cfg: &mut Config) {
     cfg.database_url = sqlite_url(&dir);
 }
 
+/// Waits until `check` holds, polling the bot's database.
+pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The bundled sample corpus, as shipped in `data/sample/`.
 pub fn sample() -> &'static str {
     mynah::playground::SAMPLE

@@ -1,0 +1,99 @@
+//! End to end on PostgreSQL (CI's second pass): two bot processes on gateway shards `0-0/2` and
+//! `1-1/2` with `MYNAH_TRAINING=workers`, and one training worker, all on one database. A
+//! training asked in shard 1's guild is run by the worker, and shard 1's process serves the
+//! model it made; messages of both shards are stored once; a deletion seen by either process
+//! purges the one store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mynah::config::{Collect, Secret, TrainingMode};
+use mynah::devserver::DevServer;
+use mynah::service::{ServiceError, TrainRequest, Trigger};
+use mynah::shards::ShardRange;
+
+use crate::support::WAIT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_trains_shard_1s_guild_and_shard_1s_process_serves_the_model() {
+    if !crate::postgres::postgres() {
+        return;
+    }
+    let server = DevServer::start().await.unwrap();
+    // Discord's rule: (guild_id >> 22) % 2 picks the shard.
+    let even = server.create_guild_with_id("Even", 2 << 22);
+    let odd = server.create_guild_with_id("Odd", 3 << 22);
+    let (c_even, c_odd) = (server.create_channel(even, "general"), server.create_channel(odd, "general"));
+    let member = server.create_user("bob");
+    server.add_member(even, member, 0);
+    server.add_member(odd, member, 0);
+
+    // One database for all three; each process its own models directory.
+    let dir = tempfile::tempdir().unwrap();
+    let config = |shards: &str, models: &str| {
+        let mut cfg = crate::support::config(dir.path());
+        cfg.models_dir = dir.path().join(models);
+        cfg.discord_token = Some(Secret::new(server.token()));
+        cfg.discord_api_base = Some(server.base_url());
+        cfg.collect = Collect::All;
+        cfg.shards = ShardRange::parse(shards).unwrap();
+        cfg.training = TrainingMode::Workers;
+        cfg
+    };
+    let first = mynah::app::start(config("0-0/2", "models-0")).await.unwrap();
+    let second = mynah::app::start(config("1-1/2", "models-1")).await.unwrap();
+    server.wait_for(WAIT, || (server.sessions() == 2).then_some(())).await.expect("both shards identified");
+
+    // Each message is stored once, whichever process reads it.
+    let doomed = server.say(c_even, member, "this one goes");
+    server.say(c_odd, member, "hello from the odd guild");
+    let stored = |guild: u64, n: u64| {
+        let core = first.core().clone();
+        async move { core.counts(&guild.to_string(), None).await.unwrap().messages == n }
+    };
+    crate::support::until("both messages are stored once", async || {
+        stored(even, 1).await && stored(odd, 1).await
+    })
+    .await;
+    // A deletion seen by shard 0's process purges the store both read.
+    server.delete(doomed);
+    crate::support::until("the deletion reaches the store", async || {
+        second.core().counts(&even.to_string(), None).await.unwrap().messages == 0
+    })
+    .await;
+
+    // Shard 1's guild has a corpus; its training goes to the workers.
+    let odd_id = odd.to_string();
+    second.core().import_jsonl(crate::support::sample(), Some(&odd_id), true).await.unwrap();
+    let request = TrainRequest { force: true, ..TrainRequest::new(Some(odd_id.clone()), Trigger::Api) };
+    match second.core().request_training(request.clone()).await {
+        Err(ServiceError::Delegated { guild_id, .. }) => assert_eq!(guild_id, odd_id),
+        other => panic!("expected the job to be handed to the workers, got {other:?}"),
+    }
+    match second.core().request_training(request).await {
+        Err(ServiceError::AlreadyRunning { .. }) => {}
+        other => panic!("one open job per guild, got {other:?}"),
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker =
+        tokio::spawn(mynah::worker::run(config("0-0/1", "models-worker"), stop.clone(), Some("w1".into())));
+
+    let served = server
+        .wait_for(Duration::from_secs(120), || second.core().model(&odd_id))
+        .await
+        .expect("shard 1's process serves the worker's model");
+    assert!(served.dir.starts_with(dir.path().join("models-1")), "{}", served.dir.display());
+    let runs = second.core().runs(Some(&odd_id), 5).await.unwrap();
+    assert_eq!(runs[0].outcome, mynah::store::RunOutcome::Succeeded, "{runs:?}");
+    assert_eq!(runs[0].trigger, "api");
+    assert!(served.dir.ends_with(format!("run-{}", runs[0].id)));
+    assert!(first.core().model(&odd_id).is_none(), "shard 0's process does not load shard 1's models");
+    let mention = server.say(c_odd, member, &format!("<@{}> how is it going?", server.bot_id()));
+    server.wait_for_bot_message(c_odd, mention, WAIT).await.expect("the new model answers in shard 1");
+
+    stop.store(true, Ordering::SeqCst);
+    worker.await.unwrap().unwrap();
+    second.shutdown().await;
+    first.shutdown().await;
+}
