@@ -71,7 +71,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(days, "messages older than the retention period are deleted hourly");
         tasks.push(crate::scheduler::spawn_retention(core.clone(), stopped.clone()));
     }
-    tasks.extend(core.spawn_model_listener(stopped.clone()));
+    tasks.extend(core.spawn_shared_state_listener(stopped.clone()));
     let mut running = Running { core: core.clone(), bot: None, api, tasks, stop };
     if config.discord_token.is_some() {
         match crate::discord::start(core).await {

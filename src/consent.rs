@@ -124,6 +124,19 @@ impl Consent {
         }
     }
 
+    /// Replaces everything with what the store holds now (another process changed it).
+    pub fn reload(
+        &self,
+        settings: Vec<ChannelSetting>,
+        opted_out: Vec<(String, String)>,
+        forgotten: Vec<((String, String), i64)>,
+    ) {
+        *write(&self.channels) =
+            settings.into_iter().map(|s| ((s.guild_id, s.channel_id), s.collect)).collect();
+        *write(&self.opted_out) = opted_out.into_iter().collect();
+        *write(&self.forgotten) = forgotten.into_iter().collect();
+    }
+
     /// Forgets the channel choices of a guild the bot left; who opted out or asked to be
     /// forgotten stays known, in case the bot is invited back.
     pub fn forget_guild(&self, guild: &str) {

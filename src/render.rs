@@ -77,7 +77,10 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
             stale.reason
         ));
     }
-    lines.push(format!("**Training:** {}", training(&s.training)));
+    lines.push(match &s.worker_job {
+        Some(j) => format!("**Training:** on a training worker (job {}, {})", j.job, j.state.as_str()),
+        None => format!("**Training:** {}", training(&s.training)),
+    });
     if !s.last_runs.is_empty() {
         let runs: Vec<String> = s
             .last_runs
@@ -94,7 +97,7 @@ pub fn stats(s: &GuildStats, prefix: &str) -> String {
     lines.push(format!("**Collection:** {}", collection(&s.collection, prefix)));
     let d = &s.should_train;
     lines.push(match d.messages_until_first_training {
-        _ if s.training.state == TrainingState::Running => {
+        _ if s.training.state == TrainingState::Running || s.worker_job.is_some() => {
             "**Next:** the new model serves as soon as training ends".into()
         }
         Some(0) => {

@@ -126,6 +126,12 @@ impl ReplyModes {
         list
     }
 
+    /// Replaces every choice with what the store holds now (another process changed it).
+    pub fn reload(&self, rows: Vec<ChannelReply>) {
+        *self.modes.write().unwrap_or_else(|p| p.into_inner()) =
+            rows.into_iter().map(|r| ((r.guild_id, r.channel_id), r.mode)).collect();
+    }
+
     pub fn forget_guild(&self, guild: &str) {
         self.modes.write().unwrap_or_else(|p| p.into_inner()).retain(|(g, _), _| g != guild);
     }

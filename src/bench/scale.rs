@@ -2,7 +2,9 @@
 //! against PostgreSQL, with 1, 2 and 4 writer processes on this machine. Each writer is this
 //! binary (`mynah bench scale-writer`, hidden) storing messages one by one as the bot's ingest
 //! does (a transaction each, with the consent check in the INSERT) for a fixed time; the figure
-//! is all writers' messages over the wall time. Loopback only, bounded in time.
+//! is all writers' messages over the wall time. Then, on PostgreSQL, training jobs per minute
+//! with 1 and 2 `mynah worker` processes (tiny models, a short time limit each). Loopback only,
+//! bounded in time.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -28,6 +30,16 @@ pub async fn run(postgres: Option<&str>, seconds: u64, processes: &[usize]) -> a
             let url = create_postgres_database(server, &name).await?;
             let rate = measure(&exe, &url, n, seconds).await?;
             println!("{:<12} {n:>9} {rate:>12.0} {:>14.0}", "PostgreSQL", rate / n as f64);
+        }
+    }
+    if let Some(server) = postgres {
+        println!();
+        println!("{:<12} {:>7} {:>5} {:>12}", "training", "workers", "jobs", "jobs/minute");
+        for workers in [1, 2] {
+            let name = format!("mynah_bench_jobs_{}_{workers}", std::process::id());
+            let url = create_postgres_database(server, &name).await?;
+            let (jobs, per_minute) = jobs_per_minute(&exe, &url, workers, dir.path()).await?;
+            println!("{:<12} {workers:>7} {jobs:>5} {per_minute:>12.1}", "PostgreSQL");
         }
     }
     if postgres.is_none() {
@@ -62,6 +74,70 @@ async fn measure(exe: &std::path::Path, url: &str, n: usize, seconds: u64) -> an
         stored += line.trim().parse::<u64>()?;
     }
     Ok(stored as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Trainings of this many guilds are queued at once for the workers.
+const JOBS: usize = 4;
+
+/// Queues [`JOBS`] trainings (the bundled sample as each guild's corpus), starts `workers`
+/// worker processes on them and returns the jobs and the jobs finished per minute.
+async fn jobs_per_minute(
+    exe: &std::path::Path,
+    url: &str,
+    workers: usize,
+    tmp: &std::path::Path,
+) -> anyhow::Result<(usize, f64)> {
+    let store = Store::open(url).await?;
+    for g in 0..JOBS {
+        let guild = format!("{}", 2000 + g);
+        crate::service::import_jsonl(&store, crate::playground::SAMPLE, Some(&guild), false, true).await?;
+        store
+            .enqueue_job(&crate::store::JobRequest {
+                guild_id: guild,
+                trigger: "cli".into(),
+                requested_by: Some("bench".into()),
+                epochs: Some(1),
+                max_minutes: Some(0.1),
+            })
+            .await?;
+    }
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for w in 0..workers {
+        let models = tmp.join(format!("worker-models-{w}"));
+        let child = tokio::process::Command::new(exe)
+            .args(["worker", "--name", &format!("bench-{w}")])
+            .env("DATABASE_URL", url)
+            .env("MYNAH_MODELS_DIR", &models)
+            .env("MYNAH_PRESET", "tiny")
+            .env("MYNAH_BASE", "none")
+            .env("MYNAH_API_ADDR", "off")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("Failed to start a worker process")?;
+        children.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while store.open_jobs().await? > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the workers did not finish within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let runs = store.runs(None, 100).await?;
+    let succeeded = runs.iter().filter(|r| r.outcome == crate::store::RunOutcome::Succeeded).count();
+    store.close().await;
+    anyhow::ensure!(succeeded == JOBS, "{succeeded} of {JOBS} trainings succeeded: {runs:?}");
+    for child in &children {
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+    for mut child in children {
+        let _ = child.wait().await;
+    }
+    Ok((JOBS, JOBS as f64 / minutes))
 }
 
 /// One writer: stores messages of its own guild for `seconds`, then prints how many.

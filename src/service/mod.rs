@@ -25,6 +25,7 @@ mod privacy;
 mod queue;
 mod removals;
 mod replies;
+mod shared;
 mod status;
 mod training;
 pub mod types;

@@ -98,6 +98,11 @@ impl Core {
             mode_reason,
             model,
             training: self.training_of(guild_id),
+            worker_job: self
+                .store
+                .open_job(guild_id)
+                .await?
+                .map(|(job, state)| super::WorkerJob { job, state }),
             collection: match channel_id {
                 Some(c) => Collection::Channel { collected: self.consent.collects(guild_id, c) },
                 None => Collection::Default { channels: self.consent.describe_default() },

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::corpus::Record;
 use crate::models::trainer::TrainingView;
 use crate::policy::Decision;
-use crate::store::{Counts, RunRow, Staleness};
+use crate::store::{Counts, JobState, RunRow, Staleness};
 
 /// Who or what asked for something; recorded with training runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,10 +123,19 @@ pub struct GuildStats {
     pub mode_reason: ModeReason,
     pub model: Option<ModelView>,
     pub training: TrainingView,
+    /// The guild's open job on the training workers (`MYNAH_TRAINING=workers`).
+    pub worker_job: Option<WorkerJob>,
     pub collection: Collection,
     pub should_train: Decision,
     /// The guild's newest training runs, newest first.
     pub last_runs: Vec<RunRow>,
+}
+
+/// A guild's training job on the workers, queued or running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WorkerJob {
+    pub job: i64,
+    pub state: JobState,
 }
 
 /// The process-wide view for `GET /api/ml/status`.

@@ -1,7 +1,7 @@
 //! Training on workers (`MYNAH_TRAINING=workers`, PostgreSQL): a serving process hands a
 //! training request to the job queue; a `mynah worker` process claims it, trains, and stores the
-//! model as a bundle in the database; the process serving the guild hears of it by `NOTIFY`,
-//! validates the bundle like any upload and serves it.
+//! model as a bundle in the database; the process serving the guild hears of it by `NOTIFY`
+//! (`shared`), validates the bundle like any upload and serves it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use crate::corpus::Record;
 use crate::engine::run::{self, RunSpec};
 use crate::engine::tokenizer::ChatLine;
 use crate::engine::EngineError;
-use crate::store::{Enqueued, Job, JobRequest, JobState, Lease, RunOutcome, RunResult, MODELS_CHANNEL};
+use crate::store::{Enqueued, Job, JobRequest, JobState, Lease, RunOutcome, RunResult};
 
 /// How long a claim lasts without renewal; a worker renews it every third of that.
 pub const LEASE: Duration = Duration::from_secs(30);
@@ -237,54 +237,6 @@ impl Core {
         Ok(Worked::Ran { job: job.id, guild_id: guild, run_id, outcome: result.outcome })
     }
 
-    /// With `MYNAH_TRAINING=workers`: serves the models workers make for this process's guilds,
-    /// as `NOTIFY` announces them, and those made while it was not listening; until `stopped`.
-    pub fn spawn_model_listener(
-        self: &Arc<Self>,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        if self.config.training != TrainingMode::Workers {
-            return None;
-        }
-        let core = self.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                let mut listener = match core.store.listen(&[MODELS_CHANNEL]).await {
-                    Ok(Some(listener)) => listener,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for new models; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                            _ = stopped.wait_for(|s| *s) => return,
-                        }
-                    }
-                };
-                // Listening first, so a model finished meanwhile is either caught up or heard.
-                core.catch_up_worker_models().await;
-                loop {
-                    let heard = tokio::select! {
-                        heard = listener.recv() => heard,
-                        _ = stopped.wait_for(|s| *s) => return,
-                    };
-                    match heard {
-                        Ok(n) => {
-                            if let Some((guild, run)) = crate::store::parse_model_payload(n.payload()) {
-                                if core.config.shards.holds(&guild) {
-                                    core.serve_worker_model(&guild, run).await;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the model listener lost its connection");
-                            break;
-                        }
-                    }
-                }
-            }
-        }))
-    }
-
     /// Serves the newest worker-made model of each guild this process holds, if newer than what
     /// serves.
     pub async fn catch_up_worker_models(self: &Arc<Self>) {
@@ -303,7 +255,7 @@ impl Core {
 
     /// Fetches, validates and serves run `run_id` of `guild` from the database, unless a model
     /// as new serves already.
-    async fn serve_worker_model(self: &Arc<Self>, guild: &str, run_id: i64) {
+    pub(super) async fn serve_worker_model(self: &Arc<Self>, guild: &str, run_id: i64) {
         let serving = self
             .serving
             .get(guild)

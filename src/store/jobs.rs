@@ -10,6 +10,9 @@ use super::{now_ms, Backend, BindReal, Result, Store, StoreError};
 
 /// The channel on which a new model in `model_bundles` is announced: `GUILD RUN` as payload.
 pub const MODELS_CHANNEL: &str = "mynah_models";
+/// The channel on which a change of consent or reply modes is announced, the guild as payload:
+/// every process reloads what it caches of them.
+pub const SETTINGS_CHANNEL: &str = "mynah_settings";
 /// The channel on which a new job is announced (workers wake up at once instead of polling).
 pub const JOBS_CHANNEL: &str = "mynah_jobs";
 
@@ -142,6 +145,15 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| Ok((r.try_get(0)?, JobState::parse(&r.try_get::<String, _>(1)?)?))).transpose()
+    }
+
+    /// Jobs queued or running, of all guilds.
+    pub async fn open_jobs(&self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM training_jobs WHERE state IN ('queued', 'running')")
+                .fetch_one(&self.read)
+                .await?;
+        Ok(n.max(0) as u64)
     }
 
     /// Claims the oldest job nobody holds (queued, or running on a lease that ran out) for
@@ -308,6 +320,11 @@ impl Store {
         self.notify(MODELS_CHANNEL, &format!("{guild} {run_id}")).await
     }
 
+    /// Announces a change of the guild's consent or reply modes (PostgreSQL only).
+    pub(super) async fn notify_settings(&self, guild: &str) -> Result<()> {
+        self.notify(SETTINGS_CHANNEL, guild).await
+    }
+
     async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&self.pool).await?;
@@ -363,6 +380,7 @@ mod tests {
         assert_eq!((claimed.id, claimed.attempts, claimed.request.clone()), (a, 1, request("a")));
         assert_eq!(store.claim_job("w2", 60_000).await.unwrap().unwrap().id, b);
         assert_eq!(store.claim_job("w3", 60_000).await.unwrap(), None, "both are held");
+        assert_eq!(store.open_jobs().await.unwrap(), 2);
         assert_eq!(store.renew_lease(a, "w1", 60_000).await.unwrap(), Lease::Held);
         assert_eq!(store.renew_lease(a, "w2", 60_000).await.unwrap(), Lease::Lost, "not w2's");
 

@@ -20,6 +20,7 @@ pub use copy::TableCopy;
 pub use curves::{CurvePoint, DayCount};
 pub use jobs::{
     parse_model_payload, Enqueued, Job, JobRequest, JobState, Lease, JOBS_CHANNEL, MODELS_CHANNEL,
+    SETTINGS_CHANNEL,
 };
 pub use locks::TrainingClaim;
 pub use overview::ChannelSummary;

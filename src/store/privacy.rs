@@ -86,7 +86,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.notify_settings(guild).await
     }
 
     /// Every (guild, user) pair that opted out.
@@ -115,6 +115,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.notify_settings(guild).await?;
         Ok(Purged::from_times(&times))
     }
 
@@ -125,6 +126,7 @@ impl Store {
             .bind(user)
             .execute(&self.pool)
             .await?;
+        self.notify_settings(guild).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -198,6 +200,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.notify_settings(guild).await?;
         Ok(Purged::from_times(&times))
     }
 

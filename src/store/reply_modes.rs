@@ -38,7 +38,7 @@ impl Store {
                 .bind(channel)
                 .execute(&self.pool)
                 .await?;
-            return Ok(());
+            return self.notify_settings(guild).await;
         }
         let (name, percent) = mode.to_parts();
         sqlx::query(
@@ -56,7 +56,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        self.notify_settings(guild).await
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use mynah::config::{Collect, Secret, TrainingMode};
 use mynah::devserver::DevServer;
+use mynah::reply_modes::ReplyMode;
 use mynah::service::{ServiceError, TrainRequest, Trigger};
 use mynah::shards::ShardRange;
 
@@ -75,6 +76,8 @@ async fn a_worker_trains_shard_1s_guild_and_shard_1s_process_serves_the_model() 
         Err(ServiceError::AlreadyRunning { .. }) => {}
         other => panic!("one open job per guild, got {other:?}"),
     }
+    let stats = second.core().stats(&odd_id, None).await.unwrap();
+    assert_eq!(stats.worker_job.map(|j| j.state), Some(mynah::store::JobState::Queued), "as !llmstats shows");
     let stop = Arc::new(AtomicBool::new(false));
     let worker =
         tokio::spawn(mynah::worker::run(config("0-0/1", "models-worker"), stop.clone(), Some("w1".into())));
@@ -92,6 +95,20 @@ async fn a_worker_trains_shard_1s_guild_and_shard_1s_process_serves_the_model() 
     let mention = server.say(c_odd, member, &format!("<@{}> how is it going?", server.bot_id()));
     server.wait_for_bot_message(c_odd, mention, WAIT).await.expect("the new model answers in shard 1");
 
+    assert_eq!(second.core().stats(&odd_id, None).await.unwrap().worker_job, None, "the job is over");
+
+    // Settings changed by another process reach the process serving the guild at once.
+    let (channel, who) = (c_odd.to_string(), member.to_string());
+    first.core().set_reply_mode(&odd_id, &channel, ReplyMode::Off, Some("admin")).await.unwrap();
+    first.core().opt_out(&odd_id, &who).await.unwrap();
+    crate::support::until("shard 1's process hears of both changes", async || {
+        second.core().reply_mode(&odd_id, &channel, None) == ReplyMode::Off
+            && second.core().my_data(&odd_id, &who).await.unwrap().opted_out
+    })
+    .await;
+    let ignored = server.say(c_odd, member, &format!("<@{}> still there?", server.bot_id()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(server.bot_messages(c_odd).iter().all(|m| m.id < ignored), "replies are off in that channel now");
     stop.store(true, Ordering::SeqCst);
     worker.await.unwrap().unwrap();
     second.shutdown().await;
