@@ -3,8 +3,8 @@
 //! binary (`mynah bench scale-writer`, hidden) storing messages one by one as the bot's ingest
 //! does (a transaction each, with the consent check in the INSERT) for a fixed time; the figure
 //! is all writers' messages over the wall time. Then, on PostgreSQL, training jobs per minute
-//! with 1 and 2 `mynah worker` processes (tiny models, a short time limit each). Loopback only,
-//! bounded in time.
+//! with 1 and 2 `mynah worker` processes (each job one epoch of a tiny model on the bundled
+//! sample). Loopback only, bounded in time.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -97,7 +97,7 @@ async fn jobs_per_minute(
                 trigger: "cli".into(),
                 requested_by: Some("bench".into()),
                 epochs: Some(1),
-                max_minutes: Some(0.1),
+                max_minutes: Some(5.0),
             })
             .await?;
     }
