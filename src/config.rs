@@ -127,6 +127,9 @@ pub struct Config {
     pub training: TrainingMode,
     /// The largest model bundle a worker stores in the database (`MYNAH_BUNDLE_MAX_MB`).
     pub bundle_max_bytes: usize,
+    /// How long a worker's claim on a job lasts unrenewed (`MYNAH_WORKER_LEASE_SECONDS`); it
+    /// renews it every third of that, and a job whose worker died is claimed again after it.
+    pub worker_lease: std::time::Duration,
 }
 
 /// How models are trained and how replies are sampled.
@@ -183,6 +186,7 @@ impl Default for Config {
             shards: crate::shards::ShardRange::default(),
             training: TrainingMode::Here,
             bundle_max_bytes: 256 << 20,
+            worker_lease: std::time::Duration::from_secs(30),
             scrub: true,
             limits: Limits::default(),
             stale_fallback: false,
@@ -340,6 +344,15 @@ impl Config {
             ));
         }
         cfg.bundle_max_bytes = (bundle_mb as usize) << 20;
+        let lease = number(&get, "MYNAH_WORKER_LEASE_SECONDS", cfg.worker_lease.as_secs())?;
+        if !(3..=3600).contains(&lease) {
+            return Err(err(
+                "MYNAH_WORKER_LEASE_SECONDS",
+                &lease.to_string(),
+                "a whole number of seconds from 3 to 3600",
+            ));
+        }
+        cfg.worker_lease = std::time::Duration::from_secs(lease);
         if let Some(shards) = get("MYNAH_SHARDS") {
             cfg.shards = crate::shards::ShardRange::parse(&shards).map_err(|_| {
                 err("MYNAH_SHARDS", &shards, "FIRST-LAST/TOTAL with FIRST <= LAST < TOTAL, e.g. 0-3/8")

@@ -38,7 +38,7 @@ pub use privacy::{ChannelChange, ChannelList, MyData};
 pub use queue::Cancelled;
 pub use replies::InFlight;
 pub use types::*;
-pub use workers::{Worked, LEASE};
+pub use workers::Worked;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::queue::Cancelled;
 use super::{Core, ServiceError, TrainRequest};
@@ -15,9 +14,6 @@ use crate::engine::run::{self, RunSpec};
 use crate::engine::tokenizer::ChatLine;
 use crate::engine::EngineError;
 use crate::store::{Enqueued, Job, JobRequest, JobState, Lease, RunOutcome, RunResult};
-
-/// How long a claim lasts without renewal; a worker renews it every third of that.
-pub const LEASE: Duration = Duration::from_secs(30);
 
 /// What [`Core::work_one`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +71,8 @@ impl Core {
         worker: &str,
         stop: &Arc<AtomicBool>,
     ) -> Result<Worked, ServiceError> {
-        let Some(job) = self.store.claim_job(worker, LEASE.as_millis() as i64).await? else {
+        let lease = self.config.worker_lease;
+        let Some(job) = self.store.claim_job(worker, lease.as_millis() as i64).await? else {
             return Ok(Worked::Idle);
         };
         let guild = job.request.guild_id.clone();
@@ -134,16 +131,17 @@ impl Core {
         let renewer = {
             let (store, worker, cancel, stop, id) =
                 (self.store.clone(), worker.to_string(), cancel.clone(), stop.clone(), job.id);
+            let lease = self.config.worker_lease;
             tokio::spawn(async move {
                 loop {
                     for _ in 0..10 {
-                        tokio::time::sleep(LEASE / 30).await;
+                        tokio::time::sleep(lease / 30).await;
                         if stop.load(Ordering::SeqCst) {
                             cancel.store(true, Ordering::SeqCst);
                             return;
                         }
                     }
-                    match store.renew_lease(id, &worker, LEASE.as_millis() as i64).await {
+                    match store.renew_lease(id, &worker, lease.as_millis() as i64).await {
                         Ok(Lease::Held) => {}
                         Ok(Lease::CancelAsked | Lease::Lost) => {
                             cancel.store(true, Ordering::SeqCst);

@@ -114,3 +114,66 @@ async fn a_worker_trains_shard_1s_guild_and_shard_1s_process_serves_the_model() 
     second.shutdown().await;
     first.shutdown().await;
 }
+
+/// A worker killed in the middle of a training: once its lease is over, another worker claims
+/// the job again, its half-done run is recorded as interrupted, and the job ends with a model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_dies_is_trained_by_another_after_its_lease() {
+    if !crate::postgres::postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::support::config(dir.path());
+    cfg.models_dir = dir.path().join("models-second");
+    cfg.worker_lease = Duration::from_secs(3);
+    let store = mynah::store::Store::open(&cfg.database_url).await.unwrap();
+    mynah::service::import_jsonl(&store, crate::support::sample(), Some("77"), false, true).await.unwrap();
+    let job = mynah::store::JobRequest {
+        guild_id: "77".into(),
+        trigger: "api".into(),
+        requested_by: None,
+        epochs: Some(2),
+        max_minutes: Some(1.0),
+    };
+    store.enqueue_job(&job).await.unwrap();
+
+    // The first worker is the real binary, killed (SIGKILL) as soon as its run has started.
+    let mut doomed = crate::support::mynah(dir.path())
+        .env("DATABASE_URL", &cfg.database_url)
+        .env("MYNAH_PRESET", "tiny")
+        .env("MYNAH_WORKER_LEASE_SECONDS", "3")
+        .args(["worker", "--name", "doomed"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::until("the first worker's run starts", async || {
+        store
+            .runs(Some("77"), 5)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.outcome == mynah::store::RunOutcome::Running)
+    })
+    .await;
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let first_run = store.runs(Some("77"), 5).await.unwrap()[0].id;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = tokio::spawn(mynah::worker::run(cfg, stop.clone(), Some("second".into())));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while store.open_jobs().await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the job was not finished by the second worker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = store.runs(Some("77"), 5).await.unwrap();
+    let outcome = |id: i64| runs.iter().find(|r| r.id == id).map(|r| r.outcome);
+    assert_eq!(outcome(first_run), Some(mynah::store::RunOutcome::Interrupted), "{runs:?}");
+    assert_eq!(runs[0].outcome, mynah::store::RunOutcome::Succeeded, "{runs:?}");
+    assert!(runs[0].id > first_run);
+    assert!(store.bundle("77", runs[0].id).await.unwrap().is_some(), "the model waits in the database");
+    stop.store(true, Ordering::SeqCst);
+    worker.await.unwrap().unwrap();
+    store.close().await;
+}
