@@ -214,7 +214,7 @@ impl Config {
             if crate::store::Backend::of(&url).is_err() {
                 return Err(err(
                     "DATABASE_URL",
-                    &url,
+                    &crate::store::redact(&url),
                     "a SQLite URL like sqlite://data/mynah.db or a PostgreSQL one like postgres://user@host/mynah",
                 ));
             }
@@ -540,6 +540,8 @@ mod tests {
             "MYNAH_COLLECT_CHANNELS"
         );
         assert_eq!(config(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var, "DATABASE_URL");
+        let refused = config(&[("DATABASE_URL", "mysql://u:secret@h/db")]).unwrap_err().to_string();
+        assert!(!refused.contains("secret"), "{refused}");
         assert_eq!(config(&[("DATABASE_URL", "postgres://x/db")]).unwrap().database_url, "postgres://x/db");
         assert_eq!(
             config(&[("MYNAH_TRAIN_MIN_MESSAGES", "-3")]).unwrap_err().var,

@@ -5,6 +5,7 @@
 //! deletion, `runs` those of training runs and models, `curves` the runs' loss curves and
 //! messages per day, `overview` the database's size and each guild's channel names.
 
+mod bundles;
 mod copy;
 mod curves;
 mod jobs;
@@ -28,7 +29,7 @@ pub use privacy::{ChannelSetting, Purged, Staleness};
 pub use removals::Removal;
 pub use runs::{LastRun, RunOutcome, RunResult, RunRow};
 
-pub use open::{create_postgres_database, Backend};
+pub use open::{create_postgres_database, redact, Backend};
 
 use serde::Serialize;
 use sqlx::{AnyPool, Row};

@@ -168,7 +168,7 @@ pub async fn create_postgres_database(server_url: &str, name: &str) -> Result<St
 }
 
 /// A URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
