@@ -67,6 +67,11 @@ pub fn run_name(guild_dir: &Path, run_id: i64) -> String {
     }
 }
 
+/// The run ID a run directory's name ([`run_name`]: `run-N` or `run-N-<ms>`) was made for.
+pub fn run_id(name: &str) -> Option<i64> {
+    name.strip_prefix("run-")?.split('-').next()?.parse().ok()
+}
+
 /// Points `guild_dir/CURRENT` at `run`, atomically (write, fsync, rename).
 pub fn set_current(guild_dir: &Path, run: &str) -> Result<(), EngineError> {
     let tmp = guild_dir.join(format!("{CURRENT}.tmp"));
@@ -208,6 +213,7 @@ mod tests {
         std::fs::create_dir_all(root.path().join("run-1")).unwrap();
         let name = run_name(root.path(), 1);
         assert!(name.starts_with("run-1-") && !root.path().join(&name).exists(), "{name}");
+        assert_eq!((run_id("run-1"), run_id(&name), run_id("bundle")), (Some(1), Some(1), None));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use super::{check_guild_id, Core, ServiceError, TrainAccepted, Trigger};
-use crate::engine::checkpoint::Loaded;
+use crate::engine::checkpoint::{Loaded, Meta};
 use crate::engine::EngineError;
 use crate::models::registry;
 use crate::store::{RunOutcome, RunResult};
@@ -39,7 +39,8 @@ impl Core {
     ) -> Result<TrainAccepted, ServiceError> {
         check_guild_id(guild_id)?;
         let _one = self.uploads.try_lock().map_err(|_| ServiceError::UploadInProgress)?;
-        self.install(guild_id, Source::Bytes(bytes), None).await
+        let (run_id, meta) = self.install(guild_id, Source::Bytes(bytes), None).await?;
+        self.accepted(guild_id, run_id, &meta).await
     }
 
     /// Validates and serves the bundle of run `run_id`, which its trainer (a worker) recorded
@@ -53,6 +54,22 @@ impl Core {
         check_guild_id(guild_id)?;
         let _one = self.uploads.lock().await;
         self.install(guild_id, Source::Bytes(bytes), Some(run_id)).await.map(|_| ())
+    }
+
+    /// The answer to an upload that now serves as run `run_id`.
+    async fn accepted(
+        &self,
+        guild_id: &str,
+        run_id: i64,
+        meta: &Meta,
+    ) -> Result<TrainAccepted, ServiceError> {
+        Ok(TrainAccepted {
+            guild_id: guild_id.to_string(),
+            run_id,
+            epochs: meta.epochs.ceil() as u32,
+            corpus_messages: meta.corpus_messages,
+            decision: self.should_train(guild_id).await?,
+        })
     }
 
     /// [`Core::install_bundle`] for a bundle arriving as a stream of chunks (an HTTP upload):
@@ -88,17 +105,19 @@ impl Core {
         }
         file.flush().await.map_err(EngineError::Io)?;
         drop(file);
-        self.install(guild_id, Source::File(path.clone()), None).await
+        let (run_id, meta) = self.install(guild_id, Source::File(path.clone()), None).await?;
+        self.accepted(guild_id, run_id, &meta).await
     }
 
     /// Validates and installs a bundle; the caller holds the upload lock. `recorded`: the run
     /// it came from, recorded by its trainer; else it is recorded here as a `remote` run.
+    /// Returns the run that serves now, and what its model says of itself.
     async fn install(
         self: &Arc<Self>,
         guild_id: &str,
         source: Source,
         recorded: Option<i64>,
-    ) -> Result<TrainAccepted, ServiceError> {
+    ) -> Result<(i64, Meta), ServiceError> {
         let guild_dir = self.config.models_dir.join(guild_id);
         let tmp = guild_dir.join(format!(".incoming-{:016x}", rand::random::<u64>()));
         let _cleanup = RemoveOnDrop(tmp.clone());
@@ -150,14 +169,9 @@ impl Core {
         if recorded.is_none() {
             self.store.finish_run(run_id, &super::training::succeeded(&meta)).await?;
         }
-        tracing::info!(guild = %guild_id, run = run_id, "model from a remote trainer serving");
-        Ok(TrainAccepted {
-            guild_id: guild_id.to_string(),
-            run_id,
-            epochs: meta.epochs.ceil() as u32,
-            corpus_messages: meta.corpus_messages,
-            decision: self.should_train(guild_id).await?,
-        })
+        let from = if recorded.is_some() { "a training worker" } else { "a remote trainer" };
+        tracing::info!(guild = %guild_id, run = run_id, "model from {from} serving");
+        Ok((run_id, meta))
     }
 }
 

@@ -156,12 +156,15 @@ impl Core {
         }
     }
 
-    /// Loads the removals a previous run queued (at start-up).
+    /// Loads the removals queued in the store that this process does not hold yet: a previous
+    /// run's (at start-up), or, for a training worker, those serving processes queued since.
     pub(super) async fn load_pending_removals(&self) -> Result<(), ServiceError> {
         let queued = self.store.pending_removals().await?;
         let mut pending = self.pending.lock();
         for (id, removal) in queued {
-            pending.push(Pending { removal, queued: Some(id) });
+            if !pending.iter().any(|p| p.queued == Some(id)) {
+                pending.push(Pending { removal, queued: Some(id) });
+            }
         }
         Ok(())
     }
@@ -197,5 +200,23 @@ impl Core {
             records.retain(|r| !self.pending.hides(r));
         }
         Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn removals_queued_in_the_store_are_held_once_however_often_they_are_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config { models_dir: dir.path().join("models"), ..Default::default() };
+        let store = crate::store::Store::open_for_test().await.unwrap();
+        let core = Core::open(config, store.clone()).await.unwrap();
+        // Queued by another process since this one started (a worker reloads before each job).
+        store.queue_removal(&Removal::Message { guild: "g".into(), id: "1".into() }).await.unwrap();
+        core.load_pending_removals().await.unwrap();
+        core.load_pending_removals().await.unwrap();
+        assert_eq!(core.pending.lock().len(), 1);
     }
 }

@@ -76,7 +76,7 @@ impl Core {
             if !req.force && !decision.should_train {
                 return Err(ServiceError::NotNeeded { guild_id, decision });
             }
-            return Err(self.hand_to_workers(&req, &guild_id).await?);
+            return Err(self.hand_to_workers(&req, &guild_id).await);
         }
         let busy = || ServiceError::AlreadyRunning {
             guild_id: self.trainer.view().guild_id,

@@ -27,12 +27,9 @@ pub enum Worked {
 }
 
 impl Core {
-    /// Queues `req` for the workers; the error that says so is the answer to the request.
-    pub(super) async fn hand_to_workers(
-        &self,
-        req: &TrainRequest,
-        guild_id: &str,
-    ) -> Result<ServiceError, ServiceError> {
+    /// Queues `req` for the workers. The answer to the request is an error either way:
+    /// [`ServiceError::Delegated`], or why it was not queued.
+    pub(super) async fn hand_to_workers(&self, req: &TrainRequest, guild_id: &str) -> ServiceError {
         let job = JobRequest {
             guild_id: guild_id.to_string(),
             trigger: req.trigger.as_str().to_string(),
@@ -40,15 +37,16 @@ impl Core {
             epochs: req.epochs.map(i64::from),
             max_minutes: req.max_minutes,
         };
-        match self.store.enqueue_job(&job).await? {
-            Enqueued::New { job, ahead } => {
+        match self.store.enqueue_job(&job).await {
+            Ok(Enqueued::New { job, ahead }) => {
                 tracing::info!(guild = guild_id, job, ahead, "training handed to the workers");
-                Ok(ServiceError::Delegated { guild_id: guild_id.to_string(), job, ahead })
+                ServiceError::Delegated { guild_id: guild_id.to_string(), job, ahead }
             }
-            Enqueued::AlreadyOpen { .. } => Ok(ServiceError::AlreadyRunning {
+            Ok(Enqueued::AlreadyOpen { .. }) => ServiceError::AlreadyRunning {
                 guild_id: Some(guild_id.to_string()),
                 requested: guild_id.to_string(),
-            }),
+            },
+            Err(e) => e.into(),
         }
     }
 
@@ -254,10 +252,8 @@ impl Core {
     /// Fetches, validates and serves run `run_id` of `guild` from the database, unless a model
     /// as new serves already.
     pub(super) async fn serve_worker_model(self: &Arc<Self>, guild: &str, run_id: i64) {
-        let serving = self
-            .serving
-            .get(guild)
-            .and_then(|m| super::run_name(&m).strip_prefix("run-")?.parse::<i64>().ok());
+        let serving =
+            self.serving.get(guild).and_then(|m| crate::models::registry::run_id(&super::run_name(&m)));
         if serving.is_some_and(|current| current >= run_id) {
             return;
         }
@@ -274,7 +270,6 @@ impl Core {
         };
         match self.install_recorded_bundle(guild, run_id, bundle).await {
             Ok(()) => {
-                tracing::info!(guild, run = run_id, "model from a training worker serving");
                 if let Err(e) = self.store.prune_bundles(guild, run_id).await {
                     tracing::warn!(guild, error = %e, "could not delete older bundles");
                 }

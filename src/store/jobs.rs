@@ -1,7 +1,7 @@
 //! The training job queue of `MYNAH_TRAINING=workers`: requests as rows, claimed by `mynah
 //! worker` processes with `FOR UPDATE SKIP LOCKED` for a lease they renew while they train (a
-//! worker that dies leaves its job to be claimed again once the lease runs out), and the
-//! finished models as bundles, announced with `NOTIFY`.
+//! worker that dies leaves its job to be claimed again once the lease runs out); and the
+//! `NOTIFY` channels through which processes on one PostgreSQL tell each other of changes.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -63,7 +63,7 @@ pub struct Job {
     pub request: JobRequest,
     /// The run of an earlier attempt (its worker stopped), if there was one.
     pub previous_run: Option<i64>,
-    /// This claim is the job's attempt number …
+    /// How many times the job was claimed, this claim included.
     pub attempts: i64,
 }
 
