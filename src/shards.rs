@@ -20,6 +20,12 @@ impl Default for ShardRange {
 #[error("{0}")]
 pub struct ShardError(String);
 
+/// Discord's rule: the shard (of `total`) that a guild's events go to, `(guild_id >> 22) %
+/// total`. The bot and the devserver, which plays Discord, both go by it.
+pub fn shard_of_guild(guild_id: u64, total: u64) -> u64 {
+    (guild_id >> 22) % total.max(1)
+}
+
 impl ShardRange {
     /// `FIRST-LAST/TOTAL` (e.g. `0-3/8`), or `N/TOTAL` for one shard.
     pub fn parse(text: &str) -> Result<ShardRange, ShardError> {
@@ -45,7 +51,7 @@ impl ShardRange {
     /// (an imported corpus's own name) belongs to shard 0.
     pub fn shard_of(&self, guild_id: &str) -> u32 {
         match guild_id.parse::<u64>() {
-            Ok(id) => ((id >> 22) % u64::from(self.total)) as u32,
+            Ok(id) => shard_of_guild(id, u64::from(self.total)) as u32,
             Err(_) => 0,
         }
     }

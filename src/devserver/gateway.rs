@@ -44,7 +44,7 @@ impl Session {
         let data = &event.data;
         let guild = if event.name.starts_with("GUILD_") { &data["id"] } else { &data["guild_id"] };
         match guild.as_str().and_then(|g| g.parse::<u64>().ok()) {
-            Some(g) => dj::shard_of(g, self.shard[1]) == self.shard[0],
+            Some(g) => crate::shards::shard_of_guild(g, self.shard[1]) == self.shard[0],
             None => self.shard[0] == 0,
         }
     }
@@ -173,7 +173,7 @@ async fn handle(socket: &mut WebSocket, shared: &Shared, s: &mut Session, payloa
                     let url = format!("{}/gateway", shared.base_url.replacen("http", "ws", 1));
                     let mut frames = vec![s.frame("READY", dj::ready(&w, &url, s.shard))];
                     let [id, total] = s.shard;
-                    for g in w.guilds.iter().filter(|g| dj::shard_of(g.id, total) == id) {
+                    for g in w.guilds.iter().filter(|g| crate::shards::shard_of_guild(g.id, total) == id) {
                         let guild = s.guild_as_sent(dj::guild_create(&w, g));
                         frames.push(s.frame("GUILD_CREATE", guild));
                     }

@@ -316,7 +316,7 @@ pub fn ready(w: &World, gateway_url: &str, shard: [u64; 2]) -> Value {
     let guilds: Vec<Value> = w
         .guilds
         .iter()
-        .filter(|g| shard_of(g.id, shard[1]) == shard[0])
+        .filter(|g| crate::shards::shard_of_guild(g.id, shard[1]) == shard[0])
         .map(|g| json!({"id": g.id.to_string(), "unavailable": true}))
         .collect();
     json!({
@@ -328,11 +328,6 @@ pub fn ready(w: &World, gateway_url: &str, shard: [u64; 2]) -> Value {
         "shard": shard,
         "application": { "id": w.application_id.to_string(), "flags": 0 },
     })
-}
-
-/// The shard Discord sends a guild's events to: `(guild_id >> 22) % total`.
-pub fn shard_of(guild_id: u64, total: u64) -> u64 {
-    (guild_id >> 22) % total.max(1)
 }
 
 /// Discord's error body, e.g. `{"message": "404: Not Found", "code": 0}`.

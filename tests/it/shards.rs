@@ -4,36 +4,17 @@
 
 use std::time::Duration;
 
-use mynah::config::{Collect, Secret};
-use mynah::devserver::DevServer;
-use mynah::shards::ShardRange;
-
 use crate::support::WAIT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_shard_processes_split_the_guilds_and_each_mention_is_answered_once() {
-    let server = DevServer::start().await.unwrap();
-    // Discord's rule: (guild_id >> 22) % 2 picks the shard.
-    let even = server.create_guild_with_id("Even", 2 << 22);
-    let odd = server.create_guild_with_id("Odd", 3 << 22);
-    let (c_even, c_odd) = (server.create_channel(even, "general"), server.create_channel(odd, "general"));
-    let member = server.create_user("bob");
-    server.add_member(even, member, 0);
-    server.add_member(odd, member, 0);
-
+    let world = crate::support::TwoShards::start().await;
+    let (server, even, odd, c_even, c_odd, member) =
+        (&world.server, world.even, world.odd, world.c_even, world.c_odd, world.member);
     // One store for both, as processes on one machine would share it.
-    let dir = tempfile::tempdir().unwrap();
-    let config = |shards: &str| {
-        let mut cfg = crate::support::config(dir.path());
-        cfg.discord_token = Some(Secret::new(server.token()));
-        cfg.discord_api_base = Some(server.base_url());
-        cfg.collect = Collect::All;
-        cfg.shards = ShardRange::parse(shards).unwrap();
-        cfg
-    };
-    let first = mynah::app::start(config("0-0/2")).await.unwrap();
-    let second = mynah::app::start(config("1-1/2")).await.unwrap();
-    server.wait_for(WAIT, || (server.sessions() == 2).then_some(())).await.expect("both shards identified");
+    let first = mynah::app::start(world.config("0-0/2")).await.unwrap();
+    let second = mynah::app::start(world.config("1-1/2")).await.unwrap();
+    world.wait_for_both_sessions().await;
 
     let bot = server.bot_id();
     for (guild, channel) in [(even, c_even), (odd, c_odd)] {

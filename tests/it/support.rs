@@ -253,3 +253,46 @@ pub async fn wait_training_done(core: &Core) -> mynah::models::trainer::Finished
         );
     }
 }
+
+/// A devserver with one guild on each of two gateway shards (Discord's rule: `(guild_id >> 22) %
+/// 2` picks the shard), each with a `#general`, and a member in both; for bots running one shard
+/// each on one database in `dir`.
+pub struct TwoShards {
+    pub server: DevServer,
+    pub even: u64,
+    pub odd: u64,
+    pub c_even: u64,
+    pub c_odd: u64,
+    pub member: u64,
+    pub dir: tempfile::TempDir,
+}
+
+impl TwoShards {
+    pub async fn start() -> TwoShards {
+        let server = DevServer::start().await.expect("devserver starts");
+        let even = server.create_guild_with_id("Even", 2 << 22);
+        let odd = server.create_guild_with_id("Odd", 3 << 22);
+        let (c_even, c_odd) = (server.create_channel(even, "general"), server.create_channel(odd, "general"));
+        let member = server.create_user("bob");
+        server.add_member(even, member, 0);
+        server.add_member(odd, member, 0);
+        TwoShards { server, even, odd, c_even, c_odd, member, dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    /// A bot process's config: running `shards` (e.g. `0-0/2`), collecting everything, on the
+    /// database of `dir` that every process of the test shares.
+    pub fn config(&self, shards: &str) -> Config {
+        let mut cfg = config(self.dir.path());
+        cfg.discord_token = Some(Secret::new(self.server.token()));
+        cfg.discord_api_base = Some(self.server.base_url());
+        cfg.collect = Collect::All;
+        cfg.shards = mynah::shards::ShardRange::parse(shards).expect("a shard range");
+        cfg
+    }
+
+    /// Waits until both shards' sessions identified.
+    pub async fn wait_for_both_sessions(&self) {
+        let both = || (self.server.sessions() == 2).then_some(());
+        self.server.wait_for(WAIT, both).await.expect("both shards identified");
+    }
+}

@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mynah::config::{Collect, Secret, TrainingMode};
-use mynah::devserver::DevServer;
+use mynah::config::TrainingMode;
 use mynah::reply_modes::ReplyMode;
 use mynah::service::{ServiceError, TrainRequest, Trigger};
-use mynah::shards::ShardRange;
 
 use crate::support::WAIT;
 
@@ -21,30 +19,19 @@ async fn a_worker_trains_shard_1s_guild_and_shard_1s_process_serves_the_model() 
     if !crate::postgres::postgres() {
         return;
     }
-    let server = DevServer::start().await.unwrap();
-    // Discord's rule: (guild_id >> 22) % 2 picks the shard.
-    let even = server.create_guild_with_id("Even", 2 << 22);
-    let odd = server.create_guild_with_id("Odd", 3 << 22);
-    let (c_even, c_odd) = (server.create_channel(even, "general"), server.create_channel(odd, "general"));
-    let member = server.create_user("bob");
-    server.add_member(even, member, 0);
-    server.add_member(odd, member, 0);
-
+    let world = crate::support::TwoShards::start().await;
+    let (server, even, odd, c_even, c_odd, member) =
+        (&world.server, world.even, world.odd, world.c_even, world.c_odd, world.member);
     // One database for all three; each process its own models directory.
-    let dir = tempfile::tempdir().unwrap();
     let config = |shards: &str, models: &str| {
-        let mut cfg = crate::support::config(dir.path());
-        cfg.models_dir = dir.path().join(models);
-        cfg.discord_token = Some(Secret::new(server.token()));
-        cfg.discord_api_base = Some(server.base_url());
-        cfg.collect = Collect::All;
-        cfg.shards = ShardRange::parse(shards).unwrap();
+        let mut cfg = world.config(shards);
+        cfg.models_dir = world.dir.path().join(models);
         cfg.training = TrainingMode::Workers;
         cfg
     };
     let first = mynah::app::start(config("0-0/2", "models-0")).await.unwrap();
     let second = mynah::app::start(config("1-1/2", "models-1")).await.unwrap();
-    server.wait_for(WAIT, || (server.sessions() == 2).then_some(())).await.expect("both shards identified");
+    world.wait_for_both_sessions().await;
 
     // Each message is stored once, whichever process reads it.
     let doomed = server.say(c_even, member, "this one goes");
@@ -86,7 +73,7 @@ async fn a_worker_trains_shard_1s_guild_and_shard_1s_process_serves_the_model() 
         .wait_for(Duration::from_secs(120), || second.core().model(&odd_id))
         .await
         .expect("shard 1's process serves the worker's model");
-    assert!(served.dir.starts_with(dir.path().join("models-1")), "{}", served.dir.display());
+    assert!(served.dir.starts_with(world.dir.path().join("models-1")), "{}", served.dir.display());
     let runs = second.core().runs(Some(&odd_id), 5).await.unwrap();
     assert_eq!(runs[0].outcome, mynah::store::RunOutcome::Succeeded, "{runs:?}");
     assert_eq!(runs[0].trigger, "api");
