@@ -3,7 +3,9 @@
 //! lost connection. Each channel remembers how far it was read (`channel_sync`), so catching up
 //! reads only the new part.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use poise::serenity_prelude as serenity;
 
@@ -17,6 +19,44 @@ pub struct Report {
     pub stored: u64,
     /// Stored messages that Discord no longer has (deleted while the bot was away).
     pub purged: u64,
+}
+
+/// The read-backs running now, and how often the bot left each guild: a read-back of a guild the
+/// bot left meanwhile stops before its next write, and the guild's data is deleted only once none
+/// runs. Otherwise a read-back still going would store messages, or a sync point that hides the
+/// history from the next read-back, after the guild's data was deleted.
+#[derive(Default)]
+pub struct Backfills(Mutex<Running>);
+
+#[derive(Default)]
+struct Running {
+    channels: HashSet<(u64, u64)>,
+    leaves: HashMap<u64, u64>,
+}
+
+impl Backfills {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How often the bot left `guild` so far: a read-back goes on while this stays the same.
+    fn leaves(&self, guild: u64) -> u64 {
+        self.lock().leaves.get(&guild).copied().unwrap_or(0)
+    }
+
+    /// The bot left `guild`: its read-backs stop, and this waits (up to `patience`) until they
+    /// have, so that deleting the guild's data comes after their last write.
+    pub async fn left(&self, guild: u64, patience: Duration) {
+        *self.lock().leaves.entry(guild).or_default() += 1;
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.lock().channels.iter().any(|&(g, _)| g == guild) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(guild, "a read-back of a guild the bot left did not stop in time");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Runs a backfill unless one already runs for the channel; failures are logged only (the
@@ -33,11 +73,11 @@ pub async fn run_logged(
         return None;
     }
     let key = (guild.get(), channel.get());
-    if !data.backfilling.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+    if !data.backfills.lock().channels.insert(key) {
         return None;
     }
     let result = run(ctx, data, guild, channel).await;
-    data.backfilling.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    data.backfills.lock().channels.remove(&key);
     match result {
         Ok(report) => {
             if report != Report::default() {
@@ -66,6 +106,8 @@ async fn run(
     if limit == 0 {
         return Ok(Report::default());
     }
+    let leaves = data.backfills.leaves(guild.get());
+    let here = || data.backfills.leaves(guild.get()) == leaves;
     let synced = core.synced_through(&g, &c).await?;
     let mut report = Report::default();
     let mut present = HashSet::new();
@@ -96,6 +138,10 @@ async fn run(
             if m.author.bot || m.webhook_id.is_some() || !message::is_chat(m) {
                 continue;
             }
+            if !here() {
+                tracing::debug!(%guild, %channel, "the bot left the guild: its read-back stops");
+                return Ok(report);
+            }
             let incoming = Incoming {
                 record: message::record(ctx, guild, m),
                 author_is_bot: false,
@@ -114,6 +160,9 @@ async fn run(
             break;
         }
     }
+    if !here() {
+        return Ok(report);
+    }
     if let (true, Some(s), Some(n)) = (complete, synced, newest) {
         report.purged = core.reconcile_channel(&g, &c, s, n, &present).await?.messages;
     }
@@ -121,4 +170,30 @@ async fn run(
         core.set_synced_through(&g, &c, n).await?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leaving_a_guild_stops_its_read_backs_and_waits_for_them() {
+        let backfills = std::sync::Arc::new(Backfills::default());
+        backfills.lock().channels.extend([(1, 10), (2, 20)]);
+        let before = backfills.leaves(1);
+        let leaving = tokio::spawn({
+            let backfills = backfills.clone();
+            async move { backfills.left(1, Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(backfills.leaves(1), before + 1, "the guild's read-backs see that it was left");
+        assert_eq!(backfills.leaves(2), 0, "other guilds' go on");
+        assert!(!leaving.is_finished(), "the purge waits for the read-back of channel 10");
+        backfills.lock().channels.remove(&(1, 10));
+        tokio::time::timeout(Duration::from_secs(5), leaving).await.unwrap().unwrap();
+        // Channel 20 belongs to another guild: leaving guild 1 never waited for it.
+        let quick = tokio::time::Instant::now();
+        backfills.left(1, Duration::from_secs(10)).await;
+        assert!(quick.elapsed() < Duration::from_secs(1));
+    }
 }

@@ -8,6 +8,10 @@ use super::{backfill, no_pings, Data, Error};
 use crate::reply_modes::ReplyMode;
 use crate::service::{Incoming, Mode, ReplyRequest, ServiceError};
 
+/// How long leaving a guild waits for its read-backs to stop before deleting its data (one
+/// message's write, or one page of history from Discord).
+const LEFT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The reaction on a mention that a cool-down dropped.
 const COOLING_DOWN: &str = "\u{23f3}";
 
@@ -46,6 +50,8 @@ pub async fn handle(
             core.channel_deleted(&thread.guild_id.to_string(), &thread.id.to_string()).await?;
         }
         E::GuildDelete { incomplete, .. } if !incomplete.unavailable => {
+            // A read-back still running would write after the purge.
+            framework.user_data.backfills.left(incomplete.id.get(), LEFT_PATIENCE).await;
             core.guild_removed(&incomplete.id.to_string()).await?;
         }
         E::GuildCreate { guild, .. } => {

@@ -11,7 +11,7 @@ mod message;
 mod permissions;
 mod telemetry;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,8 @@ use crate::service::{Core, ServiceError};
 #[derive(Clone)]
 pub struct Data {
     pub core: Arc<Core>,
-    /// Channels whose history is being read back now, as (guild, channel).
-    backfilling: Arc<Mutex<HashSet<(u64, u64)>>>,
+    /// The read-backs of channels' history running now.
+    backfills: Arc<backfill::Backfills>,
     /// `llmforgetme` asked, waiting for its confirmation: (guild, user) → when.
     forget_requests: Arc<Mutex<HashMap<(u64, u64), Instant>>>,
     /// Tells command invocations from chat; the command list is fixed at start.
@@ -35,7 +35,7 @@ pub struct Data {
 impl Data {
     fn new(core: Arc<Core>, options: &poise::FrameworkOptions<Data, Error>) -> Data {
         let filter = Arc::new(message::Filter::new(options, &core.config().prefix));
-        Data { core, backfilling: Arc::default(), forget_requests: Arc::default(), filter }
+        Data { core, backfills: Arc::default(), forget_requests: Arc::default(), filter }
     }
 }
 
