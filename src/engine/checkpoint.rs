@@ -230,7 +230,7 @@ pub fn load_with_bases(
                         Some(shared) => shared,
                         None => share_base(
                             &base.sha256,
-                            FastWeights::from_model(&model, FastWeights::quantized(&config))?,
+                            FastWeights::from_model(&model, FastWeights::precision(&config))?,
                         ),
                     };
                     let model = if keep_model {

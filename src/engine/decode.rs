@@ -5,7 +5,7 @@
 
 use rand::rngs::StdRng;
 
-use super::fast::{FastCache, FastModel};
+use super::fast::{self, FastCache, FastModel};
 use super::generate::{self, Generated, Sampling, MAX_AUTHOR_TOKENS};
 use super::prompt::{self, Prefilled};
 use super::tokenizer::ChatTokenizer;
@@ -182,6 +182,9 @@ struct Fork<'v> {
     guard: Option<CopyGuard<'v>>,
     probs: Vec<f32>,
     mixture: Vec<f32>,
+    /// Scratch space: the counts' distribution, and the tokens that survive min-p.
+    counts: Vec<f32>,
+    survivors: Vec<usize>,
 }
 
 /// A decoded candidate and the natural log-probabilities of its content tokens.
@@ -202,6 +205,8 @@ impl<'v> Fork<'v> {
             guard: voice.map(|v| CopyGuard::new(&v.copies)),
             probs: vec![0f32; logits.len()],
             mixture: vec![0f32; logits.len()],
+            counts: Vec::new(),
+            survivors: Vec::new(),
         }
     }
 
@@ -303,19 +308,19 @@ impl<'v> Fork<'v> {
 
     /// The sampling distribution of the next content token: the network's (repetition-penalised)
     /// mixed with the counts', sharpened by the temperature, control tokens but the end out.
-    /// Also leaves the unsharpened mixture, which candidates are scored by, in `mixture`.
+    /// Also leaves the unsharpened mixture, which candidates are scored by, in `mixture`. The
+    /// logits are used up (the next pass replaces them).
     fn distribution(
-        &self,
+        &mut self,
         tok: &ChatTokenizer,
         s: &Sampling,
         voice: Option<&Voice>,
         mixture: &mut [f32],
         out: &mut [f32],
     ) {
-        let mut logits = self.logits.clone();
         let recent = self.seq.iter().rev().take(64).chain(&self.content).copied();
-        generate::penalize_repeats(&mut logits, recent, s.repetition_penalty);
-        mixed(&logits, voice, &self.seq, mixture);
+        generate::penalize_repeats(&mut self.logits, recent, s.repetition_penalty);
+        mixed(&mut self.logits, voice, &self.seq, &mut self.counts, mixture);
         out.copy_from_slice(mixture);
         for &b in tok.banned_in_content() {
             if let Some(p) = out.get_mut(b as usize) {
@@ -325,27 +330,35 @@ impl<'v> Fork<'v> {
         let t = s.temperature.max(1e-3);
         // min-p: tokens far less likely than the best are out. On the sharpened values that is
         // `p^(1/t) < max^(1/t) · min_p`, i.e. `p < max · min_p^t`: applied first, so only the
-        // few survivors of a large vocabulary are sharpened.
+        // few survivors of a large vocabulary are sharpened (by index: a loop over all of them
+        // would be vectorised into a power for every token).
         let max = out.iter().copied().fold(0.0f32, f32::max);
         let floor = max * s.min_p.max(0.0).powf(t);
-        out.iter_mut().for_each(|p| *p = if *p < floor || *p <= 0.0 { 0.0 } else { p.powf(1.0 / t) });
+        self.survivors.clear();
+        self.survivors.extend((0..out.len()).filter(|&i| out[i] >= floor && out[i] > 0.0));
+        out.fill(0.0);
+        for &i in &self.survivors {
+            out[i] = mixture[i].powf(1.0 / t);
+        }
     }
 }
 
-/// The mixture of the network's softmax over `logits` and the counts' distribution after `seq`.
-fn mixed(logits: &[f32], voice: Option<&Voice>, seq: &[u32], out: &mut [f32]) {
+/// The mixture of the network's softmax over `logits` (which become the network's
+/// probabilities) and the counts' distribution after `seq` (`counts` is scratch space).
+fn mixed(logits: &mut [f32], voice: Option<&Voice>, seq: &[u32], counts: &mut Vec<f32>, out: &mut [f32]) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut net: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f32 = net.iter().sum();
-    net.iter_mut().for_each(|p| *p /= sum);
+    let sum = fast::exp_shifted(logits, max);
+    logits.iter_mut().for_each(|p| *p /= sum);
+    let net = &*logits;
     match voice {
         Some(v) if v.counts.vocab() == net.len() => {
             let context = &seq[seq.len().saturating_sub(v.counts.order().saturating_sub(1))..];
-            let mut counts = vec![0f32; net.len()];
-            v.counts.probs(context, &mut counts);
-            v.mixer.mix(v.counts.evidence(context), &counts, &net, out);
+            counts.clear();
+            counts.resize(net.len(), 0.0);
+            v.counts.probs(context, counts);
+            v.mixer.mix(v.counts.evidence(context), counts, net, out);
         }
-        _ => out.copy_from_slice(&net),
+        _ => out.copy_from_slice(net),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Attention in the serving path: a prompt's rows as matrix products, and reply candidates
 //! attending together to the prompt they share.
 
+use super::expf::exp_shifted;
 use super::kernels::{axpy, dot, resize};
+use super::panels::Panels;
 
 /// Rows of a prompt prefilled at once need attention of every row over every earlier position:
 /// from this many rows on, it is done as two matrix products per head (scores, then values).
@@ -58,11 +60,7 @@ pub(super) fn prefill_attention(
             let row = &mut scores[i * seen..(i + 1) * seen];
             let (visible, future) = row.split_at_mut(start + i + 1);
             let max = visible.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in visible.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
+            let sum = exp_shifted(visible, max);
             visible.iter_mut().for_each(|x| *x /= sum);
             future.fill(0.0);
         }
@@ -103,12 +101,13 @@ pub(super) struct Row<'a> {
 }
 
 /// Causal attention of `rows` (queries in `q`, `[row][d]`) over an optional shared prefix
-/// (`keys`, `values`, positions) and then each row's own positions, into `att`.
+/// (per key-value head its packed keys and values, and its length) and then each row's own
+/// positions, into `att`. The prefix is attended as two products per head for all rows at once.
 #[inline(always)]
 pub(super) fn attend<const FMA: bool>(
     q: &[f32],
     rows: &[Row<'_>],
-    shared: Option<(&[f32], &[f32], usize)>,
+    shared: Option<(&[(Panels, Panels)], usize)>,
     (h, kvh, hd): (usize, usize, usize),
     scale: f32,
     scores: &mut Vec<f32>,
@@ -116,18 +115,25 @@ pub(super) fn attend<const FMA: bool>(
 ) {
     let (d, kv, group) = (h * hd, kvh * hd, h / kvh);
     let stride = rows.iter().map(|r| r.seen).max().unwrap_or(0);
-    let plen = shared.map_or(0, |s| s.2);
+    let shared = shared.filter(|s| s.1 > 0);
+    let plen = shared.map_or(0, |s| s.1);
     resize(scores, rows.len() * h * stride);
     let at = |r: usize, hh: usize| (r * h + hh) * stride;
     let query = |r: &Row, hh: usize| &q[r.index * d + hh * hd..r.index * d + (hh + 1) * hd];
-    // Scores: the shared positions position by position for all rows, then each row's own.
-    if let Some((keys, _, _)) = shared {
-        for j in 0..plen {
-            let key = &keys[j * kv..(j + 1) * kv];
-            for (r, row) in rows.iter().enumerate() {
-                for hh in 0..h {
-                    let off = (hh / group) * hd;
-                    scores[at(r, hh) + j] = dot::<FMA>(query(row, hh), &key[off..off + hd]) * scale;
+    let n = rows.len();
+    // The rows' queries (or probabilities) of one head side by side, and a product's result.
+    let (mut inp, mut out) = (Vec::new(), Vec::new());
+    // Scores: the shared positions for all rows at once, then each row's own.
+    if let Some((packed, _)) = shared {
+        for hh in 0..h {
+            let keys = &packed[hh / group].0;
+            inp.clear();
+            rows.iter().for_each(|row| inp.extend_from_slice(query(row, hh)));
+            resize(&mut out, n * plen);
+            keys.product::<FMA>(&inp, n, &mut out);
+            for (r, got) in out.chunks_exact(plen.max(1)).take(n).enumerate() {
+                for (s, &g) in scores[at(r, hh)..at(r, hh) + plen].iter_mut().zip(got) {
+                    *s = g * scale;
                 }
             }
         }
@@ -143,25 +149,21 @@ pub(super) fn attend<const FMA: bool>(
             }
             let s = &mut scores[base..base + row.seen];
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
+            let sum = exp_shifted(s, max);
             s.iter_mut().for_each(|x| *x /= sum);
             att[row.index * d + hh * hd..row.index * d + (hh + 1) * hd].fill(0.0);
         }
     }
     // Values, in the same order.
-    if let Some((_, values, _)) = shared {
-        for j in 0..plen {
-            let value = &values[j * kv..(j + 1) * kv];
-            for (r, row) in rows.iter().enumerate() {
-                for hh in 0..h {
-                    let off = (hh / group) * hd;
-                    let out = &mut att[row.index * d + hh * hd..row.index * d + (hh + 1) * hd];
-                    axpy::<FMA>(scores[at(r, hh) + j], &value[off..off + hd], out);
-                }
+    if let Some((packed, _)) = shared {
+        for hh in 0..h {
+            let values = &packed[hh / group].1;
+            inp.clear();
+            (0..n).for_each(|r| inp.extend_from_slice(&scores[at(r, hh)..at(r, hh) + plen]));
+            resize(&mut out, n * hd);
+            values.product::<FMA>(&inp, n, &mut out);
+            for (row, got) in rows.iter().zip(out.chunks_exact(hd)) {
+                att[row.index * d + hh * hd..row.index * d + (hh + 1) * hd].copy_from_slice(got);
             }
         }
     }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use super::panels::Panels;
+
 /// One generation's state: the KV cache and scratch space, allocated once. Cloning it forks a
 /// generation; forks of a [`FastCache::shared`] cache hold their common prompt once.
 #[derive(Clone)]
@@ -14,8 +16,9 @@ pub struct FastCache {
     pub(super) k: Vec<Vec<f32>>,
     pub(super) v: Vec<Vec<f32>>,
     pub pos: usize,
-    /// Floats per position in one layer's keys (or values).
+    /// Floats per position in one layer's keys (or values), and per head.
     pub(super) width: usize,
+    pub(super) head_dim: usize,
     pub(super) scratch: Scratch,
 }
 
@@ -24,6 +27,9 @@ pub(super) struct Prefix {
     pub(super) k: Vec<Vec<f32>>,
     pub(super) v: Vec<Vec<f32>>,
     pub(super) len: usize,
+    /// The same per layer and key-value head, packed for products with the candidates' rows:
+    /// the keys `[len, head_dim]` (scores), the values transposed, `[head_dim, len]` (outputs).
+    pub(super) packed: Vec<Vec<(Panels, Panels)>>,
 }
 
 /// Working buffers of one forward pass, reused from pass to pass.
@@ -87,7 +93,23 @@ impl FastCache {
             join(&p.k, &mut k);
             join(&p.v, &mut v);
         }
-        self.prefix = Some(Arc::new(Prefix { k, v, len: self.pos }));
+        let (len, width, hd) = (self.pos, self.width, self.head_dim);
+        let packed = k
+            .iter()
+            .zip(&v)
+            .map(|(k, v)| {
+                (0..width / hd.max(1))
+                    .map(|head| {
+                        let off = head * hd;
+                        (
+                            Panels::gather(len, hd, false, |j, e| k[j * width + off + e]),
+                            Panels::gather(hd, len, false, |e, j| v[j * width + off + e]),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        self.prefix = Some(Arc::new(Prefix { k, v, len, packed }));
         // A prefill's buffers are long; forks need a token's worth.
         self.scratch = Scratch::default();
         self

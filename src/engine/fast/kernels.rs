@@ -1,19 +1,46 @@
-//! The CPU kernels of the serving path: row-major products (split across threads when large),
+//! The CPU kernels of the serving path: products (split across threads when large),
 //! dot products, norms, rotary embedding and low-rank adapters. Each is generic over `FMA`, so
 //! it compiles once plainly and once inside the AVX2+FMA entry points.
 
-/// A weight matrix `[out, in]`, row-major: `f32`, or `i8` with one scale per row (large models:
-/// a quarter of the memory, and of the bytes each token reads).
+use super::panels::Panels;
+
+/// Whether this CPU runs the AVX2 kernels (`FMA = true`): AVX2, FMA and F16C.
+pub(super) fn has_avx2_fma_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// How a model's weight matrices are held for serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Exact: small models, whose weights fit in cache anyway.
+    F32,
+    /// Half the bytes, about three significant digits: mid-sized models, whose decoding is
+    /// bound by reading the weights from memory.
+    F16,
+    /// A quarter of the bytes, one scale per row: large models.
+    I8,
+}
+
+/// A weight matrix `[out, in]`: panels packed for the product (`f32` or `f16`), or row-major
+/// `i8` with one scale per row (large models: a quarter of the memory, and of the bytes each
+/// token reads).
 pub(super) enum Mat {
-    F32(Vec<f32>),
+    Packed(Panels),
     I8 { q: Vec<i8>, scale: Vec<f32> },
 }
 
 impl Mat {
-    /// `w` with rows of `n_in`, quantised to `i8` (symmetric, per row) when `quantize` is set.
-    pub(super) fn new(w: Vec<f32>, n_in: usize, quantize: bool) -> Mat {
-        if !quantize || n_in == 0 {
-            return Mat::F32(w);
+    /// `w` with rows of `n_in`, held as `precision` says (`i8`: symmetric, per row).
+    pub(super) fn new(w: Vec<f32>, n_in: usize, precision: Precision) -> Mat {
+        if precision != Precision::I8 || n_in == 0 {
+            return Mat::Packed(Panels::new(&w, n_in, precision == Precision::F16));
         }
         let mut q = Vec::with_capacity(w.len());
         let mut scale = Vec::with_capacity(w.len() / n_in);
@@ -28,15 +55,23 @@ impl Mat {
 
     pub(super) fn bytes(&self) -> usize {
         match self {
-            Mat::F32(w) => w.len() * 4,
+            Mat::Packed(p) => p.bytes(),
             Mat::I8 { q, scale } => q.len() + scale.len() * 4,
+        }
+    }
+
+    /// `(rows, columns)`: `(n_out, n_in)`.
+    pub(super) fn dims(&self) -> (usize, usize) {
+        match self {
+            Mat::Packed(p) => p.dims(),
+            Mat::I8 { q, scale } => (scale.len(), q.len().checked_div(scale.len()).unwrap_or(0)),
         }
     }
 
     /// Row `r` (of `n`) as `f32` into `out` (an embedding lookup).
     pub(super) fn row_into(&self, r: usize, n: usize, out: &mut [f32]) {
         match self {
-            Mat::F32(w) => out.copy_from_slice(&w[r * n..(r + 1) * n]),
+            Mat::Packed(p) => p.row_into(r, out),
             Mat::I8 { q, scale } => {
                 for (o, &v) in out.iter_mut().zip(&q[r * n..(r + 1) * n]) {
                     *o = f32::from(v) * scale[r];
@@ -67,7 +102,7 @@ pub(super) fn low_rank<const FMA: bool>(
     y: &mut [f32],
     tmp: &mut Vec<f32>,
 ) {
-    rows::<FMA>(x, &ad.a, t, n_in, 0, ad.rank, resized(tmp, t * ad.rank), Layout::ByToken { n_out: ad.rank });
+    matmul::<FMA>(x, &ad.a, t, n_in, ad.rank, tmp);
     for i in 0..t {
         let xa = &tmp[i * ad.rank..(i + 1) * ad.rank];
         let yi = &mut y[i * n_out..(i + 1) * n_out];
@@ -75,11 +110,6 @@ pub(super) fn low_rank<const FMA: bool>(
             *yo += ad.scale * dot::<FMA>(xa, &ad.b[o * ad.rank..(o + 1) * ad.rank]);
         }
     }
-}
-
-pub(super) fn resized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    resize(v, n);
-    v
 }
 
 pub(super) fn resize(v: &mut Vec<f32>, n: usize) {
@@ -145,42 +175,13 @@ pub(super) fn matmul<const FMA: bool>(
     y: &mut Vec<f32>,
 ) {
     resize(y, t * n_out);
+    let (q, scale) = match w {
+        Mat::Packed(p) => return p.product::<FMA>(x, t, y),
+        Mat::I8 { q, scale } => (q, scale),
+    };
     let parallel = t * n_in * n_out >= PARALLEL_MIN && rayon::current_num_threads() >= 2;
-    // Several tokens (reply candidates side by side, a prefill) are a real matrix product:
-    // gemm's register-blocked kernel does it several times faster than a dot per pair.
-    if let Mat::F32(wf) = w {
-        if t > 1 && x.len() >= t * n_in && wf.len() >= n_out * n_in {
-            let threads = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-            // SAFETY: the strides address `x` as `[t, n_in]`, `w` as the transpose of
-            // `[n_out, n_in]` and `y` as `[t, n_out]`, all within the lengths checked above.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    n_out,
-                    n_in,
-                    y.as_mut_ptr(),
-                    1,
-                    n_out as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    n_in as isize,
-                    wf.as_ptr(),
-                    n_in as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    threads,
-                );
-            }
-            return;
-        }
-    }
     if !parallel {
-        rows::<FMA>(x, w, t, n_in, 0, n_out, y, Layout::ByToken { n_out });
+        rows::<FMA>(x, q, scale, t, n_in, 0, n_out, y, Layout::ByToken { n_out });
         return;
     }
     use rayon::prelude::*;
@@ -193,10 +194,10 @@ pub(super) fn matmul<const FMA: bool>(
         #[cfg(target_arch = "x86_64")]
         if FMA {
             // SAFETY: FMA is only true when the CPU has AVX2 and FMA (checked in `forward`).
-            unsafe { rows_fma(x, w, t, n_in, first, count, out) };
+            unsafe { rows_fma(x, q, scale, t, n_in, first, count, out) };
             return;
         }
-        rows::<false>(x, w, t, n_in, first, count, out, Layout::ByRow);
+        rows::<false>(x, q, scale, t, n_in, first, count, out, Layout::ByRow);
     });
     if t == 1 {
         *y = by_row;
@@ -211,16 +212,28 @@ pub(super) fn matmul<const FMA: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_fma(x: &[f32], w: &Mat, t: usize, n_in: usize, first: usize, count: usize, out: &mut [f32]) {
-    rows::<true>(x, w, t, n_in, first, count, out, Layout::ByRow)
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_fma(
+    x: &[f32],
+    q: &[i8],
+    scale: &[f32],
+    t: usize,
+    n_in: usize,
+    first: usize,
+    count: usize,
+    out: &mut [f32],
+) {
+    rows::<true>(x, q, scale, t, n_in, first, count, out, Layout::ByRow)
 }
 
-/// Output rows `first..first + count` of `x · wᵀ` into `out`, laid out as `layout` says.
+/// Output rows `first..first + count` of `x · wᵀ`, for the `i8` matrix `w` (`q` with a `scale`
+/// per row), into `out`, laid out as `layout` says.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rows<const FMA: bool>(
     x: &[f32],
-    w: &Mat,
+    q: &[i8],
+    scale: &[f32],
     t: usize,
     n_in: usize,
     first: usize,
@@ -232,33 +245,22 @@ fn rows<const FMA: bool>(
         Layout::ByToken { n_out } => out[i * n_out + k] = v,
         Layout::ByRow => out[k * t + i] = v,
     };
-    match w {
-        Mat::F32(w) => {
-            for k in 0..count {
-                let row = &w[(first + k) * n_in..(first + k + 1) * n_in];
-                for i in 0..t {
-                    put(out, i, k, dot::<FMA>(&x[i * n_in..(i + 1) * n_in], row));
-                }
-            }
+    if t == 1 {
+        for k in 0..count {
+            let r = first + k;
+            put(out, 0, k, scale[r] * dot_i8::<FMA>(&x[..n_in], &q[r * n_in..(r + 1) * n_in]));
         }
-        Mat::I8 { q, scale } if t == 1 => {
-            for k in 0..count {
-                let r = first + k;
-                put(out, 0, k, scale[r] * dot_i8::<FMA>(&x[..n_in], &q[r * n_in..(r + 1) * n_in]));
-            }
+        return;
+    }
+    // Several tokens (a prefill): each row is widened once, not once per token.
+    let mut row = vec![0f32; n_in];
+    for k in 0..count {
+        let r = first + k;
+        for (w, &v) in row.iter_mut().zip(&q[r * n_in..(r + 1) * n_in]) {
+            *w = f32::from(v) * scale[r];
         }
-        Mat::I8 { q, scale } => {
-            // Several tokens (a prefill): each row is widened once, not once per token.
-            let mut row = vec![0f32; n_in];
-            for k in 0..count {
-                let r = first + k;
-                for (w, &v) in row.iter_mut().zip(&q[r * n_in..(r + 1) * n_in]) {
-                    *w = f32::from(v) * scale[r];
-                }
-                for i in 0..t {
-                    put(out, i, k, dot::<FMA>(&x[i * n_in..(i + 1) * n_in], &row));
-                }
-            }
+        for i in 0..t {
+            put(out, i, k, dot::<FMA>(&x[i * n_in..(i + 1) * n_in], &row));
         }
     }
 }
@@ -358,7 +360,7 @@ mod tests {
                 "{n}: {plain} vs {reference}"
             );
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if has_avx2_fma_f16c() {
                 let fast = dot_i8::<true>(&a[..n], &b[..n]);
                 assert!(
                     (fast - reference).abs() <= 1e-3 * reference.abs().max(1.0),

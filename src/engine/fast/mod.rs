@@ -1,5 +1,5 @@
 //! The lean inference path for serving on CPU: the same weights as [`super::model::Model`],
-//! copied into plain row-major buffers, with a preallocated KV cache and no per-step
+//! copied into host buffers packed for the product ([`panels`]), with a preallocated KV cache and no per-step
 //! allocation, masks or kernel launches. Per-token work on small models is dominated by
 //! framework overhead otherwise (about 80 ms for a 40-token reply in candle vs a target of
 //! 25 ms). The kernels are compiled twice, with AVX2+FMA selected at run time when present.
@@ -22,16 +22,23 @@ use super::EngineError;
 
 mod attention;
 mod cache;
+mod expf;
 mod kernels;
+mod panels;
 
 use self::attention::{attend, prefill_attention, Row, PREFILL_ROWS};
 pub use self::cache::FastCache;
 use self::cache::Scratch;
+pub use self::expf::{exp, exp_shifted};
+pub use self::kernels::Precision;
 
 /// Models this large serve from `i8` matrices: a pretrained base reads a quarter of the bytes
-/// per token and takes a quarter of the memory, for a small loss of precision; small models,
-/// whose weights fit in cache anyway, stay exact.
+/// per token and takes a quarter of the memory, for a small loss of precision.
 pub const QUANTIZE_MIN_PARAMS: u64 = 20_000_000;
+/// Models from this size (below [`QUANTIZE_MIN_PARAMS`]) serve from `f16` matrices: a decoding
+/// step of the embedded base reads its weights from memory, and half the bytes made it about
+/// twice as fast; smaller models, whose weights fit in cache anyway, stay exact.
+pub const HALF_MIN_PARAMS: u64 = 2_000_000;
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -90,13 +97,13 @@ fn host(t: &Tensor) -> Result<Vec<f32>, EngineError> {
 }
 
 impl FastWeights {
-    /// Copies the weights of `model` (on any device) into host buffers, as `i8` matrices when
-    /// `quantize` is set.
-    pub fn from_model(model: &Model, quantize: bool) -> Result<FastWeights, EngineError> {
+    /// Copies the weights of `model` (on any device) into host buffers, held as `precision`
+    /// says.
+    pub fn from_model(model: &Model, precision: Precision) -> Result<FastWeights, EngineError> {
         let w = model.weights();
         let (d, f) = (model.cfg.hidden_size, model.cfg.intermediate_size);
         let mat =
-            |t: &Tensor, n_in: usize| -> Result<Mat, EngineError> { Ok(Mat::new(host(t)?, n_in, quantize)) };
+            |t: &Tensor, n_in: usize| -> Result<Mat, EngineError> { Ok(Mat::new(host(t)?, n_in, precision)) };
         let mut layers = Vec::with_capacity(w.blocks.len());
         for b in w.blocks {
             layers.push(Layer {
@@ -119,22 +126,26 @@ impl FastWeights {
         })
     }
 
-    /// Whether a model of `cfg` serves from `i8` matrices.
-    pub fn quantized(cfg: &ModelConfig) -> bool {
-        cfg.params() >= QUANTIZE_MIN_PARAMS
+    /// How a model of `cfg` holds its matrices for serving.
+    pub fn precision(cfg: &ModelConfig) -> Precision {
+        match cfg.params() {
+            p if p >= QUANTIZE_MIN_PARAMS => Precision::I8,
+            p if p >= HALF_MIN_PARAMS => Precision::F16,
+            _ => Precision::F32,
+        }
     }
 }
 
 impl FastModel {
-    /// Copies the weights of `model` (on any device) into host buffers (`i8` for a large model).
+    /// Copies the weights of `model` (on any device) into host buffers (`f16` or `i8` for
+    /// larger models: [`FastWeights::precision`]).
     pub fn from_model(model: &Model) -> Result<FastModel, EngineError> {
-        let quantize = FastWeights::quantized(&model.cfg);
-        FastModel::from_model_as(model, quantize)
+        FastModel::from_model_as(model, FastWeights::precision(&model.cfg))
     }
 
-    /// [`FastModel::from_model`] with the choice of `i8` matrices made by the caller.
-    pub fn from_model_as(model: &Model, quantize: bool) -> Result<FastModel, EngineError> {
-        Ok(FastModel::new(model.cfg.clone(), Arc::new(FastWeights::from_model(model, quantize)?), None))
+    /// [`FastModel::from_model`] with the precision chosen by the caller.
+    pub fn from_model_as(model: &Model, precision: Precision) -> Result<FastModel, EngineError> {
+        Ok(FastModel::new(model.cfg.clone(), Arc::new(FastWeights::from_model(model, precision)?), None))
     }
 
     /// A base's shared weights with a guild's adapters (`tensors` as [`super::lora`] names them).
@@ -162,7 +173,12 @@ impl FastModel {
                         spec.rank
                     )));
                 }
-                Ok(LowRank { a: Mat::F32(host(a)?), b: host(b)?, rank, scale: spec.scale() as f32 })
+                Ok(LowRank {
+                    a: Mat::new(host(a)?, a.dims2()?.1, Precision::F32),
+                    b: host(b)?,
+                    rank,
+                    scale: spec.scale() as f32,
+                })
             };
             let t = super::lora::TARGETS;
             adapters.push([
@@ -179,7 +195,7 @@ impl FastModel {
         let kv = cfg.kv_heads() * cfg.head_dim();
         for (layer, l) in adapters.iter().enumerate() {
             for (lr, (out, inp)) in l.iter().zip([(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]) {
-                if lr.a.bytes() != 4 * lr.rank * inp || lr.b.len() != out * lr.rank {
+                if lr.a.dims() != (lr.rank, inp) || lr.b.len() != out * lr.rank {
                     return Err(EngineError::BadConfig(format!(
                         "layer {layer}: an adapter does not fit the model"
                     )));
@@ -217,6 +233,7 @@ impl FastModel {
             v: vec![Vec::new(); layers],
             pos: 0,
             width: self.cfg.kv_heads() * self.cfg.head_dim(),
+            head_dim: self.cfg.head_dim(),
             scratch: Scratch::default(),
         }
     }
@@ -275,7 +292,7 @@ impl FastModel {
         }
         let mut scratch = std::mem::take(&mut caches[0].scratch);
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if has_avx2_fma_f16c() {
             // SAFETY: the CPU supports the features the function was compiled for.
             unsafe { self.forward_fma(ids, slots, caches, &mut scratch, logits) };
             caches[0].scratch = scratch;
@@ -287,7 +304,7 @@ impl FastModel {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn forward_fma(
         &self,
         ids: &[u32],
@@ -395,7 +412,7 @@ impl FastModel {
                         v: &caches[slots[i]].v[li],
                     })
                     .collect();
-                let shared = prefix.as_ref().map(|p| (&p.k[li][..], &p.v[li][..], p.len));
+                let shared = prefix.as_ref().map(|p| (&p.packed[li][..], p.len));
                 attend::<FMA>(&c.q, &rows, shared, (h, kvh, hd), scale, &mut c.scores, &mut c.att);
             }
             continue_layer::<FMA>(self, li, t, c);

@@ -3,8 +3,8 @@ use candle_core::Device;
 use super::*;
 use crate::engine::train;
 
-/// A model whose projections are large enough to be split across threads (one token of
-/// its MLP is a million multiply-adds), with grouped-query attention and an untied head.
+/// A model whose prompt products are large enough to be split across threads, with
+/// grouped-query attention and an untied head, held exactly (`f32`).
 #[test]
 fn products_split_across_threads_give_the_candle_paths_logits() {
     let cfg = ModelConfig {
@@ -20,9 +20,10 @@ fn products_split_across_threads_give_the_candle_paths_logits() {
         tie_word_embeddings: false,
         model_type: "llama".into(),
     };
-    assert!(cfg.hidden_size * cfg.intermediate_size >= PARALLEL_MIN);
+    // The prompt's products are split (the tokens after it are not).
+    assert!(40 * cfg.hidden_size * cfg.intermediate_size >= panels::PARALLEL_MIN);
     let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
-    let fast = FastModel::from_model(&model).unwrap();
+    let fast = FastModel::from_model_as(&model, Precision::F32).unwrap();
     let ids: Vec<u32> = (0..40u32).map(|i| (i * 97) % 4096).collect();
     let (mut cache, mut fc, mut logits) = (model.new_cache(), fast.new_cache(), Vec::new());
     let want = model.forward_cached(&ids, &mut cache).unwrap().to_vec1::<f32>().unwrap();
@@ -37,27 +38,55 @@ fn products_split_across_threads_give_the_candle_paths_logits() {
     }
 }
 
-/// `i8` matrices (what a large base serves from) stay close to the exact logits and take about
-/// a quarter of the memory.
+/// `f16` and `i8` matrices (what mid-sized and large models serve from) stay close to the exact
+/// logits and take about a half and a quarter of the memory.
 #[test]
-fn int8_matrices_stay_close_to_the_exact_logits() {
+fn half_and_int8_matrices_stay_close_to_the_exact_logits() {
     let cfg = crate::engine::Preset::small().model_config(1024);
     let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
-    let exact = FastModel::from_model_as(&model, false).unwrap();
-    let int8 = FastModel::from_model_as(&model, true).unwrap();
-    assert!(!FastWeights::quantized(&cfg), "small models stay exact by default");
-    let ratio = int8.weights().bytes() as f64 / exact.weights().bytes() as f64;
-    assert!(ratio < 0.3, "int8 weights take {ratio:.2} of the f32 ones");
-    let ids: Vec<u32> = (0..30u32).map(|i| (i * 37) % 1024).collect();
-    let (mut a, mut b) = (exact.new_cache(), int8.new_cache());
-    let (mut la, mut lb) = (Vec::new(), Vec::new());
-    for chunk in [&ids[..20], &ids[20..21], &ids[21..22], &ids[22..]] {
-        exact.forward(chunk, &mut a, &mut la).unwrap();
-        int8.forward(chunk, &mut b, &mut lb).unwrap();
-        let spread = la.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst < 0.05 * spread + 1e-4, "int8 logits differ by {worst} (logits up to {spread})");
+    assert_eq!(FastWeights::precision(&cfg), Precision::F32, "small models stay exact by default");
+    let exact = FastModel::from_model_as(&model, Precision::F32).unwrap();
+    for (precision, most_bytes, tolerance) in [(Precision::F16, 0.55, 0.005), (Precision::I8, 0.3, 0.05)] {
+        let fewer = FastModel::from_model_as(&model, precision).unwrap();
+        let ratio = fewer.weights().bytes() as f64 / exact.weights().bytes() as f64;
+        assert!(ratio < most_bytes, "{precision:?} weights take {ratio:.2} of the f32 ones");
+        let ids: Vec<u32> = (0..30u32).map(|i| (i * 37) % 1024).collect();
+        let (mut a, mut b) = (exact.new_cache(), fewer.new_cache());
+        let (mut la, mut lb) = (Vec::new(), Vec::new());
+        for chunk in [&ids[..20], &ids[20..21], &ids[21..22], &ids[22..]] {
+            exact.forward(chunk, &mut a, &mut la).unwrap();
+            fewer.forward(chunk, &mut b, &mut lb).unwrap();
+            let spread = la.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(
+                worst < tolerance * spread + 1e-4,
+                "{precision:?} logits differ by {worst} (logits up to {spread})"
+            );
+        }
     }
+}
+
+/// The embedded base's size serves from `f16`; SmolLM2's from `i8`.
+#[test]
+fn the_precision_follows_the_model_size() {
+    let base = ModelConfig {
+        vocab_size: 8192,
+        hidden_size: 128,
+        intermediate_size: 384,
+        num_hidden_layers: 6,
+        num_attention_heads: 4,
+        num_key_value_heads: None,
+        max_position_embeddings: 256,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        tie_word_embeddings: true,
+        model_type: "llama".into(),
+    };
+    assert!(base.params() > HALF_MIN_PARAMS && base.params() < QUANTIZE_MIN_PARAMS, "{}", base.params());
+    assert_eq!(FastWeights::precision(&base), Precision::F16);
+    let large =
+        ModelConfig { hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, ..base.clone() };
+    assert_eq!(FastWeights::precision(&large), Precision::I8);
 }
 
 /// Candidates decoded side by side (one batched pass per token, caches of different lengths)

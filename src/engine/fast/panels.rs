@@ -1,0 +1,315 @@
+//! `f32` weight matrices kept in panels of [`WIDTH`] output rows, and the product that reads
+//! them. gemm packs its operands on every call: for a decoding step (a few reply candidates
+//! against a 2 M-parameter base) that repacking of every weight, not the arithmetic, was most of
+//! the time. Here the weights are packed once, when a model is loaded, into the order the kernel
+//! reads them, so a product streams each weight once and keeps its sums in registers. gemm has no
+//! API for operands packed ahead, which is why this is written by hand. A decoding step is then
+//! bound by reading the weights from memory, so mid-sized models keep them as `f16` (half the
+//! bytes; F16C widens them in registers).
+
+/// Output rows per panel: two AVX vectors of 8.
+pub(super) const WIDTH: usize = 16;
+/// Token rows per block: 6 rows × 2 vectors of sums, with the 2 weight vectors, fill 14 of the
+/// 16 AVX registers.
+const ROWS: usize = 6;
+/// Multiply-adds below which a product runs on the calling thread. Waking rayon's threads costs
+/// more than it saves below a few milliseconds of work: with the 8 candidates' output layer
+/// (8 M multiply-adds) split across 2 threads, replies of the embedded base took p50 150 ms
+/// instead of 110.
+pub(super) const PARALLEL_MIN: usize = 1 << 24;
+
+/// A matrix `[n_out, n_in]` as panels: panel `p` holds rows `p·WIDTH..` column by column
+/// (element `p·n_in·WIDTH + k·WIDTH + j` is `w[p·WIDTH + j][k]`), the last one padded with zeros.
+pub(super) struct Panels {
+    data: Data,
+    n_out: usize,
+    n_in: usize,
+}
+
+enum Data {
+    F32(Vec<f32>),
+    /// `f16` bits.
+    F16(Vec<u16>),
+}
+
+impl Panels {
+    /// Packs the row-major `w` (rows of `n_in`), as `f16` when `half` is set.
+    pub(super) fn new(w: &[f32], n_in: usize, half: bool) -> Panels {
+        let n_out = w.len().checked_div(n_in).unwrap_or(0);
+        Panels::gather(n_out, n_in, half, |o, k| w[o * n_in + k])
+    }
+
+    /// Packs the matrix `[n_out, n_in]` whose element `(o, k)` is `at(o, k)`.
+    pub(super) fn gather(n_out: usize, n_in: usize, half: bool, at: impl Fn(usize, usize) -> f32) -> Panels {
+        let mut data = vec![0f32; n_out.div_ceil(WIDTH) * n_in * WIDTH];
+        for o in 0..n_out {
+            let (p, j) = (o / WIDTH, o % WIDTH);
+            let panel = &mut data[p * n_in * WIDTH..(p + 1) * n_in * WIDTH];
+            for k in 0..n_in {
+                panel[k * WIDTH + j] = at(o, k);
+            }
+        }
+        let data = if half {
+            Data::F16(data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect())
+        } else {
+            Data::F32(data)
+        };
+        Panels { data, n_out, n_in }
+    }
+
+    /// `(n_out, n_in)`.
+    pub(super) fn dims(&self) -> (usize, usize) {
+        (self.n_out, self.n_in)
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(d) => d.len() * 4,
+            Data::F16(d) => d.len() * 2,
+        }
+    }
+
+    /// Row `r` into `out` (an embedding lookup).
+    pub(super) fn row_into(&self, r: usize, out: &mut [f32]) {
+        let (p, j) = (r / WIDTH, r % WIDTH);
+        let at = |k: usize| p * self.n_in * WIDTH + k * WIDTH + j;
+        for (o, k) in out.iter_mut().zip(0..self.n_in) {
+            *o = match &self.data {
+                Data::F32(d) => d[at(k)],
+                Data::F16(d) => half::f16::from_bits(d[at(k)]).to_f32(),
+            };
+        }
+    }
+
+    /// Panel `p`'s elements.
+    fn panel(&self, p: usize) -> Panel<'_> {
+        let range = p * self.n_in * WIDTH..(p + 1) * self.n_in * WIDTH;
+        match &self.data {
+            Data::F32(d) => Panel::F32(&d[range]),
+            Data::F16(d) => Panel::F16(&d[range]),
+        }
+    }
+
+    /// `y[t, n_out] = x[t, n_in] · wᵀ`, split by panels across rayon's threads when large.
+    /// `FMA` may only be set on a CPU with AVX2 and FMA.
+    pub(super) fn product<const FMA: bool>(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        let (n_in, n_out) = (self.n_in, self.n_out);
+        if x.len() < t * n_in || y.len() < t * n_out {
+            return;
+        }
+        if n_in == 0 {
+            y[..t * n_out].fill(0.0);
+            return;
+        }
+        let panels = n_out.div_ceil(WIDTH);
+        if t * n_in * n_out < PARALLEL_MIN || rayon::current_num_threads() < 2 || panels < 2 {
+            self.panels_into::<FMA>(x, t, 0..panels, y, n_out, 0);
+            return;
+        }
+        use rayon::prelude::*;
+        let tasks = (rayon::current_num_threads() * 2).min(panels);
+        let per = panels.div_ceil(tasks);
+        // Each task fills its own columns; they are copied into `y` after.
+        let parts: Vec<(usize, Vec<f32>)> = (0..panels)
+            .step_by(per)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|first| {
+                let last = (first + per).min(panels);
+                let cols = (last * WIDTH).min(n_out) - first * WIDTH;
+                let mut part = vec![0f32; t * cols];
+                self.panels_into::<FMA>(x, t, first..last, &mut part, cols, first * WIDTH);
+                (first * WIDTH, part)
+            })
+            .collect();
+        for (col, part) in parts {
+            let cols = part.len() / t;
+            for (i, row) in part.chunks_exact(cols).enumerate() {
+                y[i * n_out + col..i * n_out + col + cols].copy_from_slice(row);
+            }
+        }
+    }
+
+    /// Panels `range` of the product into `y`, whose rows are `stride` long and whose column 0
+    /// is output row `col0`.
+    fn panels_into<const FMA: bool>(
+        &self,
+        x: &[f32],
+        t: usize,
+        range: std::ops::Range<usize>,
+        y: &mut [f32],
+        stride: usize,
+        col0: usize,
+    ) {
+        let n_in = self.n_in;
+        let mut sums = [[0f32; WIDTH]; ROWS];
+        for p in range {
+            let panel = self.panel(p);
+            let valid = (self.n_out - p * WIDTH).min(WIDTH);
+            let mut i = 0;
+            while i < t {
+                let rows = (t - i).min(ROWS);
+                block::<FMA>(&x[i * n_in..(i + rows) * n_in], n_in, rows, &panel, &mut sums);
+                for (r, s) in sums[..rows].iter().enumerate() {
+                    let at = (i + r) * stride + p * WIDTH - col0;
+                    y[at..at + valid].copy_from_slice(&s[..valid]);
+                }
+                i += rows;
+            }
+        }
+    }
+}
+
+/// One panel's elements.
+enum Panel<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+/// `sums[r] = x[r] · panel` for the `rows` rows of `x` (each `n_in` long).
+#[inline(always)]
+fn block<const FMA: bool>(
+    x: &[f32],
+    n_in: usize,
+    rows: usize,
+    panel: &Panel<'_>,
+    sums: &mut [[f32; WIDTH]; ROWS],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: FMA is only set on a CPU with AVX2, FMA and F16C; `x` holds `rows` rows of
+        // `n_in` and the panel holds `n_in` columns of WIDTH (the callers slice them so).
+        unsafe {
+            match (panel, rows) {
+                (Panel::F32(p), 6) => block_f32::<6>(x, n_in, p, sums),
+                (Panel::F32(p), 5) => block_f32::<5>(x, n_in, p, sums),
+                (Panel::F32(p), 4) => block_f32::<4>(x, n_in, p, sums),
+                (Panel::F32(p), 3) => block_f32::<3>(x, n_in, p, sums),
+                (Panel::F32(p), 2) => block_f32::<2>(x, n_in, p, sums),
+                (Panel::F32(p), _) => block_f32::<1>(x, n_in, p, sums),
+                (Panel::F16(p), 6) => block_f16::<6>(x, n_in, p, sums),
+                (Panel::F16(p), 5) => block_f16::<5>(x, n_in, p, sums),
+                (Panel::F16(p), 4) => block_f16::<4>(x, n_in, p, sums),
+                (Panel::F16(p), 3) => block_f16::<3>(x, n_in, p, sums),
+                (Panel::F16(p), 2) => block_f16::<2>(x, n_in, p, sums),
+                (Panel::F16(p), _) => block_f16::<1>(x, n_in, p, sums),
+            }
+        }
+        return;
+    }
+    let weight = |k: usize, j: usize| match panel {
+        Panel::F32(p) => p[k * WIDTH + j],
+        Panel::F16(p) => half::f16::from_bits(p[k * WIDTH + j]).to_f32(),
+    };
+    for (r, s) in sums[..rows].iter_mut().enumerate() {
+        *s = [0f32; WIDTH];
+        for k in 0..n_in {
+            let xv = x[r * n_in + k];
+            for (j, s) in s.iter_mut().enumerate() {
+                *s += xv * weight(k, j);
+            }
+        }
+    }
+}
+
+/// The AVX2 block for one element type: `$load(pointer, k)` gives the two vectors of column `k`.
+macro_rules! avx_block {
+    ($name:ident, $elem:ty, $load:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name<const R: usize>(
+            x: &[f32],
+            n_in: usize,
+            panel: &[$elem],
+            sums: &mut [[f32; WIDTH]; ROWS],
+        ) {
+            use std::arch::x86_64::*;
+            assert!(x.len() >= R * n_in && panel.len() >= n_in * WIDTH && R <= ROWS);
+            let (px, pw) = (x.as_ptr(), panel.as_ptr());
+            let mut lo = [_mm256_setzero_ps(); R];
+            let mut hi = [_mm256_setzero_ps(); R];
+            for k in 0..n_in {
+                // SAFETY: k < n_in, so the loads stay within the panel and every x read within
+                // its row (checked above).
+                let (w0, w1): (__m256, __m256) = $load(pw, k);
+                for r in 0..R {
+                    let xv = _mm256_broadcast_ss(&*px.add(r * n_in + k));
+                    lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(sums[r].as_mut_ptr(), lo[r]);
+                _mm256_storeu_ps(sums[r].as_mut_ptr().add(8), hi[r]);
+            }
+        }
+    };
+}
+
+avx_block!(block_f32, f32, |pw: *const f32, k: usize| unsafe {
+    use std::arch::x86_64::*;
+    (_mm256_loadu_ps(pw.add(k * WIDTH)), _mm256_loadu_ps(pw.add(k * WIDTH + 8)))
+});
+avx_block!(block_f16, u16, |pw: *const u16, k: usize| unsafe {
+    use std::arch::x86_64::*;
+    let at = pw.add(k * WIDTH) as *const __m128i;
+    (_mm256_cvtph_ps(_mm_loadu_si128(at)), _mm256_cvtph_ps(_mm_loadu_si128(at.add(1))))
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], t: usize, n_in: usize) -> Vec<f32> {
+        let n_out = w.len() / n_in;
+        let mut y = vec![0f32; t * n_out];
+        for i in 0..t {
+            for o in 0..n_out {
+                y[i * n_out + o] = (0..n_in).map(|k| x[i * n_in + k] * w[o * n_in + k]).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn products_match_the_plain_definition_for_every_shape() {
+        // Output counts around the panel width, token counts around the block, and one product
+        // large enough to be split across threads.
+        for (t, n_in, n_out) in
+            [(1, 3, 1), (1, 16, 17), (2, 33, 15), (6, 40, 32), (7, 24, 50), (13, 64, 100), (8, 128, 1100)]
+        {
+            let w: Vec<f32> = (0..n_out * n_in).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let x: Vec<f32> = (0..t * n_in).map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0).collect();
+            let want = reference(&x, &w, t, n_in);
+            for (half, tolerance) in [(false, 1e-4), (true, 2e-2)] {
+                let p = Panels::new(&w, n_in, half);
+                for fma in [false, true] {
+                    #[cfg(target_arch = "x86_64")]
+                    if fma && !super::super::kernels::has_avx2_fma_f16c() {
+                        continue;
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    if fma {
+                        continue;
+                    }
+                    let mut y = vec![f32::NAN; t * n_out];
+                    if fma {
+                        p.product::<true>(&x, t, &mut y);
+                    } else {
+                        p.product::<false>(&x, t, &mut y);
+                    }
+                    let diff = want.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(
+                        diff < tolerance,
+                        "t {t}, {n_in} → {n_out}, fma {fma}, f16 {half}: off by {diff}"
+                    );
+                }
+                let mut row = vec![0f32; n_in];
+                p.row_into(n_out - 1, &mut row);
+                let diff =
+                    row.iter().zip(&w[(n_out - 1) * n_in..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff <= if half { 1e-3 } else { 0.0 }, "row {diff}");
+            }
+        }
+    }
+}
