@@ -91,7 +91,7 @@ impl Panels {
     }
 
     /// `y[t, n_out] = x[t, n_in] · wᵀ`, split by panels across rayon's threads when large.
-    /// `FMA` may only be set on a CPU with AVX2 and FMA.
+    /// `FMA` may only be set on a CPU with AVX2, FMA and F16C.
     pub(super) fn product<const FMA: bool>(&self, x: &[f32], t: usize, y: &mut [f32]) {
         let (n_in, n_out) = (self.n_in, self.n_out);
         if x.len() < t * n_in || y.len() < t * n_out {
