@@ -318,13 +318,15 @@ fn timed_reply(
     banned: &[u32],
     s: &Sampling,
     rng: &mut StdRng,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let t = Instant::now();
+    let prefilled;
     match fast {
         Some(fast) => {
             let mut cache = fast.new_cache();
             let mut logits = Vec::new();
             fast.forward(prompt, &mut cache, &mut logits)?;
+            prefilled = t.elapsed();
             for _ in 0..40 {
                 let next = generate::sample(&mut logits, banned, &[], s, rng);
                 fast.forward(&[next], &mut cache, &mut logits)?;
@@ -333,13 +335,14 @@ fn timed_reply(
         None => {
             let mut cache = model.new_cache();
             let mut logits = model.forward_cached(prompt, &mut cache)?.to_vec1::<f32>()?;
+            prefilled = t.elapsed();
             for _ in 0..40 {
                 let next = generate::sample(&mut logits, banned, &[], s, rng);
                 logits = model.forward_cached(&[next], &mut cache)?.to_vec1::<f32>()?;
             }
         }
     }
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
+    Ok((t.elapsed().as_secs_f64() * 1000.0, prefilled.as_secs_f64() * 1000.0))
 }
 
 /// p50, p99 and mean over `runs` replies after a warm-up.
@@ -355,12 +358,16 @@ fn latencies(
     for _ in 0..5 {
         timed_reply(model, fast, prompt, banned, &s, &mut rng)?;
     }
-    let mut times: Vec<f64> = (0..runs.max(1))
+    let (mut times, mut prefills): (Vec<f64>, Vec<f64>) = (0..runs.max(1))
         .map(|_| timed_reply(model, fast, prompt, banned, &s, &mut rng))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     times.sort_by(f64::total_cmp);
+    prefills.sort_by(f64::total_cmp);
     Ok(json!({
         "runs": times.len(),
+        "prefill_p50_ms": percentile(&prefills, 0.5),
         "p50_ms": percentile(&times, 0.5),
         "p99_ms": percentile(&times, 0.99),
         "mean_ms": times.iter().sum::<f64>() / times.len() as f64,

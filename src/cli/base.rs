@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::models::bases;
+use crate::models::bases::{self, fetch};
 
 #[derive(Debug, Subcommand)]
 pub enum BaseCommand {
@@ -18,6 +18,25 @@ pub enum BaseCommand {
         #[arg(long)]
         name: Option<String>,
         /// The licence, when the source does not declare it.
+        #[arg(long)]
+        licence: Option<String>,
+    },
+    /// Download a base from the Hugging Face hub (resumable, into its cache: HF_HOME,
+    /// HF_ENDPOINT and HF_TOKEN apply) and install it: a repository with config.json,
+    /// model.safetensors and tokenizer.json, or one of its GGUF files.
+    Fetch {
+        /// ORG/NAME, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.
+        repo: String,
+        /// A branch, tag or commit (default: main).
+        #[arg(long)]
+        revision: Option<String>,
+        /// The GGUF file to fetch, when the repository has several.
+        #[arg(long)]
+        file: Option<String>,
+        /// The base's name (default: the repository's, lower-cased).
+        #[arg(long)]
+        name: Option<String>,
+        /// The licence, when the model card does not declare it.
         #[arg(long)]
         licence: Option<String>,
     },
@@ -39,15 +58,31 @@ pub async fn run(config: &Config, cmd: BaseCommand) -> anyhow::Result<()> {
                 bases::import(&models, &path, name.as_deref(), licence.as_deref())
             })
             .await??;
-            let m = &base.manifest;
-            println!(
-                "installed base {} ({:.1} M parameters, licence {}, sha256 {}) in {}",
-                m.name,
-                m.parameters as f64 / 1e6,
-                m.licence,
-                &m.sha256[..12],
-                base.path.display()
-            );
+            print_installed(&base);
+            Ok(())
+        }
+        BaseCommand::Fetch { repo, revision, file, name, licence } => {
+            let request = fetch::Request { repo, revision, file };
+            // Refuse a taken name before downloading hundreds of megabytes.
+            if let Some(n) = &name {
+                if bases::list(&models).iter().any(|b| &b.manifest.name == n) {
+                    return Err(bases::BaseError::Exists(n.clone()).into());
+                }
+            }
+            let fetched = fetch::fetch(&fetch::Hub::from_env(), &request).await?;
+            eprintln!("downloaded {} into {}; importing …", fetched.source, fetched.path.display());
+            let name = name.unwrap_or(fetched.name.clone());
+            let base = tokio::task::spawn_blocking(move || {
+                bases::import_labelled(
+                    &models,
+                    &fetched.path,
+                    &fetched.source,
+                    Some(&name),
+                    licence.as_deref(),
+                )
+            })
+            .await??;
+            print_installed(&base);
             Ok(())
         }
         BaseCommand::List => {
@@ -83,4 +118,16 @@ pub async fn run(config: &Config, cmd: BaseCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_installed(base: &bases::Base) {
+    let m = &base.manifest;
+    println!(
+        "installed base {} ({:.1} M parameters, licence {}, sha256 {}) in {}",
+        m.name,
+        m.parameters as f64 / 1e6,
+        m.licence,
+        &m.sha256[..12],
+        base.path.display()
+    );
 }

@@ -17,6 +17,7 @@ use crate::engine::run::BaseRun;
 use crate::engine::{gguf, EngineError};
 
 pub mod embedded;
+pub mod fetch;
 
 /// The directory under `models/` that holds the bases.
 pub const DIR: &str = "base";
@@ -212,6 +213,18 @@ pub fn import(
     name: Option<&str>,
     licence: Option<&str>,
 ) -> Result<Base, BaseError> {
+    import_labelled(models_dir, source, &source.display().to_string(), name, licence)
+}
+
+/// [`import`], with `label` as the source the manifest records (a hub download records its
+/// repository and commit, not the cache path it was read from).
+pub fn import_labelled(
+    models_dir: &Path,
+    source: &Path,
+    label: &str,
+    name: Option<&str>,
+    licence: Option<&str>,
+) -> Result<Base, BaseError> {
     let name = match name {
         Some(n) => n.to_string(),
         None => default_name(source),
@@ -232,7 +245,7 @@ pub fn import(
     let cfg = load_config(staging.path())?;
     let manifest = Manifest {
         name: name.clone(),
-        source: source.display().to_string(),
+        source: label.to_string(),
         format,
         licence: licence.map(str::to_string).or(declared).unwrap_or_else(|| "unknown".into()),
         parameters: cfg.params(),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::kernels::Precision;
 use super::panels::Panels;
 
 /// One generation's state: the KV cache and scratch space, allocated once. Cloning it forks a
@@ -47,6 +48,8 @@ pub(super) struct Scratch {
     pub(super) tmp: Vec<f32>,
     /// An adapter's `x aᵀ`.
     pub(super) lr: Vec<f32>,
+    /// An adapter's `(x aᵀ) bᵀ`.
+    pub(super) lr_out: Vec<f32>,
     /// The normed last row of each cache, and their logits.
     pub(super) last: Vec<f32>,
     pub(super) out: Vec<f32>,
@@ -102,8 +105,8 @@ impl FastCache {
                     .map(|head| {
                         let off = head * hd;
                         (
-                            Panels::gather(len, hd, false, |j, e| k[j * width + off + e]),
-                            Panels::gather(hd, len, false, |e, j| v[j * width + off + e]),
+                            Panels::gather(len, hd, Precision::F32, |j, e| k[j * width + off + e]),
+                            Panels::gather(hd, len, Precision::F32, |e, j| v[j * width + off + e]),
                         )
                     })
                     .collect()

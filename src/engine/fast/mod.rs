@@ -16,6 +16,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use self::kernels::*;
+use self::panels::Panels;
 use super::lora::LoraSpec;
 use super::model::{Model, ModelConfig};
 use super::EngineError;
@@ -42,23 +43,23 @@ pub const HALF_MIN_PARAMS: u64 = 2_000_000;
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Mat,
-    wk: Mat,
-    wv: Mat,
-    wo: Mat,
+    wq: Panels,
+    wk: Panels,
+    wv: Panels,
+    wo: Panels,
     mlp_norm: Vec<f32>,
-    wgate: Mat,
-    wup: Mat,
-    wdown: Mat,
+    wgate: Panels,
+    wup: Panels,
+    wdown: Panels,
 }
 
 /// A model's weights in host buffers, shareable between models (a base and its guilds).
 pub struct FastWeights {
-    embed: Mat,
+    embed: Panels,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     /// `None` when the output layer is the embedding (tied): one copy serves both.
-    lm_head: Option<Mat>,
+    lm_head: Option<Panels>,
 }
 
 impl FastWeights {
@@ -73,7 +74,7 @@ impl FastWeights {
         };
         self.embed.bytes()
             + self.norm.len() * 4
-            + self.lm_head.as_ref().map_or(0, Mat::bytes)
+            + self.lm_head.as_ref().map_or(0, Panels::bytes)
             + self.layers.iter().map(layer).sum::<usize>()
     }
 }
@@ -102,8 +103,9 @@ impl FastWeights {
     pub fn from_model(model: &Model, precision: Precision) -> Result<FastWeights, EngineError> {
         let w = model.weights();
         let (d, f) = (model.cfg.hidden_size, model.cfg.intermediate_size);
-        let mat =
-            |t: &Tensor, n_in: usize| -> Result<Mat, EngineError> { Ok(Mat::new(host(t)?, n_in, precision)) };
+        let mat = |t: &Tensor, n_in: usize| -> Result<Panels, EngineError> {
+            Ok(Panels::new(&host(t)?, n_in, precision))
+        };
         let mut layers = Vec::with_capacity(w.blocks.len());
         for b in w.blocks {
             layers.push(Layer {
@@ -173,11 +175,13 @@ impl FastModel {
                         spec.rank
                     )));
                 }
+                // The scale is folded into `b`.
+                let scale = spec.scale() as f32;
+                let b: Vec<f32> = host(b)?.into_iter().map(|v| v * scale).collect();
                 Ok(LowRank {
-                    a: Mat::new(host(a)?, a.dims2()?.1, Precision::F32),
-                    b: host(b)?,
+                    a: Panels::new(&host(a)?, a.dims2()?.1, Precision::F32),
+                    b: Panels::new(&b, rank, Precision::F32),
                     rank,
-                    scale: spec.scale() as f32,
                 })
             };
             let t = super::lora::TARGETS;
@@ -195,7 +199,7 @@ impl FastModel {
         let kv = cfg.kv_heads() * cfg.head_dim();
         for (layer, l) in adapters.iter().enumerate() {
             for (lr, (out, inp)) in l.iter().zip([(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]) {
-                if lr.a.dims() != (lr.rank, inp) || lr.b.len() != out * lr.rank {
+                if lr.a.dims() != (lr.rank, inp) || lr.b.dims() != (out, lr.rank) {
                     return Err(EngineError::BadConfig(format!(
                         "layer {layer}: an adapter does not fit the model"
                     )));
@@ -344,18 +348,18 @@ impl FastModel {
         let w = &*self.weights;
         resize(&mut c.x, t * d);
         for (i, &id) in ids.iter().enumerate() {
-            w.embed.row_into(id as usize, d, &mut c.x[i * d..(i + 1) * d]);
+            w.embed.row_into(id as usize, &mut c.x[i * d..(i + 1) * d]);
         }
         for (li, l) in w.layers.iter().enumerate() {
             let ad = self.adapters.as_ref().map(|a| &a[li]);
             rms_norm_rows::<FMA>(&c.x, &l.attn_norm, d, eps, &mut c.xn);
-            matmul::<FMA>(&c.xn, &l.wq, t, d, d, &mut c.q);
-            matmul::<FMA>(&c.xn, &l.wk, t, d, kv, &mut c.kk);
-            matmul::<FMA>(&c.xn, &l.wv, t, d, kv, &mut c.vv);
+            matmul::<FMA>(&c.xn, &l.wq, t, d, &mut c.q);
+            matmul::<FMA>(&c.xn, &l.wk, t, kv, &mut c.kk);
+            matmul::<FMA>(&c.xn, &l.wv, t, kv, &mut c.vv);
             if let Some(ad) = ad {
-                low_rank::<FMA>(&ad[0], &c.xn, t, d, d, &mut c.q, &mut c.lr);
-                low_rank::<FMA>(&ad[1], &c.xn, t, d, kv, &mut c.kk, &mut c.lr);
-                low_rank::<FMA>(&ad[2], &c.xn, t, d, kv, &mut c.vv, &mut c.lr);
+                low_rank::<FMA>(&ad[0], &c.xn, t, &mut c.q, &mut c.lr, &mut c.lr_out);
+                low_rank::<FMA>(&ad[1], &c.xn, t, &mut c.kk, &mut c.lr, &mut c.lr_out);
+                low_rank::<FMA>(&ad[2], &c.xn, t, &mut c.vv, &mut c.lr, &mut c.lr_out);
             }
             for (i, &p) in positions.iter().enumerate() {
                 let (cos, sin) =
@@ -431,10 +435,10 @@ impl FastModel {
         let head = w.lm_head.as_ref().unwrap_or(&w.embed);
         let vocab = cfg.vocab_size;
         if n == 1 {
-            matmul::<FMA>(&c.last, head, 1, d, vocab, &mut *logits[0]);
+            matmul::<FMA>(&c.last, head, 1, vocab, &mut *logits[0]);
             return;
         }
-        matmul::<FMA>(&c.last, head, n, d, vocab, &mut c.out);
+        matmul::<FMA>(&c.last, head, n, vocab, &mut c.out);
         for (s, out) in logits.iter_mut().enumerate() {
             out.clear();
             out.extend_from_slice(&c.out[s * vocab..(s + 1) * vocab]);
@@ -450,24 +454,24 @@ fn continue_layer<const FMA: bool>(m: &FastModel, li: usize, t: usize, c: &mut S
     let eps = cfg.rms_norm_eps as f32;
     let l = &m.weights.layers[li];
     let ad = m.adapters.as_ref().map(|a| &a[li]);
-    matmul::<FMA>(&c.att, &l.wo, t, d, d, &mut c.tmp);
+    matmul::<FMA>(&c.att, &l.wo, t, d, &mut c.tmp);
     if let Some(ad) = ad {
-        low_rank::<FMA>(&ad[3], &c.att, t, d, d, &mut c.tmp, &mut c.lr);
+        low_rank::<FMA>(&ad[3], &c.att, t, &mut c.tmp, &mut c.lr, &mut c.lr_out);
     }
     add(&mut c.x, &c.tmp);
     rms_norm_rows::<FMA>(&c.x, &l.mlp_norm, d, eps, &mut c.xn);
-    matmul::<FMA>(&c.xn, &l.wgate, t, d, f, &mut c.g);
-    matmul::<FMA>(&c.xn, &l.wup, t, d, f, &mut c.u);
+    matmul::<FMA>(&c.xn, &l.wgate, t, f, &mut c.g);
+    matmul::<FMA>(&c.xn, &l.wup, t, f, &mut c.u);
     if let Some(ad) = ad {
-        low_rank::<FMA>(&ad[4], &c.xn, t, d, f, &mut c.g, &mut c.lr);
-        low_rank::<FMA>(&ad[5], &c.xn, t, d, f, &mut c.u, &mut c.lr);
+        low_rank::<FMA>(&ad[4], &c.xn, t, &mut c.g, &mut c.lr, &mut c.lr_out);
+        low_rank::<FMA>(&ad[5], &c.xn, t, &mut c.u, &mut c.lr, &mut c.lr_out);
     }
     for (g, u) in c.g.iter_mut().zip(&c.u) {
         *g = *g / (1.0 + (-*g).exp()) * u;
     }
-    matmul::<FMA>(&c.g, &l.wdown, t, f, d, &mut c.tmp);
+    matmul::<FMA>(&c.g, &l.wdown, t, d, &mut c.tmp);
     if let Some(ad) = ad {
-        low_rank::<FMA>(&ad[6], &c.g, t, f, d, &mut c.tmp, &mut c.lr);
+        low_rank::<FMA>(&ad[6], &c.g, t, &mut c.tmp, &mut c.lr, &mut c.lr_out);
     }
     add(&mut c.x, &c.tmp);
 }

@@ -11,7 +11,7 @@ pub const NAME: &str = "mynah-base-s";
 
 // The files are part of the binary (about 5 MB), so a container or a copied binary has them too,
 // with the model card and the licences the data's attribution asks to keep with it.
-const FILES: [(&str, &[u8]); 7] = [
+pub(super) const FILES: [(&str, &[u8]); 7] = [
     ("config.json", include_bytes!("../../../models/base/mynah-base-s/config.json")),
     ("model.safetensors", include_bytes!("../../../models/base/mynah-base-s/model.safetensors")),
     ("tokenizer.json", include_bytes!("../../../models/base/mynah-base-s/tokenizer.json")),
