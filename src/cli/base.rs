@@ -63,8 +63,9 @@ pub async fn run(config: &Config, cmd: BaseCommand) -> anyhow::Result<()> {
         }
         BaseCommand::Fetch { repo, revision, file, name, licence } => {
             let request = fetch::Request { repo, revision, file };
-            // Refuse a taken name before downloading hundreds of megabytes.
+            // Refuse a bad or taken name before downloading hundreds of megabytes.
             if let Some(n) = &name {
+                bases::check_name(n)?;
                 if bases::list(&models).iter().any(|b| &b.manifest.name == n) {
                     return Err(bases::BaseError::Exists(n.clone()).into());
                 }

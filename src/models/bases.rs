@@ -131,7 +131,8 @@ impl std::str::FromStr for Choice {
     }
 }
 
-fn check_name(name: &str) -> Result<(), BaseError> {
+/// A base name: letters, digits, `.`, `-` and `_`, at most 64.
+pub fn check_name(name: &str) -> Result<(), BaseError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')

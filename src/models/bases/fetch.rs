@@ -111,7 +111,9 @@ pub async fn fetch(hub: &Hub, request: &Request) -> Result<Fetched, FetchError> 
     let first = first
         .ok_or_else(|| FetchError::Unusable { repo: repo_id.into(), reason: "nothing to fetch".into() })?;
     let path = if wanted.directory { first.parent().map(Path::to_path_buf).unwrap_or(first) } else { first };
-    let name = repo_id.rsplit('/').next().unwrap_or(repo_id).to_lowercase();
+    // Hub names use a base name's characters but may be longer than its 64.
+    let name: String =
+        repo_id.rsplit('/').next().unwrap_or(repo_id).to_lowercase().chars().take(64).collect();
     Ok(Fetched { path, source: format!("hf://{repo_id}@{}", info.sha), name })
 }
 
