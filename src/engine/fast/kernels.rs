@@ -34,7 +34,6 @@ pub(super) struct LowRank {
     pub(super) a: Panels,
     /// `[out, rank]`
     pub(super) b: Panels,
-    pub(super) rank: usize,
 }
 
 /// `y[t, out] += (x[t, in] aᵀ) bᵀ`: an adapter beside its projection.
@@ -47,8 +46,8 @@ pub(super) fn low_rank<const FMA: bool>(
     xa: &mut Vec<f32>,
     out: &mut Vec<f32>,
 ) {
-    matmul::<FMA>(x, &ad.a, t, ad.rank, xa);
-    matmul::<FMA>(xa, &ad.b, t, ad.b.dims().0, out);
+    matmul::<FMA>(x, &ad.a, t, xa);
+    matmul::<FMA>(xa, &ad.b, t, out);
     add(y, out);
 }
 
@@ -90,8 +89,8 @@ pub(super) fn rms_norm_rows<const FMA: bool>(x: &[f32], w: &[f32], d: usize, eps
 
 /// `y[t, out] = x[t, in] · w[out, in]ᵀ`, split across rayon's threads when large.
 #[inline(always)]
-pub(super) fn matmul<const FMA: bool>(x: &[f32], w: &Panels, t: usize, n_out: usize, y: &mut Vec<f32>) {
-    resize(y, t * n_out);
+pub(super) fn matmul<const FMA: bool>(x: &[f32], w: &Panels, t: usize, y: &mut Vec<f32>) {
+    resize(y, t * w.dims().0);
     w.product::<FMA>(x, t, y);
 }
 

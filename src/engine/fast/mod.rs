@@ -181,7 +181,6 @@ impl FastModel {
                 Ok(LowRank {
                     a: Panels::new(&host(a)?, a.dims2()?.1, Precision::F32),
                     b: Panels::new(&b, rank, Precision::F32),
-                    rank,
                 })
             };
             let t = super::lora::TARGETS;
@@ -199,7 +198,7 @@ impl FastModel {
         let kv = cfg.kv_heads() * cfg.head_dim();
         for (layer, l) in adapters.iter().enumerate() {
             for (lr, (out, inp)) in l.iter().zip([(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]) {
-                if lr.a.dims() != (lr.rank, inp) || lr.b.dims() != (out, lr.rank) {
+                if lr.a.dims() != (spec.rank, inp) || lr.b.dims() != (out, spec.rank) {
                     return Err(EngineError::BadConfig(format!(
                         "layer {layer}: an adapter does not fit the model"
                     )));
@@ -353,9 +352,9 @@ impl FastModel {
         for (li, l) in w.layers.iter().enumerate() {
             let ad = self.adapters.as_ref().map(|a| &a[li]);
             rms_norm_rows::<FMA>(&c.x, &l.attn_norm, d, eps, &mut c.xn);
-            matmul::<FMA>(&c.xn, &l.wq, t, d, &mut c.q);
-            matmul::<FMA>(&c.xn, &l.wk, t, kv, &mut c.kk);
-            matmul::<FMA>(&c.xn, &l.wv, t, kv, &mut c.vv);
+            matmul::<FMA>(&c.xn, &l.wq, t, &mut c.q);
+            matmul::<FMA>(&c.xn, &l.wk, t, &mut c.kk);
+            matmul::<FMA>(&c.xn, &l.wv, t, &mut c.vv);
             if let Some(ad) = ad {
                 low_rank::<FMA>(&ad[0], &c.xn, t, &mut c.q, &mut c.lr, &mut c.lr_out);
                 low_rank::<FMA>(&ad[1], &c.xn, t, &mut c.kk, &mut c.lr, &mut c.lr_out);
@@ -435,10 +434,10 @@ impl FastModel {
         let head = w.lm_head.as_ref().unwrap_or(&w.embed);
         let vocab = cfg.vocab_size;
         if n == 1 {
-            matmul::<FMA>(&c.last, head, 1, vocab, &mut *logits[0]);
+            matmul::<FMA>(&c.last, head, 1, &mut *logits[0]);
             return;
         }
-        matmul::<FMA>(&c.last, head, n, vocab, &mut c.out);
+        matmul::<FMA>(&c.last, head, n, &mut c.out);
         for (s, out) in logits.iter_mut().enumerate() {
             out.clear();
             out.extend_from_slice(&c.out[s * vocab..(s + 1) * vocab]);
@@ -450,18 +449,18 @@ impl FastModel {
 #[inline(always)]
 fn continue_layer<const FMA: bool>(m: &FastModel, li: usize, t: usize, c: &mut Scratch) {
     let cfg = &m.cfg;
-    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let d = cfg.hidden_size;
     let eps = cfg.rms_norm_eps as f32;
     let l = &m.weights.layers[li];
     let ad = m.adapters.as_ref().map(|a| &a[li]);
-    matmul::<FMA>(&c.att, &l.wo, t, d, &mut c.tmp);
+    matmul::<FMA>(&c.att, &l.wo, t, &mut c.tmp);
     if let Some(ad) = ad {
         low_rank::<FMA>(&ad[3], &c.att, t, &mut c.tmp, &mut c.lr, &mut c.lr_out);
     }
     add(&mut c.x, &c.tmp);
     rms_norm_rows::<FMA>(&c.x, &l.mlp_norm, d, eps, &mut c.xn);
-    matmul::<FMA>(&c.xn, &l.wgate, t, f, &mut c.g);
-    matmul::<FMA>(&c.xn, &l.wup, t, f, &mut c.u);
+    matmul::<FMA>(&c.xn, &l.wgate, t, &mut c.g);
+    matmul::<FMA>(&c.xn, &l.wup, t, &mut c.u);
     if let Some(ad) = ad {
         low_rank::<FMA>(&ad[4], &c.xn, t, &mut c.g, &mut c.lr, &mut c.lr_out);
         low_rank::<FMA>(&ad[5], &c.xn, t, &mut c.u, &mut c.lr, &mut c.lr_out);
@@ -469,7 +468,7 @@ fn continue_layer<const FMA: bool>(m: &FastModel, li: usize, t: usize, c: &mut S
     for (g, u) in c.g.iter_mut().zip(&c.u) {
         *g = *g / (1.0 + (-*g).exp()) * u;
     }
-    matmul::<FMA>(&c.g, &l.wdown, t, d, &mut c.tmp);
+    matmul::<FMA>(&c.g, &l.wdown, t, &mut c.tmp);
     if let Some(ad) = ad {
         low_rank::<FMA>(&ad[6], &c.g, t, &mut c.tmp, &mut c.lr, &mut c.lr_out);
     }

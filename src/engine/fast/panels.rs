@@ -230,25 +230,23 @@ fn block<const FMA: bool>(
         // SAFETY: FMA is only set on a CPU with AVX2, FMA and F16C; `x` holds `rows` rows of
         // `n_in` and the panel holds `n_in` columns of WIDTH (the callers slice them so).
         unsafe {
-            match (panel, rows) {
-                (Panel::F32(p), 6) => block_f32::<6>(x, n_in, p, sums),
-                (Panel::F32(p), 5) => block_f32::<5>(x, n_in, p, sums),
-                (Panel::F32(p), 4) => block_f32::<4>(x, n_in, p, sums),
-                (Panel::F32(p), 3) => block_f32::<3>(x, n_in, p, sums),
-                (Panel::F32(p), 2) => block_f32::<2>(x, n_in, p, sums),
-                (Panel::F32(p), _) => block_f32::<1>(x, n_in, p, sums),
-                (Panel::F16(p), 6) => block_f16::<6>(x, n_in, p, sums),
-                (Panel::F16(p), 5) => block_f16::<5>(x, n_in, p, sums),
-                (Panel::F16(p), 4) => block_f16::<4>(x, n_in, p, sums),
-                (Panel::F16(p), 3) => block_f16::<3>(x, n_in, p, sums),
-                (Panel::F16(p), 2) => block_f16::<2>(x, n_in, p, sums),
-                (Panel::F16(p), _) => block_f16::<1>(x, n_in, p, sums),
-                (Panel::I8(p), 6) => block_i8::<6>(x, n_in, p, sums),
-                (Panel::I8(p), 5) => block_i8::<5>(x, n_in, p, sums),
-                (Panel::I8(p), 4) => block_i8::<4>(x, n_in, p, sums),
-                (Panel::I8(p), 3) => block_i8::<3>(x, n_in, p, sums),
-                (Panel::I8(p), 2) => block_i8::<2>(x, n_in, p, sums),
-                (Panel::I8(p), _) => block_i8::<1>(x, n_in, p, sums),
+            // Each block function is compiled for each row count: its sums stay in registers.
+            macro_rules! by_rows {
+                ($block:ident, $p:expr) => {
+                    match rows {
+                        6 => $block::<6>(x, n_in, $p, sums),
+                        5 => $block::<5>(x, n_in, $p, sums),
+                        4 => $block::<4>(x, n_in, $p, sums),
+                        3 => $block::<3>(x, n_in, $p, sums),
+                        2 => $block::<2>(x, n_in, $p, sums),
+                        _ => $block::<1>(x, n_in, $p, sums),
+                    }
+                };
+            }
+            match panel {
+                Panel::F32(p) => by_rows!(block_f32, p),
+                Panel::F16(p) => by_rows!(block_f16, p),
+                Panel::I8(p) => by_rows!(block_i8, p),
             }
         }
         return;
@@ -303,6 +301,7 @@ macro_rules! avx_block {
                     k += 4;
                 }
                 while k < n_in {
+                    // SAFETY: k < n_in.
                     let (w0, w1): (__m256, __m256) = $load(pw, k);
                     let xv = _mm256_broadcast_ss(&*px.add(k));
                     acc[0] = _mm256_fmadd_ps(xv, w0, acc[0]);
