@@ -87,7 +87,7 @@ pub(super) fn rms_norm_rows<const FMA: bool>(x: &[f32], w: &[f32], d: usize, eps
     }
 }
 
-/// `y[t, out] = x[t, in] · w[out, in]ᵀ`, split across rayon's threads when large.
+/// `y[t, out] = x[t, in] · w[out, in]ᵀ`, split across two threads when large.
 #[inline(always)]
 pub(super) fn matmul<const FMA: bool>(x: &[f32], w: &Panels, t: usize, y: &mut Vec<f32>) {
     resize(y, t * w.dims().0);

@@ -25,6 +25,7 @@ mod attention;
 mod cache;
 mod expf;
 mod kernels;
+mod pair;
 mod panels;
 
 use self::attention::{attend, prefill_attention, Row, PREFILL_ROWS};

@@ -16,11 +16,12 @@ pub(super) const WIDTH: usize = 16;
 /// Token rows per block: 6 rows × 2 vectors of sums, with the 2 weight vectors, fill 14 of the
 /// 16 AVX registers.
 const ROWS: usize = 6;
-/// Multiply-adds below which a product runs on the calling thread. Waking rayon's threads costs
-/// more than it saves below a few milliseconds of work: with the 8 candidates' output layer
-/// (8 M multiply-adds) split across 2 threads, replies of the embedded base took p50 150 ms
-/// instead of 110.
-pub(super) const PARALLEL_MIN: usize = 1 << 24;
+/// Weight bytes from which a product splits across the two threads of [`super::pair`]: a
+/// decoding step is bound by reading the weights, and two cores read them faster than one
+/// (a 135 M-parameter `i8` base: 13 ms a token on one thread, 9 on two).
+pub(super) const SPLIT_BYTES: usize = 1 << 18;
+/// Multiply-adds from which a product splits however small its weights (a prefill).
+pub(super) const SPLIT_WORK: usize = 1 << 20;
 /// How far ahead of its use each cache line of weights is asked for. The hardware prefetcher
 /// stops at page boundaries; asking ahead took a decoding step of a 135 M-parameter `i8` base
 /// from 19 ms to 12 (1 KB ahead) and 11.5 (2 KB; 4 KB: no better).
@@ -132,7 +133,7 @@ impl Panels {
         }
     }
 
-    /// `y[t, n_out] = x[t, n_in] · wᵀ`, split by panels across rayon's threads when large.
+    /// `y[t, n_out] = x[t, n_in] · wᵀ`, split by panels across two threads when large.
     /// `FMA` may only be set on a CPU with AVX2, FMA and F16C.
     pub(super) fn product<const FMA: bool>(&self, x: &[f32], t: usize, y: &mut [f32]) {
         let (n_in, n_out) = (self.n_in, self.n_out);
@@ -144,31 +145,20 @@ impl Panels {
             return;
         }
         let panels = n_out.div_ceil(WIDTH);
-        if t * n_in * n_out < PARALLEL_MIN || rayon::current_num_threads() < 2 || panels < 2 {
+        if panels < 2 || (self.bytes() < SPLIT_BYTES && t * n_in * n_out < SPLIT_WORK) {
             self.panels_into::<FMA>(x, t, 0..panels, y, n_out, 0);
             return;
         }
-        use rayon::prelude::*;
-        let tasks = (rayon::current_num_threads() * 2).min(panels);
-        let per = panels.div_ceil(tasks);
-        // Each task fills its own columns; they are copied into `y` after.
-        let parts: Vec<(usize, Vec<f32>)> = (0..panels)
-            .step_by(per)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|first| {
-                let last = (first + per).min(panels);
-                let cols = (last * WIDTH).min(n_out) - first * WIDTH;
-                let mut part = vec![0f32; t * cols];
-                self.panels_into::<FMA>(x, t, first..last, &mut part, cols, first * WIDTH);
-                (first * WIDTH, part)
-            })
-            .collect();
-        for (col, part) in parts {
-            let cols = part.len() / t;
-            for (i, row) in part.chunks_exact(cols).enumerate() {
-                y[i * n_out + col..i * n_out + col + cols].copy_from_slice(row);
-            }
+        // Half the panels on the helper thread, into its own buffer.
+        let half = panels / 2;
+        let cols = half * WIDTH;
+        let mut part = vec![0f32; t * cols];
+        super::pair::join(
+            || self.panels_into::<FMA>(x, t, 0..half, &mut part, cols, 0),
+            || self.panels_into::<FMA>(x, t, half..panels, y, n_out, 0),
+        );
+        for (i, row) in part.chunks_exact(cols).enumerate() {
+            y[i * n_out..i * n_out + cols].copy_from_slice(row);
         }
     }
 

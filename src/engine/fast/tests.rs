@@ -20,8 +20,11 @@ fn products_split_across_threads_give_the_candle_paths_logits() {
         tie_word_embeddings: false,
         model_type: "llama".into(),
     };
-    // The prompt's products are split (the tokens after it are not).
-    assert!(40 * cfg.hidden_size * cfg.intermediate_size >= panels::PARALLEL_MIN);
+    // The MLP's products are split, for the prompt and for each token after it; those of the
+    // keys and values never.
+    let kv = cfg.kv_heads() * cfg.head_dim();
+    assert!(cfg.hidden_size * cfg.intermediate_size * 4 >= panels::SPLIT_BYTES);
+    assert!(cfg.hidden_size * kv * 4 < panels::SPLIT_BYTES && 40 * cfg.hidden_size * kv < panels::SPLIT_WORK);
     let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
     let fast = FastModel::from_model_as(&model, Precision::F32).unwrap();
     let ids: Vec<u32> = (0..40u32).map(|i| (i * 97) % 4096).collect();
