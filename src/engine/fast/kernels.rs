@@ -24,8 +24,11 @@ pub enum Precision {
     /// Half the bytes, about three significant digits: mid-sized models, whose decoding is
     /// bound by reading the weights from memory.
     F16,
-    /// A quarter of the bytes, one scale per row: large models.
+    /// A quarter of the bytes, one scale per row.
     I8,
+    /// Five bits a weight, a step and a minimum per 32 ([`super::q4`]): large models. Rows
+    /// that are not whole groups of 32 fall back to [`Precision::I8`].
+    Q4,
 }
 
 /// One projection's low-rank adapter: `y += (x aᵀ) bᵀ`, its scale folded into `b`.

@@ -6,10 +6,12 @@
 //! for operands packed ahead (nor for `f16` or `i8` weights against `f32` activations), which is
 //! why this is written by hand. A decoding step is bound by reading the weights from memory, so
 //! mid-sized models keep them as `f16` (half the bytes; F16C widens them in registers) and large
-//! ones as `i8` with a scale per row (a quarter). A prefill reuses each widened weight for six
+//! ones as 4-bit blocks, read by [`q4`]'s own integer product (`i8` with a scale per row
+//! remains for rows that are not whole blocks). A prefill reuses each widened weight for six
 //! token rows.
 
 use super::kernels::Precision;
+use super::q4::{self, Acts, Q4};
 
 /// Output rows per panel: two AVX vectors of 8.
 pub(super) const WIDTH: usize = 16;
@@ -18,14 +20,14 @@ pub(super) const WIDTH: usize = 16;
 const ROWS: usize = 6;
 /// Weight bytes from which a product splits across the two threads of [`super::pair`]: a
 /// decoding step is bound by reading the weights, and two cores read them faster than one
-/// (a 135 M-parameter `i8` base: 13 ms a token on one thread, 9 on two).
-pub(super) const SPLIT_BYTES: usize = 1 << 18;
+/// (a 135 M-parameter `i8` base: 13.4 ms a token on one thread, 7.4 on two).
+pub(super) const SPLIT_BYTES: usize = 1 << 17;
 /// Multiply-adds from which a product splits however small its weights (a prefill).
 pub(super) const SPLIT_WORK: usize = 1 << 20;
 /// How far ahead of its use each cache line of weights is asked for. The hardware prefetcher
 /// stops at page boundaries; asking ahead took a decoding step of a 135 M-parameter `i8` base
 /// from 19 ms to 12 (1 KB ahead) and 11.5 (2 KB; 4 KB: no better).
-const PREFETCH: usize = 2048;
+pub(super) const PREFETCH: usize = 2048;
 
 /// A matrix `[n_out, n_in]` as panels: panel `p` holds rows `p·WIDTH..` column by column
 /// (element `p·n_in·WIDTH + k·WIDTH + j` is `w[p·WIDTH + j][k]`), the last one padded with zeros.
@@ -44,6 +46,8 @@ enum Data {
         q: Vec<i8>,
         scale: Vec<f32>,
     },
+    /// Rows of 4-bit blocks ([`q4`]), not panels.
+    Q4(Q4),
 }
 
 impl Panels {
@@ -63,7 +67,9 @@ impl Panels {
         let len = n_out.div_ceil(WIDTH) * n_in * WIDTH;
         let place = |o: usize, k: usize| (o / WIDTH) * n_in * WIDTH + k * WIDTH + o % WIDTH;
         let data = match precision {
-            Precision::I8 => {
+            Precision::Q4 if n_in > 0 && n_in % q4::GROUP == 0 => Data::Q4(Q4::gather(n_out, n_in, at)),
+            // Rows that are not whole blocks: `i8`.
+            Precision::I8 | Precision::Q4 => {
                 let mut q = vec![0i8; len];
                 let mut scale = vec![1f32; n_out.div_ceil(WIDTH) * WIDTH];
                 for (o, s) in scale.iter_mut().enumerate().take(n_out) {
@@ -107,6 +113,7 @@ impl Panels {
             Data::F32(d) => d.len() * 4,
             Data::F16(d) => d.len() * 2,
             Data::I8 { q, scale } => q.len() + scale.len() * 4,
+            Data::Q4(w) => w.bytes(),
         }
     }
 
@@ -119,6 +126,7 @@ impl Panels {
                 Data::F32(d) => d[at(k)],
                 Data::F16(d) => half::f16::from_bits(d[at(k)]).to_f32(),
                 Data::I8 { q, scale } => f32::from(q[at(k)]) * scale[r],
+                Data::Q4(w) => w.weight(r, k),
             };
         }
     }
@@ -130,6 +138,8 @@ impl Panels {
             Data::F32(d) => Panel::F32(&d[range]),
             Data::F16(d) => Panel::F16(&d[range]),
             Data::I8 { q, .. } => Panel::I8(&q[range]),
+            // Read by rows in `panels_into`.
+            Data::Q4(_) => Panel::F32(&[]),
         }
     }
 
@@ -144,9 +154,15 @@ impl Panels {
             y[..t * n_out].fill(0.0);
             return;
         }
+        // 4-bit weights multiply `x` quantized.
+        let acts = match &self.data {
+            Data::Q4(_) if FMA => Acts::new(x, t, n_in),
+            _ => Acts::default(),
+        };
+        let acts = &acts;
         let panels = n_out.div_ceil(WIDTH);
         if panels < 2 || (self.bytes() < SPLIT_BYTES && t * n_in * n_out < SPLIT_WORK) {
-            self.panels_into::<FMA>(x, t, 0..panels, y, n_out, 0);
+            self.panels_into::<FMA>(x, acts, t, 0..panels, y, n_out, 0);
             return;
         }
         // Half the panels on the helper thread, into its own buffer.
@@ -154,8 +170,8 @@ impl Panels {
         let cols = half * WIDTH;
         let mut part = vec![0f32; t * cols];
         super::pair::join(
-            || self.panels_into::<FMA>(x, t, 0..half, &mut part, cols, 0),
-            || self.panels_into::<FMA>(x, t, half..panels, y, n_out, 0),
+            || self.panels_into::<FMA>(x, acts, t, 0..half, &mut part, cols, 0),
+            || self.panels_into::<FMA>(x, acts, t, half..panels, y, n_out, 0),
         );
         for (i, row) in part.chunks_exact(cols).enumerate() {
             y[i * n_out..i * n_out + cols].copy_from_slice(row);
@@ -163,10 +179,12 @@ impl Panels {
     }
 
     /// Panels `range` of the product into `y`, whose rows are `stride` long and whose column 0
-    /// is output row `col0`.
+    /// is output row `col0` (`acts`: `x` quantized, for 4-bit weights).
+    #[allow(clippy::too_many_arguments)]
     fn panels_into<const FMA: bool>(
         &self,
         x: &[f32],
+        acts: &Acts,
         t: usize,
         range: std::ops::Range<usize>,
         y: &mut [f32],
@@ -174,6 +192,11 @@ impl Panels {
         col0: usize,
     ) {
         let n_in = self.n_in;
+        if let Data::Q4(w) = &self.data {
+            let rows = range.start * WIDTH..(range.end * WIDTH).min(self.n_out);
+            w.rows_into::<FMA>(x, acts, t, rows, y, stride, col0);
+            return;
+        }
         let mut sums = [[0f32; WIDTH]; ROWS];
         for p in range {
             let panel = self.panel(p);
@@ -368,14 +391,25 @@ mod tests {
     fn products_match_the_plain_definition_for_every_shape() {
         // Output counts around the panel width, token counts around the block, and one product
         // large enough to be split across threads.
-        for (t, n_in, n_out) in
-            [(1, 3, 1), (1, 16, 17), (2, 33, 15), (6, 40, 32), (7, 24, 50), (13, 64, 100), (8, 128, 1100)]
-        {
+        for (t, n_in, n_out) in [
+            (1, 3, 1),
+            (1, 16, 17),
+            (2, 33, 15),
+            (6, 40, 32),
+            (7, 24, 50),
+            (13, 64, 100),
+            (8, 128, 1100),
+            (1, 64, 40),
+            (2, 32, 16),
+            (4, 96, 33),
+            (1, 96, 37),
+            (2, 64, 35),
+        ] {
             let w: Vec<f32> = (0..n_out * n_in).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
             let x: Vec<f32> = (0..t * n_in).map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0).collect();
             let want = reference(&x, &w, t, n_in);
             for (precision, tolerance) in
-                [(Precision::F32, 1e-4), (Precision::F16, 2e-2), (Precision::I8, 0.2)]
+                [(Precision::F32, 1e-4), (Precision::F16, 2e-2), (Precision::I8, 0.2), (Precision::Q4, 1.5)]
             {
                 let p = Panels::new(&w, n_in, precision);
                 for fma in [false, true] {
@@ -407,6 +441,8 @@ mod tests {
                     Precision::F32 => 0.0,
                     Precision::F16 => 1e-3,
                     Precision::I8 => 1.0 / 127.0,
+                    // Half a step of 2/15, or i8's when the rows are not whole blocks.
+                    Precision::Q4 => 1.0 / 15.0 + 1e-3,
                 };
                 assert!(diff <= exact, "{precision:?} row {diff}");
             }

@@ -41,15 +41,17 @@ fn products_split_across_threads_give_the_candle_paths_logits() {
     }
 }
 
-/// `f16` and `i8` matrices (what mid-sized and large models serve from) stay close to the exact
-/// logits and take about a half and a quarter of the memory.
+/// `f16`, `i8` and 4-bit matrices (what mid-sized and large models serve from) stay close to
+/// the exact logits and take about a half, a quarter and a fifth of the memory.
 #[test]
-fn half_and_int8_matrices_stay_close_to_the_exact_logits() {
+fn half_int8_and_4_bit_matrices_stay_close_to_the_exact_logits() {
     let cfg = crate::engine::Preset::small().model_config(1024);
     let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
     assert_eq!(FastWeights::precision(&cfg), Precision::F32, "small models stay exact by default");
     let exact = FastModel::from_model_as(&model, Precision::F32).unwrap();
-    for (precision, most_bytes, tolerance) in [(Precision::F16, 0.55, 0.005), (Precision::I8, 0.3, 0.05)] {
+    for (precision, most_bytes, tolerance) in
+        [(Precision::F16, 0.55, 0.005), (Precision::I8, 0.3, 0.05), (Precision::Q4, 0.22, 0.15)]
+    {
         let fewer = FastModel::from_model_as(&model, precision).unwrap();
         let ratio = fewer.weights().bytes() as f64 / exact.weights().bytes() as f64;
         assert!(ratio < most_bytes, "{precision:?} weights take {ratio:.2} of the f32 ones");
@@ -69,7 +71,7 @@ fn half_and_int8_matrices_stay_close_to_the_exact_logits() {
     }
 }
 
-/// The embedded base's size serves from `f16`; SmolLM2's from `i8`.
+/// The embedded base's size serves from `f16`; SmolLM2's from 4-bit blocks.
 #[test]
 fn the_precision_follows_the_model_size() {
     let base = ModelConfig {
@@ -89,7 +91,7 @@ fn the_precision_follows_the_model_size() {
     assert_eq!(FastWeights::precision(&base), Precision::F16);
     let large =
         ModelConfig { hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30, ..base.clone() };
-    assert_eq!(FastWeights::precision(&large), Precision::I8);
+    assert_eq!(FastWeights::precision(&large), Precision::Q4);
 }
 
 /// Candidates decoded side by side (one batched pass per token, caches of different lengths)
