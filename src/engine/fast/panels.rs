@@ -154,28 +154,34 @@ impl Panels {
             y[..t * n_out].fill(0.0);
             return;
         }
-        // 4-bit weights multiply `x` quantized.
-        let acts = match &self.data {
-            Data::Q4(_) if FMA => Acts::new(x, t, n_in),
-            _ => Acts::default(),
-        };
-        let acts = &acts;
-        let panels = n_out.div_ceil(WIDTH);
-        if panels < 2 || (self.bytes() < SPLIT_BYTES && t * n_in * n_out < SPLIT_WORK) {
-            self.panels_into::<FMA>(x, acts, t, 0..panels, y, n_out, 0);
-            return;
+        // This thread's buffers, kept between products: fresh ones the size of a prefill's
+        // cost page faults every time.
+        thread_local! {
+            static BUFFERS: std::cell::RefCell<(Acts, Vec<f32>)> = Default::default();
         }
-        // Half the panels on the helper thread, into its own buffer.
-        let half = panels / 2;
-        let cols = half * WIDTH;
-        let mut part = vec![0f32; t * cols];
-        super::pair::join(
-            || self.panels_into::<FMA>(x, acts, t, 0..half, &mut part, cols, 0),
-            || self.panels_into::<FMA>(x, acts, t, half..panels, y, n_out, 0),
-        );
-        for (i, row) in part.chunks_exact(cols).enumerate() {
-            y[i * n_out..i * n_out + cols].copy_from_slice(row);
-        }
+        BUFFERS.with_borrow_mut(|(acts, part)| {
+            // 4-bit weights multiply `x` quantized.
+            if let (Data::Q4(_), true) = (&self.data, FMA) {
+                acts.fill(x, t, n_in);
+            }
+            let acts = &*acts;
+            let panels = n_out.div_ceil(WIDTH);
+            if panels < 2 || (self.bytes() < SPLIT_BYTES && t * n_in * n_out < SPLIT_WORK) {
+                self.panels_into::<FMA>(x, acts, t, 0..panels, y, n_out, 0);
+                return;
+            }
+            // Half the panels on the helper thread, into its own buffer.
+            let half = panels / 2;
+            let cols = half * WIDTH;
+            part.resize(t * cols, 0.0);
+            super::pair::join(
+                || self.panels_into::<FMA>(x, acts, t, 0..half, part, cols, 0),
+                || self.panels_into::<FMA>(x, acts, t, half..panels, y, n_out, 0),
+            );
+            for (i, row) in part.chunks_exact(cols).enumerate() {
+                y[i * n_out..i * n_out + cols].copy_from_slice(row);
+            }
+        });
     }
 
     /// Panels `range` of the product into `y`, whose rows are `stride` long and whose column 0

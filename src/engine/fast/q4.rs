@@ -36,10 +36,16 @@ pub(super) struct Acts {
 }
 
 impl Acts {
-    /// Quantizes the `t` rows of `x` (each `n_in` long, a multiple of [`GROUP`]).
-    pub(super) fn new(x: &[f32], t: usize, n_in: usize) -> Acts {
+    /// Quantizes the `t` rows of `x` (each `n_in` long, a multiple of [`GROUP`]) into `self`,
+    /// whose buffers are reused.
+    pub(super) fn fill(&mut self, x: &[f32], t: usize, n_in: usize) {
         let padded = (n_in / GROUP).div_ceil(CHUNK) * CHUNK;
-        let mut a = Acts { q: vec![0; t * n_in], scale: vec![0.0; t * padded], sum: vec![0.0; t * padded] };
+        let a = self;
+        a.q.resize(t * n_in, 0);
+        a.scale.clear();
+        a.scale.resize(t * padded, 0.0);
+        a.sum.clear();
+        a.sum.resize(t * padded, 0.0);
         for (r, row) in x[..t * n_in].chunks_exact(n_in).enumerate() {
             for (b, block) in row.chunks_exact(GROUP).enumerate() {
                 let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -56,7 +62,6 @@ impl Acts {
                 a.sum[r * padded + b] = block.iter().sum();
             }
         }
-        a
     }
 }
 
@@ -148,6 +153,10 @@ impl Q4 {
                         match (m, n) {
                             (4, _) => rows_avx::<4, 1>(q, dm, x, &mut out),
                             (2, _) => rows_avx::<2, 2>(q, dm, x, &mut out),
+                            (_, 8) => rows_avx::<1, 8>(q, dm, x, &mut out),
+                            (_, 7) => rows_avx::<1, 7>(q, dm, x, &mut out),
+                            (_, 6) => rows_avx::<1, 6>(q, dm, x, &mut out),
+                            (_, 5) => rows_avx::<1, 5>(q, dm, x, &mut out),
                             (_, 4) => rows_avx::<1, 4>(q, dm, x, &mut out),
                             (_, 3) => rows_avx::<1, 3>(q, dm, x, &mut out),
                             (_, 2) => rows_avx::<1, 2>(q, dm, x, &mut out),
@@ -178,13 +187,13 @@ impl Q4 {
 }
 
 /// Token rows that share each widened block of weights.
-const TOKENS: usize = 4;
+const TOKENS: usize = 8;
 
 /// `out[o][r] = Σ_blocks d·dx·Σ q·qx + m·Σ x` for `O` rows of weights (`q`, `dm` as in
 /// [`Q4`]) and `R` rows of activations (`x`: values, scales, sums as in [`Acts`]).
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C; `O·R ≤ 4`; `x` holds `R` rows of the blocks `q` and `dm`
+/// The CPU has AVX2, FMA and F16C; `O·R ≤ TOKENS` and `O ≤ 4`; `x` holds `R` rows of the blocks `q` and `dm`
 /// hold `O` rows of.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -198,7 +207,7 @@ unsafe fn rows_avx<const O: usize, const R: usize>(
     let (xq, xs, xsum) = x;
     let (nb, padded) = (q.len() / NIBBLES / O, dm.len() / 2 / O);
     let n_in = nb * GROUP;
-    assert!(O * R <= 4 && R <= TOKENS && padded >= nb && padded % CHUNK == 0);
+    assert!(O * R <= TOKENS && O <= 4 && R <= TOKENS && padded >= nb && padded % CHUNK == 0);
     assert!(q.len() >= O * nb * NIBBLES && dm.len() >= O * 2 * padded);
     assert!(xq.len() >= R * n_in && xs.len() >= R * padded && xsum.len() >= R * padded);
     // The low half of a block's 16 bytes keeps its low nibbles, the high half its high ones.
