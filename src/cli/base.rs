@@ -65,10 +65,7 @@ pub async fn run(config: &Config, cmd: BaseCommand) -> anyhow::Result<()> {
             let request = fetch::Request { repo, revision, file };
             // Refuse a bad or taken name before downloading hundreds of megabytes.
             if let Some(n) = &name {
-                bases::check_name(n)?;
-                if bases::list(&models).iter().any(|b| &b.manifest.name == n) {
-                    return Err(bases::BaseError::Exists(n.clone()).into());
-                }
+                bases::check_new_name(&models, n)?;
             }
             let fetched = fetch::fetch(&fetch::Hub::from_env(), &request).await?;
             eprintln!("downloaded {} into {}; importing …", fetched.source, fetched.path.display());

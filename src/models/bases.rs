@@ -144,6 +144,15 @@ pub fn check_name(name: &str) -> Result<(), BaseError> {
     }
 }
 
+/// A name a new base may take under `models_dir`: valid, and not a directory there already.
+pub fn check_new_name(models_dir: &Path, name: &str) -> Result<(), BaseError> {
+    check_name(name)?;
+    if models_dir.join(DIR).join(name).exists() {
+        return Err(BaseError::Exists(name.to_string()));
+    }
+    Ok(())
+}
+
 fn unreadable(path: &Path, reason: impl std::fmt::Display) -> BaseError {
     BaseError::Unreadable { path: path.display().to_string(), reason: reason.to_string() }
 }
@@ -230,12 +239,9 @@ pub fn import_labelled(
         Some(n) => n.to_string(),
         None => default_name(source),
     };
-    check_name(&name)?;
+    check_new_name(models_dir, &name)?;
     let root = models_dir.join(DIR);
     let dir = root.join(&name);
-    if dir.exists() {
-        return Err(BaseError::Exists(name));
-    }
     std::fs::create_dir_all(&root)?;
     let staging = tempfile::Builder::new().prefix(".importing-").tempdir_in(&root)?;
     let (format, declared) = if source.is_dir() {

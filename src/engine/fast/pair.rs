@@ -34,7 +34,6 @@ struct Helper {
 // SAFETY: `job` is written only by the poster holding `poster` while the state is IDLE, and
 // read only by the helper between POSTED and DONE.
 unsafe impl Sync for Helper {}
-unsafe impl Send for Helper {}
 
 fn helper() -> Option<&'static Helper> {
     static HELPER: OnceLock<Option<&'static Helper>> = OnceLock::new();

@@ -137,9 +137,9 @@ impl Q4 {
             let mut i = 0;
             while i < t {
                 let n = (t - i).min(TOKENS);
-                let mut out = [[0f32; TOKENS]; 4];
                 #[cfg(target_arch = "x86_64")]
                 if FMA {
+                    let mut out = [[0f32; TOKENS]; 4];
                     let q = &self.q[o * nb * NIBBLES..(o + m) * nb * NIBBLES];
                     let dm = &self.dm[o * 2 * padded..(o + m) * 2 * padded];
                     let x = (
@@ -172,11 +172,11 @@ impl Q4 {
                     continue;
                 }
                 // Without AVX2: one weight row at a time, exactly.
-                for (j, out) in out[..m].iter_mut().enumerate() {
-                    for (r, v) in out[..n].iter_mut().enumerate() {
+                for j in 0..m {
+                    for r in 0..n {
                         let xr = &x[(i + r) * n_in..(i + r + 1) * n_in];
-                        *v = xr.iter().enumerate().map(|(k, xv)| xv * self.weight(o + j, k)).sum();
-                        y[(i + r) * stride + o + j - col0] = *v;
+                        y[(i + r) * stride + o + j - col0] =
+                            xr.iter().enumerate().map(|(k, xv)| xv * self.weight(o + j, k)).sum();
                     }
                 }
                 i += n;

@@ -216,3 +216,18 @@ fn bad_sources_and_names_are_refused_and_leave_nothing_behind() {
         std::fs::read_dir(models.path().join(DIR)).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// What `base fetch` checks before downloading is what `import` checks after: a valid name whose
+/// directory is free, even when that directory is not a whole base (a left-over import).
+#[test]
+fn a_new_base_name_must_be_valid_and_free() {
+    let models = tempfile::tempdir().unwrap();
+    assert!(check_new_name(models.path(), "free").is_ok());
+    assert!(matches!(check_new_name(models.path(), "../up"), Err(BaseError::BadName(_))));
+    std::fs::create_dir_all(models.path().join(DIR).join("taken")).unwrap();
+    assert!(list(models.path()).is_empty(), "not a whole base");
+    assert!(matches!(check_new_name(models.path(), "taken"), Err(BaseError::Exists(n)) if n == "taken"));
+    let junk = models.path().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF but not really").unwrap();
+    assert!(matches!(import(models.path(), &junk, Some("taken"), None), Err(BaseError::Exists(_))));
+}
