@@ -285,9 +285,10 @@ fn training(out: &mut String, view: &TrainingView) {
     };
     let _ = write!(
         out,
-        "<section id=\"training\" data-state=\"{}\"{}><h2>Training</h2>\
+        "<section id=\"training\" data-state=\"{}\" data-run=\"{}\"{}><h2>Training</h2>\
          <progress id=\"train-progress\" max=\"{max}\"{value}></progress><p id=\"train-text\">{}</p></section>",
         if running { "running" } else { "idle" },
+        view.run_id.map(|id| id.to_string()).unwrap_or_default(),
         if running { "" } else { " hidden" },
         esc(&text)
     );
@@ -371,6 +372,24 @@ mod tests {
         assert!(!is_login_route(&Method::GET, "/api/ml/training/events"));
         assert!(!is_login_route(&Method::POST, "/"));
         assert!(!is_login_route(&Method::GET, "/metrics"));
+    }
+
+    #[test]
+    fn the_training_section_names_its_run_only_once_the_run_is_recorded() {
+        // The page's script reloads when the events name a run other than `data-run`: a page
+        // drawn before the run's row existed must not count as showing it.
+        let mut view = TrainingView { state: TrainingState::Running, ..TrainingView::default() };
+        let mut out = String::new();
+        training(&mut out, &view);
+        assert!(out.contains("data-state=\"running\" data-run=\"\">"), "{out}");
+        view.run_id = Some(7);
+        out.clear();
+        training(&mut out, &view);
+        assert!(out.contains("data-state=\"running\" data-run=\"7\">"), "{out}");
+        assert!(out.contains("run 7 · starting"), "{out}");
+        out.clear();
+        training(&mut out, &TrainingView::default());
+        assert!(out.contains("data-state=\"idle\" data-run=\"\" hidden>"), "{out}");
     }
 
     #[test]
