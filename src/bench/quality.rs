@@ -142,7 +142,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             &sampling,
             Some(&voice),
             &mut rng,
-            Some(&kept),
+            Some(kept),
         )?;
         warm_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }

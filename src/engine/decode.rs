@@ -76,7 +76,7 @@ pub fn reply(
 }
 
 /// [`reply`] continuing the channel's `kept` context (see [`prompt`]); also returns the context
-/// to keep for the channel's next reply (the history without the message replied to).
+/// to keep for the channel's next reply (the history and the message replied to).
 pub fn reply_with(
     model: &FastModel,
     tok: &ChatTokenizer,
@@ -84,7 +84,7 @@ pub fn reply_with(
     s: &Sampling,
     voice: Option<&Voice>,
     rng: &mut StdRng,
-    kept: Option<&Prefilled>,
+    kept: Option<Prefilled>,
 ) -> Result<(Vec<Candidate>, Prefilled), EngineError> {
     let ctx = model.cfg.max_position_embeddings;
     let room = s.max_tokens + MAX_AUTHOR_TOKENS + 2;
@@ -102,9 +102,7 @@ pub fn reply_with(
         then.drain(..then.len() - budget);
     }
     let context = prompt::prefill(model, tok, context, budget - then.len(), kept)?;
-    let (ids, cache, logits) = prompt::start_reply(model, tok, &context, &then)?;
-    // The candidates share the prompt's keys and values instead of each copying them.
-    let cache = cache.shared();
+    let (ids, cache, logits, keep) = prompt::start_reply(model, tok, context, &then)?;
     let context_text = [history.iter().map(|(a, c)| format!("{a} {c}\n")).collect::<String>()];
     let k = candidates_for(s, model.cfg.params());
     let mut out = Vec::with_capacity(k);
@@ -127,7 +125,7 @@ pub fn reply_with(
         batch = 1;
     }
     out.sort_by(|a, b| b.score.total_cmp(&a.score));
-    Ok((out, context))
+    Ok((out, keep))
 }
 
 /// Decodes every fork to its end, one token of each per step through one batched pass.

@@ -8,48 +8,58 @@ use super::generate;
 use super::tokenizer::ChatTokenizer;
 use super::EngineError;
 
-/// A prefilled context: its tokens (whole messages, without the start of the reply), the cache
-/// holding them, and the logits after its last token.
+/// A channel's context: its tokens (whole messages, without the start of the reply) and the
+/// cache holding the first `cache.pos` of them (the rest are computed with the mention, in one
+/// pass, by [`start_reply`]).
 #[derive(Clone)]
 pub struct Prefilled {
     pub ids: Vec<u32>,
     pub cache: FastCache,
-    pub logits: Vec<f32>,
-    /// Tokens this prefill computed (the rest came from the kept context).
+    /// Tokens of the channel's history this reply computed (the rest came from the kept
+    /// context; the message replied to is not counted).
     pub computed: usize,
+    /// How many of `ids` are the channel's history; the message replied to follows. It is kept
+    /// too, since the next reply's history usually holds it, but that copy may read otherwise
+    /// (the store's): then the context continues from here.
+    pub settled: usize,
 }
 
 impl Prefilled {
     /// Bytes it keeps.
     pub fn bytes(&self) -> usize {
-        self.cache.bytes() + self.ids.len() * 4 + self.logits.len() * 4
+        self.cache.bytes() + self.ids.len() * 4
     }
 }
 
 /// The context of `history` (oldest first) within `budget` tokens, continuing `kept` when the
-/// messages of `history` not yet in it follow on from it and fit.
+/// messages of `history` not yet in it follow on from it and fit. Nothing is computed yet.
 pub fn prefill(
     model: &FastModel,
     tok: &ChatTokenizer,
     history: &[(String, String)],
     budget: usize,
-    kept: Option<&Prefilled>,
+    kept: Option<Prefilled>,
 ) -> Result<Prefilled, EngineError> {
-    if let Some(kept) = kept {
-        if let Some(new) = continuation(tok, history, &kept.ids)? {
-            if kept.ids.len() + new.len() < budget {
-                let mut next = kept.clone();
-                next.computed = new.len();
-                if !new.is_empty() {
-                    model.forward(&new, &mut next.cache, &mut next.logits)?;
-                    next.ids.extend(new);
+    if let Some(mut kept) = kept {
+        let mut ends = vec![kept.ids.len()];
+        if kept.settled < kept.ids.len() {
+            ends.push(kept.settled);
+        }
+        for end in ends {
+            if let Some(new) = continuation(tok, history, &kept.ids[..end])? {
+                if end + new.len() < budget {
+                    kept.ids.truncate(end);
+                    kept.cache.rewind(end);
+                    kept.computed = new.len();
+                    kept.ids.extend(new);
+                    kept.settled = kept.ids.len();
+                    return Ok(kept);
                 }
-                return Ok(next);
             }
         }
     }
     if budget == 0 {
-        return Ok(Prefilled { ids: Vec::new(), cache: model.new_cache(), logits: Vec::new(), computed: 0 });
+        return Ok(Prefilled { ids: Vec::new(), cache: model.new_cache(), computed: 0, settled: 0 });
     }
     // From scratch: the recent messages that fit, cut at a message boundary.
     let mut ids = generate::prompt(tok, history, budget)?;
@@ -58,10 +68,7 @@ pub fn prefill(
     if ids.last() == Some(&tok.msg) && tok.msg != tok.eom {
         ids.pop();
     }
-    let mut cache = model.new_cache();
-    let mut logits = Vec::new();
-    model.forward(&ids, &mut cache, &mut logits)?;
-    Ok(Prefilled { computed: ids.len(), ids, cache, logits })
+    Ok(Prefilled { computed: ids.len(), settled: ids.len(), ids, cache: model.new_cache() })
 }
 
 /// The tokens of the messages of `history` that `kept` does not end with, when the ones it
@@ -72,6 +79,9 @@ fn continuation(
     history: &[(String, String)],
     kept: &[u32],
 ) -> Result<Option<Vec<u32>>, EngineError> {
+    if kept.is_empty() {
+        return Ok(None);
+    }
     let encoded: Vec<Vec<u32>> =
         history.iter().map(|(a, c)| tok.encode_message(a, c)).collect::<Result<_, _>>()?;
     // The longest head of `history` whose tokens end the kept context.
@@ -84,29 +94,44 @@ fn continuation(
     Ok(None)
 }
 
-/// Starts a reply after a prefilled context: `then` (the mention's tokens) and the start of a
-/// message are forwarded on a copy, so the kept context stays what the store holds. Returns the
-/// sequence, the cache and the logits a reply is decoded from.
+/// A reply's start after `context`: what the context's cache lacks, `then` (the mention's
+/// tokens) and the start of a message, forwarded in one pass. Returns the sequence, the cache
+/// (held as a [`FastCache::shared`] prefix) and the logits a reply is decoded from, and the
+/// context to keep for the channel's next reply (the mention in it, after
+/// [`Prefilled::settled`]).
 pub fn start_reply(
     model: &FastModel,
     tok: &ChatTokenizer,
-    context: &Prefilled,
+    context: Prefilled,
     then: &[u32],
-) -> Result<(Vec<u32>, FastCache, Vec<f32>), EngineError> {
-    let mut ids = context.ids.clone();
+) -> Result<(Vec<u32>, FastCache, Vec<f32>, Prefilled), EngineError> {
+    let Prefilled { mut ids, mut cache, computed, .. } = context;
+    let settled = ids.len();
+    let mut new = ids[cache.pos.min(settled)..].to_vec();
+    new.extend_from_slice(then);
     ids.extend_from_slice(then);
-    let mut cache = context.cache.clone();
-    let mut logits = context.logits.clone();
-    let mut new = then.to_vec();
+    let whole = ids.len();
     // mynah's own framing starts a message with a token; in `author: content` lines the newline
     // that ended the last message already has.
     if ids.last() != Some(&tok.msg) {
         new.push(tok.msg);
         ids.push(tok.msg);
     }
+    if new.is_empty() {
+        // All of it is cached: the last token again, for its logits.
+        let last = cache.pos - 1;
+        cache.rewind(last);
+        new.push(ids[last]);
+    }
+    let mut logits = Vec::new();
     model.forward(&new, &mut cache, &mut logits)?;
-    Ok((ids, cache, logits))
+    // The candidates share the prompt's keys and values instead of each copying them, and so
+    // does the kept context: the next reply's new rows attend to it as packed products.
+    let cache = cache.shared();
+    let mut kept = cache.clone();
+    kept.rewind(whole);
+    let keep = Prefilled { ids: ids[..whole].to_vec(), cache: kept, computed, settled };
+    Ok((ids, cache, logits, keep))
 }
-
 #[cfg(test)]
 mod tests;

@@ -79,7 +79,7 @@ mod tests {
         let ids: Vec<u32> = (0..tokens as u32).map(|i| i % 300).collect();
         let (mut cache, mut logits) = (model.new_cache(), Vec::new());
         model.forward(&ids, &mut cache, &mut logits).unwrap();
-        Prefilled { computed: ids.len(), ids, cache, logits }
+        Prefilled { computed: ids.len(), settled: ids.len(), ids, cache }
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn generate_one(job: &Job, kept: &mut KeptPrompts) -> Result<Generated, EngineEr
         &job.sampling,
         voice.as_deref(),
         &mut rng,
-        context.as_ref(),
+        context,
     )?;
     if let Some((key, epoch)) = &job.kept {
         kept.keep(key.clone(), model, *epoch, context);

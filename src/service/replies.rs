@@ -140,15 +140,13 @@ impl Core {
                 )
                 .await?
                 .into_iter()
-                .map(|m| (m.author, m.content))
+                .map(|m| (m.author, unaddressed(&m.content, req.bot_user_id.as_deref())))
                 .collect(),
             None => Vec::new(),
         };
-        let text = match &req.bot_user_id {
-            Some(id) => req.text.replace(&format!("<@{id}>"), "").replace(&format!("<@!{id}>"), ""),
-            None => req.text.clone(),
-        };
-        history.push((req.author.clone(), text.trim().to_string()));
+        // The mention reads as the next reply's history will read it (the store keeps it
+        // whole): the channel's kept context then continues past it.
+        history.push((req.author.clone(), unaddressed(&req.text, req.bot_user_id.as_deref())));
         // An empty message is a poor reply; a few fresh draws usually find a real one.
         for _ in 0..3 {
             let g = self
@@ -170,5 +168,28 @@ impl Core {
             }
         }
         Ok(None)
+    }
+}
+
+/// A message as the model reads it: without the bot's own mention (`<@id>` or `<@!id>`), which
+/// says only that it was addressed.
+fn unaddressed(text: &str, bot: Option<&str>) -> String {
+    match bot {
+        Some(id) => {
+            text.replace(&format!("<@{id}>"), "").replace(&format!("<@!{id}>"), "").trim().to_string()
+        }
+        None => text.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unaddressed;
+
+    #[test]
+    fn the_bots_own_mention_is_left_out_of_what_the_model_reads() {
+        assert_eq!(unaddressed("<@42> what now?", Some("42")), "what now?");
+        assert_eq!(unaddressed("so <@!42> and <@7>", Some("42")), "so  and <@7>");
+        assert_eq!(unaddressed(" <@42> hi ", None), "<@42> hi");
     }
 }

@@ -124,16 +124,22 @@ pub(super) fn attend<const FMA: bool>(
     // The rows' queries (or probabilities) of one head side by side, and a product's result.
     let (mut inp, mut out) = (Vec::new(), Vec::new());
     // Scores: the shared positions for all rows at once, then each row's own.
+    // A key-value head's query heads go through its keys (and values) together: each is read
+    // once per token, not once per query head.
     if let Some((packed, _)) = shared {
-        for hh in 0..h {
-            let keys = &packed[hh / group].0;
+        for (g, (keys, _)) in packed.iter().enumerate().take(kvh) {
+            let heads = g * group..(g + 1) * group;
             inp.clear();
-            rows.iter().for_each(|row| inp.extend_from_slice(query(row, hh)));
-            resize(&mut out, n * plen);
-            keys.product::<FMA>(&inp, n, &mut out);
-            for (r, got) in out.chunks_exact(plen.max(1)).take(n).enumerate() {
-                for (s, &g) in scores[at(r, hh)..at(r, hh) + plen].iter_mut().zip(got) {
-                    *s = g * scale;
+            rows.iter().for_each(|row| heads.clone().for_each(|hh| inp.extend_from_slice(query(row, hh))));
+            resize(&mut out, n * group * plen);
+            keys.product::<FMA>(&inp, n * group, &mut out);
+            let mut got = out.chunks_exact(plen.max(1));
+            for r in 0..n {
+                for hh in heads.clone() {
+                    let Some(got) = got.next() else { return };
+                    for (s, &g) in scores[at(r, hh)..at(r, hh) + plen].iter_mut().zip(got) {
+                        *s = g * scale;
+                    }
                 }
             }
         }
@@ -156,14 +162,20 @@ pub(super) fn attend<const FMA: bool>(
     }
     // Values, in the same order.
     if let Some((packed, _)) = shared {
-        for hh in 0..h {
-            let values = &packed[hh / group].1;
+        for (g, (_, values)) in packed.iter().enumerate().take(kvh) {
+            let heads = g * group..(g + 1) * group;
             inp.clear();
-            (0..n).for_each(|r| inp.extend_from_slice(&scores[at(r, hh)..at(r, hh) + plen]));
-            resize(&mut out, n * hd);
-            values.product::<FMA>(&inp, n, &mut out);
-            for (row, got) in rows.iter().zip(out.chunks_exact(hd)) {
-                att[row.index * d + hh * hd..row.index * d + (hh + 1) * hd].copy_from_slice(got);
+            (0..n).for_each(|r| {
+                heads.clone().for_each(|hh| inp.extend_from_slice(&scores[at(r, hh)..at(r, hh) + plen]))
+            });
+            resize(&mut out, n * group * hd);
+            values.product::<FMA>(&inp, n * group, &mut out);
+            let mut got = out.chunks_exact(hd);
+            for row in rows {
+                for hh in heads.clone() {
+                    let Some(got) = got.next() else { return };
+                    att[row.index * d + hh * hd..row.index * d + (hh + 1) * hd].copy_from_slice(got);
+                }
             }
         }
     }

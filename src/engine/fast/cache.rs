@@ -105,8 +105,8 @@ impl FastCache {
                     .map(|head| {
                         let off = head * hd;
                         (
-                            Panels::gather(len, hd, Precision::F32, |j, e| k[j * width + off + e]),
-                            Panels::gather(hd, len, Precision::F32, |e, j| v[j * width + off + e]),
+                            Panels::gather(len, hd, Precision::F16, |j, e| k[j * width + off + e]),
+                            Panels::gather(hd, len, Precision::F16, |e, j| v[j * width + off + e]),
                         )
                     })
                     .collect()
@@ -122,9 +122,14 @@ impl FastCache {
         self.prefix.as_ref().map_or(0, |p| p.len)
     }
 
-    /// Bytes its keys and values hold (a shared prefix counted whole).
+    /// Bytes its keys and values hold (a shared prefix counted whole, packed copies too).
     pub fn bytes(&self) -> usize {
         let own: usize = self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum();
-        own + self.prefix.as_ref().map_or(0, |p| p.k.iter().chain(&p.v).map(|l| l.len() * 4).sum())
+        let packed =
+            |p: &Prefix| -> usize { p.packed.iter().flatten().map(|(k, v)| k.bytes() + v.bytes()).sum() };
+        own + self
+            .prefix
+            .as_ref()
+            .map_or(0, |p| p.k.iter().chain(&p.v).map(|l| l.len() * 4).sum::<usize>() + packed(p))
     }
 }

@@ -42,13 +42,15 @@ fn a_kept_context_prefills_only_what_was_said_since_and_replies_the_same() {
     let loaded = tiny(256, dir.path());
     let (model, tok) = (&loaded.fast, &loaded.tokenizer);
     let s = Sampling { max_tokens: 10, candidates: 2, ..Sampling::default() };
+    let enc = |a: &str, c: &str| tok.encode_message(a, c).unwrap();
 
     let first = said(&[("ann", "who is coming tonight"), ("bob", "me probably"), ("cy", "@mynah you?")]);
     let (_, kept) =
         decode::reply_with(model, tok, &first, &s, None, &mut StdRng::seed_from_u64(1), None).unwrap();
-    assert_eq!(kept.computed, kept.ids.len(), "nothing was kept yet");
+    assert_eq!(kept.computed, kept.settled, "nothing was kept yet");
+    assert_eq!(&kept.ids[kept.settled..], &enc("cy", "@mynah you?")[..], "the mention is kept after it");
 
-    // The window slid: the oldest message left, the mention and a new message arrived.
+    // The window slid: the oldest message left, a new message and a mention arrived.
     let next = said(&[
         ("bob", "me probably"),
         ("cy", "@mynah you?"),
@@ -56,22 +58,35 @@ fn a_kept_context_prefills_only_what_was_said_since_and_replies_the_same() {
         ("ann", "@mynah and then?"),
     ]);
     let (ranked, again) =
-        decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(2), Some(&kept)).unwrap();
-    // The first mention was not kept (the store's copy of it is what later contexts hold).
-    let new =
-        [tok.encode_message("cy", "@mynah you?").unwrap(), tok.encode_message("dee", "i am in").unwrap()];
-    assert_eq!(again.computed, new.concat().len(), "only the messages said since were prefilled");
+        decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(2), Some(kept.clone()))
+            .unwrap();
+    assert_eq!(again.computed, enc("dee", "i am in").len(), "only the message said since was prefilled");
     assert_eq!(&again.ids[..kept.ids.len()], &kept.ids[..], "the kept context continues");
-
-    // Replying from the kept context gives what a fresh prefill of the same tokens gives.
-    let fresh = decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(2), None).unwrap();
-    let (mut cache, mut logits) = (model.new_cache(), Vec::new());
-    model.forward(&again.ids, &mut cache, &mut logits).unwrap();
-    assert!(max_diff(&logits, &again.logits) < 1e-4, "the kept cache is the prefix's cache");
-    assert!(fresh.1.ids.len() <= again.ids.len(), "a fresh prefill keeps only the recent window");
     assert!(!ranked.is_empty());
 
-    // A mention with nothing before it keeps an empty context (no stray start-of-message).
+    // The kept cache is what a fresh pass over the same tokens gives.
+    let (mut fresh, mut expected, mut got) = (model.new_cache(), Vec::new(), Vec::new());
+    model.forward(&again.ids, &mut fresh, &mut expected).unwrap();
+    model.forward(&[tok.msg], &mut fresh, &mut expected).unwrap();
+    let mut cache = again.cache.clone();
+    assert_eq!(cache.pos, again.ids.len());
+    model.forward(&[tok.msg], &mut cache, &mut got).unwrap();
+    assert!(max_diff(&expected, &got) < 1e-4, "the kept cache is the context's cache");
+
+    // The mention as the store holds it reads otherwise: the context continues from before it.
+    let stored = said(&[
+        ("bob", "me probably"),
+        ("cy", "<@1> @mynah you?"),
+        ("dee", "i am in"),
+        ("ann", "@mynah and then?"),
+    ]);
+    let (_, other) =
+        decode::reply_with(model, tok, &stored, &s, None, &mut StdRng::seed_from_u64(2), Some(kept.clone()))
+            .unwrap();
+    assert_eq!(other.computed, enc("cy", "<@1> @mynah you?").len() + enc("dee", "i am in").len());
+    assert_eq!(&other.ids[..kept.settled], &kept.ids[..kept.settled]);
+
+    // A mention with nothing before it keeps only itself (no stray start-of-message).
     let (_, alone) = decode::reply_with(
         model,
         tok,
@@ -82,20 +97,21 @@ fn a_kept_context_prefills_only_what_was_said_since_and_replies_the_same() {
         None,
     )
     .unwrap();
-    assert!(alone.ids.is_empty(), "{:?}", alone.ids);
+    assert_eq!((alone.settled, &alone.ids[..]), (0, &enc("cy", "@mynah hi")[..]));
 
     // The same mention again (a retry) prefills nothing.
     let (_, retry) =
-        decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(3), Some(&again)).unwrap();
+        decode::reply_with(model, tok, &next, &s, None, &mut StdRng::seed_from_u64(3), Some(again.clone()))
+            .unwrap();
     assert_eq!(retry.computed, 0);
 
     // A kept context this history does not follow (a message in it was edited) starts over.
     let edited =
         said(&[("bob", "me, surely"), ("cy", "@mynah you?"), ("dee", "i am in"), ("ann", "@mynah ok")]);
     let (_, over) =
-        decode::reply_with(model, tok, &edited, &s, None, &mut StdRng::seed_from_u64(4), Some(&again))
+        decode::reply_with(model, tok, &edited, &s, None, &mut StdRng::seed_from_u64(4), Some(again))
             .unwrap();
-    assert_eq!(over.computed, over.ids.len());
+    assert_eq!(over.computed, over.settled);
 }
 
 #[test]
@@ -110,7 +126,7 @@ fn a_context_that_outgrows_the_model_starts_over_from_the_recent_messages() {
     for i in 0..30 {
         history.push(("bob".into(), format!("message number {i} with a few words")));
         let (_, k) =
-            decode::reply_with(model, tok, &history, &s, None, &mut StdRng::seed_from_u64(i), kept.as_ref())
+            decode::reply_with(model, tok, &history, &s, None, &mut StdRng::seed_from_u64(i), kept.take())
                 .unwrap();
         assert!(k.ids.len() + 8 < ctx, "the kept context leaves room for a reply");
         kept = Some(k);
