@@ -165,7 +165,7 @@ fn luhn(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// An IBAN's mod-97 check: the first four characters moved to the end, letters as 10–35.

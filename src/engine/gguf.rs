@@ -73,7 +73,7 @@ pub fn read(path: &Path) -> Result<Imported, EngineError> {
     // mynah never needs long contexts; a base's 8 k positions would only cost rope tables.
     config.max_position_embeddings = config.max_position_embeddings.min(4096);
     config.validate()?;
-    if heads == 0 || config.hidden_size % heads != 0 {
+    if heads == 0 || !config.hidden_size.is_multiple_of(heads) {
         return Err(bad(path, "the hidden size is not a multiple of the head count"));
     }
 

@@ -86,13 +86,13 @@ impl ModelConfig {
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return bad("rms_norm_eps and rope_theta must be positive numbers".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "hidden_size {} must split into an even head size over {} heads",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad("num_attention_heads must be a multiple of num_key_value_heads".into());
         }
         // What loading it would take: the weights, and the key/value cache serving allocates.

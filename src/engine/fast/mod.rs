@@ -180,9 +180,11 @@ impl FastModel {
                 // The scale is folded into `b`.
                 let scale = spec.scale() as f32;
                 let b: Vec<f32> = host(b)?.into_iter().map(|v| v * scale).collect();
+                // As `f16`: a decoding step reads the adapters beside the base's weights (rank 8
+                // on SmolLM2-135M: 10 MB as `f32`, a tenth of a step's bytes; about 7 % faster).
                 Ok(LowRank {
-                    a: Panels::new(&host(a)?, a.dims2()?.1, Precision::F32),
-                    b: Panels::new(&b, rank, Precision::F32),
+                    a: Panels::new(&host(a)?, a.dims2()?.1, Precision::F16),
+                    b: Panels::new(&b, rank, Precision::F16),
                 })
             };
             let t = super::lora::TARGETS;

@@ -66,7 +66,7 @@ fn serve(h: &'static Helper) {
         let mut spins = 0u32;
         while h.state.load(SeqCst) != POSTED {
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 && since.elapsed() > SPIN {
+            if spins.is_multiple_of(256) && since.elapsed() > SPIN {
                 h.sleeping.store(true, SeqCst);
                 if h.state.load(SeqCst) != POSTED {
                     std::thread::park();

@@ -67,7 +67,9 @@ impl Panels {
         let len = n_out.div_ceil(WIDTH) * n_in * WIDTH;
         let place = |o: usize, k: usize| (o / WIDTH) * n_in * WIDTH + k * WIDTH + o % WIDTH;
         let data = match precision {
-            Precision::Q4 if n_in > 0 && n_in % q4::GROUP == 0 => Data::Q4(Q4::gather(n_out, n_in, at)),
+            Precision::Q4 if n_in > 0 && n_in.is_multiple_of(q4::GROUP) => {
+                Data::Q4(Q4::gather(n_out, n_in, at))
+            }
             // Rows that are not whole blocks: `i8`.
             Precision::I8 | Precision::Q4 => {
                 let mut q = vec![0i8; len];
