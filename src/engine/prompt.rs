@@ -119,7 +119,8 @@ pub fn start_reply(
     }
     if new.is_empty() {
         // All of it is cached: the last token again, for its logits.
-        let last = cache.pos - 1;
+        let last = cache.pos.checked_sub(1).filter(|&l| l < ids.len());
+        let last = last.ok_or_else(|| EngineError::BadConfig("nothing to start a reply from".into()))?;
         cache.rewind(last);
         new.push(ids[last]);
     }
@@ -133,5 +134,6 @@ pub fn start_reply(
     let keep = Prefilled { ids: ids[..whole].to_vec(), cache: kept, computed, settled };
     Ok((ids, cache, logits, keep))
 }
+
 #[cfg(test)]
 mod tests;
