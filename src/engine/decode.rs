@@ -249,12 +249,14 @@ impl<'v> Fork<'v> {
                         // A message never ends inside a character: half of a multi-byte one
                         // decodes as U+FFFD until the token that completes it.
                         (_, None) if self.text.ends_with(char::REPLACEMENT_CHARACTER) => false,
+                        // Nor goes on past half of one ("��" in a reply).
+                        (_, Some(None)) => false,
                         (None, _) => true,
                         (Some(g), None) => g.allows_end(),
-                        (Some(g), Some(added)) => g.allows(added),
+                        (Some(g), Some(Some(added))) => g.allows(added),
                     };
                     if allowed {
-                        break Some((t, added));
+                        break Some((t, added.flatten()));
                     }
                     probs[t as usize] = 0.0;
                     refusals += 1;
@@ -366,16 +368,20 @@ fn whole_characters(text: &str) -> &str {
     text.trim_end_matches(char::REPLACEMENT_CHARACTER)
 }
 
-/// The text token `t` adds after `content` (whose text is `text`).
-fn piece(tok: &ChatTokenizer, content: &[u32], text: &str, t: u32) -> Result<String, EngineError> {
+/// The text token `t` adds after `content` (whose text is `text`); `None` when it leaves a
+/// character broken off inside the reply (a U+FFFD that no later token can complete).
+fn piece(tok: &ChatTokenizer, content: &[u32], text: &str, t: u32) -> Result<Option<String>, EngineError> {
     let mut ids = content.to_vec();
     ids.push(t);
     let longer = tok.decode(&ids)?;
-    Ok(match longer.strip_prefix(text) {
+    if whole_characters(&longer).contains(char::REPLACEMENT_CHARACTER) {
+        return Ok(None);
+    }
+    Ok(Some(match longer.strip_prefix(text) {
         Some(rest) => rest.to_string(),
         // A byte-level token that completes a character changes the text before it.
         None => longer.chars().skip(text.chars().count()).collect(),
-    })
+    }))
 }
 
 /// Mean log-probability, less the penalties; an empty reply never wins.
@@ -441,6 +447,12 @@ mod tests {
         assert!(cut.ends_with(char::REPLACEMENT_CHARACTER), "{cut:?}");
         assert_eq!(whole_characters(&cut).trim(), "yay");
         assert_eq!(whole_characters("fine 🎉"), "fine 🎉");
+        // A token after half of it leaves it broken: refused. The token that completes it is not.
+        let content = &ids[..ids.len() - 1];
+        let space = tok.encode_text(" ").unwrap();
+        assert_eq!(piece(&tok, content, &cut, space[0]).unwrap(), None, "{:?}", tok.decode(&space));
+        assert!(piece(&tok, content, &cut, ids[ids.len() - 1]).unwrap().is_some());
+        assert_eq!(piece(&tok, &ids, "yay 🎉", space[0]).unwrap().as_deref(), Some(" "));
     }
 
     #[test]
