@@ -248,7 +248,7 @@ impl<'v> Fork<'v> {
                     let allowed = match (&self.guard, &added) {
                         // A message never ends inside a character: half of a multi-byte one
                         // decodes as U+FFFD until the token that completes it.
-                        (_, None) if self.text.ends_with(char::REPLACEMENT_CHARACTER) => false,
+                        (_, None) if pending_character(tok, &self.content)? => false,
                         // Nor goes on past half of one ("��" in a reply).
                         (_, Some(None)) => false,
                         (None, _) => true,
@@ -368,13 +368,21 @@ fn whole_characters(text: &str) -> &str {
     text.trim_end_matches(char::REPLACEMENT_CHARACTER)
 }
 
-/// The text token `t` adds after `content` (whose text is `text`); `None` when it leaves a
-/// character broken off inside the reply (a U+FFFD that no later token can complete).
+/// Whether `content` ends inside a character (its last bytes decode as U+FFFD).
+fn pending_character(tok: &ChatTokenizer, content: &[u32]) -> Result<bool, EngineError> {
+    Ok(tok.decode(content)?.ends_with(char::REPLACEMENT_CHARACTER))
+}
+
+/// The whole characters token `t` adds after `content` (whose whole characters are `text`):
+/// the bytes of a character split across tokens count once it is complete, so the text a reply
+/// accumulates never holds half of one. `None` when `t` leaves a character broken off inside the
+/// reply (a U+FFFD that no later token can complete).
 fn piece(tok: &ChatTokenizer, content: &[u32], text: &str, t: u32) -> Result<Option<String>, EngineError> {
     let mut ids = content.to_vec();
     ids.push(t);
-    let longer = tok.decode(&ids)?;
-    if whole_characters(&longer).contains(char::REPLACEMENT_CHARACTER) {
+    let decoded = tok.decode(&ids)?;
+    let longer = whole_characters(&decoded);
+    if longer.contains(char::REPLACEMENT_CHARACTER) {
         return Ok(None);
     }
     Ok(Some(match longer.strip_prefix(text) {
@@ -447,11 +455,16 @@ mod tests {
         assert!(cut.ends_with(char::REPLACEMENT_CHARACTER), "{cut:?}");
         assert_eq!(whole_characters(&cut).trim(), "yay");
         assert_eq!(whole_characters("fine 🎉"), "fine 🎉");
-        // A token after half of it leaves it broken: refused. The token that completes it is not.
+        // A token after half of it leaves it broken: refused. The token that completes it adds
+        // the whole character, which the half before it had not added.
         let content = &ids[..ids.len() - 1];
         let space = tok.encode_text(" ").unwrap();
-        assert_eq!(piece(&tok, content, &cut, space[0]).unwrap(), None, "{:?}", tok.decode(&space));
-        assert!(piece(&tok, content, &cut, ids[ids.len() - 1]).unwrap().is_some());
+        let before = whole_characters(&cut);
+        assert!(pending_character(&tok, content).unwrap());
+        assert_eq!(piece(&tok, content, before, space[0]).unwrap(), None, "{:?}", tok.decode(&space));
+        let last = ids[ids.len() - 1];
+        assert_eq!(piece(&tok, content, before, last).unwrap().as_deref(), Some("🎉"));
+        assert!(!pending_character(&tok, &ids).unwrap());
         assert_eq!(piece(&tok, &ids, "yay 🎉", space[0]).unwrap().as_deref(), Some(" "));
     }
 
