@@ -387,7 +387,8 @@ fn piece(tok: &ChatTokenizer, content: &[u32], text: &str, t: u32) -> Result<Opt
     }
     Ok(Some(match longer.strip_prefix(text) {
         Some(rest) => rest.to_string(),
-        // A byte-level token that completes a character changes the text before it.
+        // Should the decoder rewrite the text before (a completed character no longer does:
+        // its first bytes were never added), what lies past its length.
         None => longer.chars().skip(text.chars().count()).collect(),
     }))
 }

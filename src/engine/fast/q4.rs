@@ -181,7 +181,7 @@ const TOKENS: usize = 8;
 
 /// Whether the CPU has AVX-VNNI, whose `vpdpbusd` multiplies and sums four byte pairs in one
 /// instruction where AVX2 takes two (`vpmaddubsw`, `vpmaddwd`): a prefill, bound by that
-/// arithmetic, is faster by about a fifth.
+/// arithmetic, took about 9 % less time (30 rows after 300 kept positions on SmolLM2-135M).
 #[cfg(target_arch = "x86_64")]
 fn has_avx_vnni() -> bool {
     std::is_x86_feature_detected!("avxvnni")
@@ -359,10 +359,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_vnni_kernel_sums_as_the_avx2_one_does() {
-        let avx2 = std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c");
-        if !(avx2 && has_avx_vnni()) {
+        if !(super::super::kernels::has_avx2_fma_f16c() && has_avx_vnni()) {
             eprintln!("skipped: this CPU has no AVX-VNNI");
             return;
         }
