@@ -20,6 +20,6 @@ export_dir=target/bench-export
 minutes=$(python3 -c "print($seconds / 60)")
 echo "== mynah (candle), ${seconds}s"
 ./target/release/mynah bench train --corpus "$corpus" --minutes "$minutes" --epochs 100 \
-    --out target/bench-models --export "$export_dir" | grep -E '"(params|train_tokens_per_second|steps)"'
+    --out target/bench-models --export "$export_dir" | grep -E '"(params|train_tokens_per_second|train_tokens_per_second_after_first_step|steps)"'
 echo "== PyTorch, ${seconds}s"
 "$venv/bin/python" bench/torch_reference.py "$export_dir" --seconds "$seconds" --threads "$(nproc)"

@@ -209,7 +209,16 @@ fn bench_train(
         preset_label: opts.preset.name.clone(),
         corpus_span: (None, None),
     };
+    // Training time and tokens at the end of the first step and of the last, from the progress
+    // figures (which leave evaluations out): the reference scripts leave out their first,
+    // warm-up step, so the comparison does too.
+    let (mut first, mut last) = (None, None);
     let (trained, report, dir) = run::train_and_save(&spec, &Device::Cpu, &cancel, |p| {
+        if p.phase == Phase::Training && p.tokens_per_second > 0.0 {
+            let at = (p.tokens as f64, p.tokens as f64 / p.tokens_per_second);
+            first.get_or_insert(at);
+            last = Some(at);
+        }
         if last_print.elapsed().as_secs_f64() > 15.0 || p.phase != Phase::Training {
             eprintln!(
                 "  {:>10} step {}/{} epoch {:.2} loss {:.3} {:.0} tok/s eta {:.0}s",
@@ -220,6 +229,10 @@ fn bench_train(
     })?;
     let wall = started.elapsed().as_secs_f64();
     let r = &report;
+    let after_first = match (first, last) {
+        (Some((t0, s0)), Some((t1, s1))) if s1 > s0 => Some((t1 - t0) / (s1 - s0)),
+        _ => None,
+    };
 
     let data = train::prepare(&lines, &trained.tokenizer, opts.val_fraction)?;
     let kn_started = Instant::now();
@@ -246,6 +259,7 @@ fn bench_train(
         "epochs": r.epochs,
         "stopped_by_budget": r.stopped_by_budget,
         "train_tokens_per_second": r.tokens_per_second,
+        "train_tokens_per_second_after_first_step": after_first,
         "train_loss": r.train_loss,
         "val_bits_per_byte": r.val_bits_per_byte,
         "kneser_ney_trigram_val_bits_per_byte": kn_bpb,

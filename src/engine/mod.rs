@@ -13,15 +13,21 @@
 //! - [`ops`]: fused CPU kernels with backward passes for training.
 //! - [`gguf`]: llama-family GGUF files read into Hugging Face tensors and tokenizer.
 //! - [`lora`]: low-rank adapters that fine-tune a pretrained base.
+//! - [`loss`]: the training loss, the output head and cross-entropy as one op.
+//! - [`matmul`]: matrix products on slices for the hand-written training ops.
 //! - [`ngram`]: a Kneser–Ney trigram baseline for the benchmarks.
 //! - [`counts`]: the guild's variable-order count model (live, exactly removable) and the mixer
 //!   that blends it with the network.
 //! - [`words`]: words of chat text, the copy index and guard, readability figures.
 //! - [`voice`]: a guild's count model, vocabulary and copy index, kept beside its network.
+//! - [`attention`]: causal self-attention of the training path as one op.
+//! - [`allocator`]: freed memory kept in the process while a model trains.
 //! - [`checkpoint`]: atomic save and validated load of a run directory, and its manifest.
 //! - [`pretrain`]: pretraining a small chat base from nothing, resumable across sittings.
 //! - [`run`]: one whole training run, from chat lines to a saved checkpoint loaded back.
 
+pub mod allocator;
+pub mod attention;
 pub mod checkpoint;
 pub mod counts;
 pub mod decode;
@@ -30,6 +36,8 @@ pub mod finetune;
 pub mod generate;
 pub mod gguf;
 pub mod lora;
+pub mod loss;
+pub mod matmul;
 pub mod model;
 pub mod ngram;
 pub mod ops;

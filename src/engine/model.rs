@@ -149,9 +149,7 @@ impl Proj {
         match &self.lora {
             None => linear(x, &self.w),
             // Beside adapters the weight is frozen: no gradient is computed for it.
-            Some(l) if x.device().is_cpu() && !self.w.is_variable() => {
-                super::lora::FrozenLinear::apply(x, &self.w)? + l.forward(x)?
-            }
+            Some(l) if x.device().is_cpu() && !self.w.is_variable() => l.project(x, &self.w),
             Some(l) => linear(x, &self.w)? + l.forward(x)?,
         }
     }
@@ -284,6 +282,22 @@ impl Model {
 
     /// Logits `[b, t, vocab]` for token IDs `[b, t]`, through differentiable ops only.
     pub fn forward_train(&self, ids: &Tensor) -> Result<Tensor, EngineError> {
+        Ok(linear(&self.forward_hidden(ids)?, &self.lm_head)?)
+    }
+
+    /// The mean cross-entropy of the next tokens `targets` `[b · t]` after `ids` `[b, t]`, for
+    /// training: on the CPU the head and the loss are one op that never holds the logits.
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor, EngineError> {
+        let x = self.forward_hidden(ids)?;
+        let x = x.reshape((targets.dims1()?, self.cfg.hidden_size))?;
+        if self.fused_ops && super::loss::fits(&x) {
+            return Ok(super::loss::head_cross_entropy(&x, &self.lm_head, targets)?);
+        }
+        Ok(super::ops::cross_entropy(&linear(&x, &self.lm_head)?, targets)?)
+    }
+
+    /// The final normed hidden states `[b, t, hidden]` for token IDs `[b, t]`.
+    fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor, EngineError> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let (h, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
@@ -292,7 +306,7 @@ impl Model {
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
         let fused = self.fused_ops;
-        let tables = if fused { Some(super::ops::RopeTables::new(&cos, &sin)?) } else { None };
+        let rotary = if fused { Some(super::attention::Rotary::new(&cos, &sin)?) } else { None };
         let norm = |x: &Tensor, w: &Tensor| -> candle_core::Result<Tensor> {
             if fused {
                 super::ops::rms_norm(x, w, eps)
@@ -300,34 +314,34 @@ impl Model {
                 candle_nn::ops::rms_norm_slow(x, w, eps)
             }
         };
-        let rope = |x: Tensor| -> candle_core::Result<Tensor> {
-            match &tables {
-                Some(tables) => super::ops::rope(&x, tables),
-                None => candle_nn::rotary_emb::rope_slow(&x.contiguous()?, &cos, &sin),
-            }
-        };
+        let heads = super::attention::Heads { query: h, kv: kvh, dim: hd };
         let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, cfg.hidden_size))?;
         for blk in &self.blocks {
             let n = norm(&x, &blk.attn_norm)?;
-            let q = rope(blk.q.forward(&n)?.reshape((b, t, h, hd))?.transpose(1, 2)?)?;
-            let k = rope(blk.k.forward(&n)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?)?;
-            let v = blk.v.forward(&n)?.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-            let (k, v) = (repeat_kv(k, h / kvh)?, repeat_kv(v, h / kvh)?);
-            let scores = q.matmul(&k.t()?)?;
-            let att = if fused {
-                super::ops::causal_softmax(&scores, scale)?
-            } else {
-                super::ops::reference::causal_softmax(&scores, scale)?
+            let (q, k, v) = (blk.q.forward(&n)?, blk.k.forward(&n)?, blk.v.forward(&n)?);
+            let y = match &rotary {
+                Some(rotary) => super::attention::causal_attention(&q, &k, &v, rotary, heads, scale)?,
+                None => {
+                    let rope = |x: Tensor| candle_nn::rotary_emb::rope_slow(&x.contiguous()?, &cos, &sin);
+                    let q = rope(q.reshape((b, t, h, hd))?.transpose(1, 2)?)?;
+                    let k = rope(k.reshape((b, t, kvh, hd))?.transpose(1, 2)?)?;
+                    let v = v.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+                    let (k, v) = (repeat_kv(k, h / kvh)?, repeat_kv(v, h / kvh)?);
+                    let att = super::ops::reference::causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+                    att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, cfg.hidden_size))?
+                }
             };
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, cfg.hidden_size))?;
             x = (x + blk.o.forward(&y)?)?;
-            let n = norm(&x, &blk.mlp_norm)?;
-            let (g, u) = (blk.gate.forward(&n)?, blk.up.forward(&n)?);
-            let a = if fused { super::ops::swiglu(&g, &u)? } else { (candle_nn::ops::silu(&g)? * u)? };
-            x = (x + blk.down.forward(&a)?)?;
+            x = (&x + self.mlp(blk, &norm(&x, &blk.mlp_norm)?)?)?;
         }
-        let x = norm(&x, &self.norm)?;
-        Ok(linear(&x, &self.lm_head)?)
+        Ok(norm(&x, &self.norm)?)
+    }
+
+    /// The SwiGLU MLP of a block on normed states.
+    fn mlp(&self, blk: &Block, n: &Tensor) -> candle_core::Result<Tensor> {
+        let (g, u) = (blk.gate.forward(n)?, blk.up.forward(n)?);
+        let a = if self.fused_ops { super::ops::swiglu(&g, &u)? } else { (candle_nn::ops::silu(&g)? * u)? };
+        blk.down.forward(&a)
     }
 
     /// The same model with no gradient tracking: scoring text through it keeps no graph (with

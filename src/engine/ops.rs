@@ -1,18 +1,18 @@
 //! Fused CPU kernels with backward passes for the training path. candle composes RMSNorm,
-//! RoPE, masked softmax, SwiGLU and cross-entropy from many element-wise ops, each allocating
-//! and each with its own backward; on small models that overhead, not the matmuls, sets the
-//! speed. These do each in one pass forwards and one or two passes backwards. Other devices
-//! keep the composed ops (see `Model::forward_train`); tests hold both to the same gradients.
-
-use std::sync::Arc;
+//! SwiGLU and cross-entropy from many element-wise ops, each allocating and each with its own
+//! backward; on small models that overhead, not the matmuls, sets the speed. These do each in
+//! one pass forwards and one or two passes backwards (rotary positions and the causal softmax
+//! are part of [`super::attention`]). Other devices keep the composed ops (see
+//! `Model::forward_train`); tests hold both to the same gradients.
 
 use rayon::prelude::*;
 
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D,
 };
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The contiguous `f32` values of a CPU storage (the fused ops take nothing else).
+pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { bail!("fused ops take f32 tensors") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -78,6 +78,10 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dx = x.apply_op3_no_bwd(w, &dy, &RmsNormGradX { eps: self.eps })?;
+        // A frozen weight (a base's, beside adapters) gets no gradient computed.
+        if !w.track_op() {
+            return Ok((Some(dx), None));
+        }
         let normed = x.apply_op1_no_bwd(&RmsNormalize { eps: self.eps })?;
         let d = w.dim(0)?;
         let dw = (dy * normed)?.reshape(((), d))?.sum(0)?;
@@ -148,139 +152,6 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     x.contiguous()?.apply_op2(w, RmsNorm { eps })
 }
 
-// ---------------------------------------------------------------- RoPE
-
-/// Rotate-half rotary embedding of `[b, h, t, d]` with `cos`/`sin` of `[t, d/2]`.
-#[derive(Clone)]
-struct Rope {
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
-}
-
-impl CustomOp1 for Rope {
-    fn name(&self) -> &'static str {
-        "mynah-rope"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32s(s, l)?;
-        let Ok((_, _, t, d)) = l.shape().dims4() else { bail!("rope takes [b, h, t, d]") };
-        let half = d / 2;
-        if self.cos.len() < t * half {
-            bail!("rope tables are shorter than the sequence")
-        }
-        let mut out = vec![0f32; x.len()];
-        x.par_chunks_exact(t * d).zip(out.par_chunks_exact_mut(t * d)).for_each(|(seq, o)| {
-            for p in 0..t {
-                let (c, sn) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
-                let (xi, oi) = (&seq[p * d..(p + 1) * d], &mut o[p * d..(p + 1) * d]);
-                for i in 0..half {
-                    let (x1, x2) = (xi[i], xi[i + half]);
-                    oi[i] = x1 * c[i] - x2 * sn[i];
-                    oi[i + half] = x2 * c[i] + x1 * sn[i];
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        // The rotation's transpose is the rotation by the opposite angle.
-        let back = Rope { cos: self.cos.clone(), sin: Arc::new(self.sin.iter().map(|s| -s).collect()) };
-        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?))
-    }
-}
-
-/// Rotary tables for [`rope`], built once per forward pass.
-pub struct RopeTables(Rope);
-
-impl RopeTables {
-    pub fn new(cos: &Tensor, sin: &Tensor) -> Result<RopeTables> {
-        Ok(RopeTables(Rope {
-            cos: Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
-            sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
-        }))
-    }
-}
-
-pub fn rope(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(tables.0.clone())
-}
-
-// ---------------------------------------------------------------- causal softmax
-
-/// `softmax(scale · scores)` over the last dimension of `[b, h, t, t]`, key `j > i` masked.
-struct CausalSoftmax {
-    scale: f32,
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "mynah-causal-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32s(s, l)?;
-        let Ok((_, _, t, t2)) = l.shape().dims4() else { bail!("causal softmax takes [b, h, t, t]") };
-        if t != t2 {
-            bail!("causal softmax needs square scores")
-        }
-        let mut out = vec![0f32; x.len()];
-        x.par_chunks_exact(t).zip(out.par_chunks_exact_mut(t)).enumerate().for_each(|(row_i, (row, o))| {
-            let i = row_i % t;
-            let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-            let mut sum = 0.0;
-            for (o, &v) in o[..=i].iter_mut().zip(&row[..=i]) {
-                *o = (v * self.scale - max).exp();
-                sum += *o;
-            }
-            for o in o[..=i].iter_mut() {
-                *o /= sum;
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad { scale: self.scale })?))
-    }
-}
-
-/// `scale · y · (dy − Σ dy·y)` per row.
-struct SoftmaxGrad {
-    scale: f32,
-}
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "mynah-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, dy, d) = (f32s(s1, l1)?, f32s(s2, l2)?, last_dim(l1)?);
-        let mut out = vec![0f32; y.len()];
-        y.par_chunks_exact(d).zip(dy.par_chunks_exact(d)).zip(out.par_chunks_exact_mut(d)).for_each(
-            |((y, g), o)| {
-                let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    *o = self.scale * y * (g - dot);
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-pub fn causal_softmax(scores: &Tensor, scale: f32) -> Result<Tensor> {
-    scores.contiguous()?.apply_op1(CausalSoftmax { scale })
-}
-
 // ---------------------------------------------------------------- SwiGLU
 
 /// `silu(g) · u`.
@@ -314,60 +185,53 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dg = g.apply_op3_no_bwd(u, &dy, &SwiGluGradG)?;
-        let du = g.apply_op2_no_bwd(&dy, &SwiGluGradU)?;
-        Ok((Some(dg), Some(du)))
+        // Both gradients in one pass: with s = sigmoid(g), du = dy · g · s and
+        // dg = dy · u · s · (1 + g · (1 − s)).
+        let (g, u, dy) = (g.contiguous()?, u.contiguous()?, dy.contiguous()?);
+        let n = g.elem_count();
+        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+        with_values3(&g, &u, &dy, |g, u, dy| {
+            if u.len() != n || dy.len() != n {
+                bail!("swiglu: gate, up and gradient differ in size")
+            }
+            const CHUNK: usize = 1 << 12;
+            dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
+                let at = c * CHUNK;
+                let (g, u, dy) = (&g[at..at + dg.len()], &u[at..at + dg.len()], &dy[at..at + dg.len()]);
+                for i in 0..dg.len() {
+                    let s = 1.0 / (1.0 + (-g[i]).exp());
+                    du[i] = dy[i] * g[i] * s;
+                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                }
+            });
+            Ok(())
+        })?;
+        let dev = g.device();
+        Ok((Some(Tensor::from_vec(dg, g.shape(), dev)?), Some(Tensor::from_vec(du, u.shape(), dev)?)))
     }
 }
 
-struct SwiGluGradG;
-
-impl CustomOp3 for SwiGluGradG {
-    fn name(&self) -> &'static str {
-        "mynah-swiglu-grad-g"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, u, dy) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
-        let out = g
-            .par_iter()
-            .zip(u.par_iter())
-            .zip(dy.par_iter())
-            .map(|((&g, &u), &dy)| {
-                let s = 1.0 / (1.0 + (-g).exp());
-                dy * u * s * (1.0 + g * (1.0 - s))
-            })
-            .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+/// Runs `f` on the contiguous `f32` values of a CPU tensor.
+pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(f32s(s, layout)?),
+        _ => bail!("fused ops run on the CPU"),
     }
 }
 
-struct SwiGluGradU;
-
-impl CustomOp2 for SwiGluGradU {
-    fn name(&self) -> &'static str {
-        "mynah-swiglu-grad-u"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, dy) = (f32s(s1, l1)?, f32s(s2, l2)?);
-        let out = g.par_iter().zip(dy.par_iter()).map(|(&g, &dy)| dy * silu(g)).collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+/// Runs `f` on the contiguous `f32` values of three CPU tensors.
+pub(crate) fn with_values3<R>(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    f: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<R>,
+) -> Result<R> {
+    let ((sa, la), (sb, lb), (sc, lc)) =
+        (a.storage_and_layout(), b.storage_and_layout(), c.storage_and_layout());
+    match (&*sa, &*sb, &*sc) {
+        (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)) => f(f32s(a, la)?, f32s(b, lb)?, f32s(c, lc)?),
+        _ => bail!("fused ops run on the CPU"),
     }
 }
 

@@ -328,9 +328,8 @@ pub(crate) fn gradients(
     device: &Device,
 ) -> Result<(f32, candle_core::backprop::GradStore, usize), EngineError> {
     let (x, y) = batch_tensors(stream, starts, len, device)?;
-    let logits = model.forward_train(&x)?;
     let n = y.dims1()?;
-    let loss = super::ops::cross_entropy(&logits.reshape((n, ()))?, &y)?;
+    let loss = model.loss(&x, &y)?;
     let mut grads = loss.backward()?;
     clip_gradients(&mut grads, vars, clip_norm)?;
     Ok((loss.to_scalar::<f32>()?, grads, n))
@@ -388,6 +387,7 @@ pub fn fit(
         ParamsAdamW { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay },
     )?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
+    let _keep = super::allocator::KeepFreedMemory::new();
     let loop_start = Instant::now();
     let (mut step, mut tokens, mut last_loss, mut stopped_by_budget) = (0usize, 0u64, f32::NAN, false);
     // Evaluations during training: their time is budgeted but is not training throughput.

@@ -23,7 +23,7 @@ use super::EngineError;
 
 mod attention;
 mod cache;
-mod expf;
+pub(crate) mod expf;
 mod kernels;
 mod pair;
 mod panels;

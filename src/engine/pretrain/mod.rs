@@ -294,6 +294,7 @@ pub fn run(
     let (start_step, start_seconds) = (state.step, state.seconds);
     let mut last_loss = f32::NAN;
     let mut last_eval = state.history.last().cloned();
+    let _keep = crate::engine::allocator::KeepFreedMemory::new();
     while state.step < state.total_steps {
         if cancel.load(Ordering::Relaxed)
             || opts.max_seconds.is_some_and(|m| sitting.elapsed().as_secs_f64() >= m)

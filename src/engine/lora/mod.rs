@@ -2,11 +2,13 @@
 //! projection `w`, two small matrices `a` `[r, in]` and `b` `[out, r]` whose product, scaled by
 //! `alpha / r`, is added to `w`. A run stores only the adapters (a few MB) and names its base.
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::EngineError;
+
+mod linear;
 
 /// The projections that get adapters, in every layer (attention and MLP).
 pub const TARGETS: [&str; 7] = [
@@ -79,44 +81,15 @@ impl Adapter {
         super::model::linear(&super::model::linear(x, &self.a)?, &self.b)? * self.scale
     }
 
+    /// `x wᵀ + scale · (x aᵀ) bᵀ` for the frozen weight `w` this adapter sits beside, as one
+    /// op whose backward pass computes no gradient for `w` (CPU only).
+    pub fn project(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        linear::LoraLinear::apply(x, w, &self.a, &self.b, self.scale)
+    }
+
     /// `scale · b a`, the change the adapter makes to its weight.
     pub fn delta(&self) -> candle_core::Result<Tensor> {
         self.b.matmul(&self.a)? * self.scale
-    }
-}
-
-/// `x wᵀ` for a frozen weight `w` `[out, in]`, whose backward pass gives `x` its gradient and
-/// computes none for `w`. candle's own matmul backward always computes both sides' gradients,
-/// even for a constant: beside adapters that is a third of the training work thrown away. The
-/// product itself is candle's (the copies in and out are small next to it). CPU only.
-pub struct FrozenLinear {
-    w: Tensor,
-}
-
-impl FrozenLinear {
-    /// `x wᵀ` through the op, for a contiguous `x` on the CPU.
-    pub fn apply(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })
-    }
-}
-
-impl CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else { bail!("frozen-linear takes f32 tensors") };
-        let Some((a, b)) = l.contiguous_offsets() else { bail!("frozen-linear takes a contiguous tensor") };
-        let x = Tensor::from_slice(&v[a..b], l.shape(), &candle_core::Device::Cpu)?;
-        let y = super::model::linear(&x, &self.w)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // dx = dy · w (`linear` multiplies by the transpose of what it is given).
-        Ok(Some(super::model::linear(dy, &self.w.t()?)?))
     }
 }
 
@@ -165,32 +138,6 @@ mod tests {
         let merged = last_logits(&model, &ids);
         let worst = side.iter().zip(&merged).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-4, "merged weights differ from the side paths by {worst}");
-    }
-
-    #[test]
-    fn the_frozen_linear_gives_candles_values_and_input_gradients() {
-        let dev = Device::Cpu;
-        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap()).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
-        let r = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
-        let plain = crate::engine::model::linear(x.as_tensor(), &w).unwrap();
-        let frozen = FrozenLinear::apply(x.as_tensor(), &w).unwrap();
-        let diff = (&plain - &frozen).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "values differ by {diff}");
-        let grad = |y: &Tensor| {
-            let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        };
-        let (a, b) = (grad(&plain), grad(&frozen));
-        let worst = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-4, "input gradients differ by {worst}");
-        let v = candle_core::Var::from_tensor(&w).unwrap();
-        let through =
-            (FrozenLinear::apply(x.as_tensor(), v.as_tensor()).unwrap() * &r).unwrap().sum_all().unwrap();
-        assert!(
-            through.backward().unwrap().get(v.as_tensor()).is_none(),
-            "no gradient for the frozen weight"
-        );
     }
 
     #[test]
