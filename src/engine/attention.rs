@@ -6,13 +6,13 @@
 //! again), each allocating and each summed into a zeroed gradient buffer. `tests` holds it to
 //! candle's autograd on the composed version.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{product, product_strided, View};
-use super::ops::{f32s, with_values};
+use super::ops::{f32s, with_values, Stash};
 
 /// The heads of a model: query heads, key/value heads, values per head.
 #[derive(Clone, Copy)]
@@ -48,7 +48,7 @@ pub fn causal_attention(
     scale: f32,
 ) -> Result<Tensor> {
     let (cos, sin) = (rotary.cos.clone(), rotary.sin.clone());
-    let op = Attention { cos, sin, heads, scale, saved: Mutex::new(None) };
+    let op = Attention { cos, sin, heads, scale, saved: Stash::default() };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
@@ -68,7 +68,7 @@ struct Attention {
     sin: Arc<Vec<f32>>,
     heads: Heads,
     scale: f32,
-    saved: Mutex<Option<Saved>>,
+    saved: Stash<Saved>,
 }
 
 /// Rows of a sequence in blocks: a causal block of rows sees keys up to its own end only.
@@ -239,7 +239,7 @@ impl CustomOp3 for Attention {
             .collect::<Result<_>>()?;
         let mut out = vec![0f32; b * t * qw];
         scatter(&mut out, &outputs, t, kv, group, dim);
-        *self.saved.lock().map_err(|_| candle_core::Error::Msg("attention poisoned".into()))? = Some(saved);
+        self.saved.put(saved);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -254,9 +254,7 @@ impl CustomOp3 for Attention {
         let (b, t) = self.sizes(q.layout(), k.layout(), v.layout())?;
         let Heads { query, kv, dim } = self.heads;
         let (qw, kw, group) = (query * dim, kv * dim, query / kv);
-        let taken =
-            self.saved.lock().map_err(|_| candle_core::Error::Msg("attention poisoned".into()))?.take();
-        let Some(saved) = taken else { bail!("the attention's backward pass ran twice") };
+        let Some(saved) = self.saved.take() else { bail!("the attention's backward pass ran twice") };
         let (v, dy) = (v.contiguous()?, dy.contiguous()?);
         let parts = with_values(&v, |v| with_values(&dy, |dy| self.backward(&saved, v, dy, b, t)))?;
         let (mut dq, mut dk, mut dv) =
@@ -297,11 +295,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::*;
-    use crate::engine::ops;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::engine::ops::{self, max_diff};
 
     #[test]
     fn the_fused_attention_gives_candles_values_and_gradients() {

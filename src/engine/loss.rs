@@ -6,14 +6,12 @@
 //! no more than a few MB of logits exist at once, and a frozen head gets no gradient computed.
 //! `tests` holds it to candle's autograd on the composed version.
 
-use std::sync::Mutex;
-
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast::expf::exp_shifted;
 use super::matmul::{product, View};
-use super::ops::f32s;
+use super::ops::{f32s, Stash};
 
 /// Logits held at once, at most, in values (128 MB). The products of a chunk are only efficient
 /// with enough rows: measured on SmolLM2's head, 85 rows at a time made the gradient's product
@@ -28,7 +26,7 @@ pub fn head_cross_entropy(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Te
 }
 
 fn chunked(x: &Tensor, w: &Tensor, targets: &Tensor, chunk_values: usize) -> Result<Tensor> {
-    let op = HeadLoss { x_grad: x.track_op(), w_grad: w.track_op(), chunk_values, grads: Mutex::new(None) };
+    let op = HeadLoss { x_grad: x.track_op(), w_grad: w.track_op(), chunk_values, grads: Stash::default() };
     x.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)
 }
 
@@ -39,7 +37,7 @@ struct HeadLoss {
     x_grad: bool,
     w_grad: bool,
     chunk_values: usize,
-    grads: Mutex<Option<Grads>>,
+    grads: Stash<Grads>,
 }
 
 /// Turns a row of logits into its loss gradient `(softmax − onehot(t)) / n`, returning the row's
@@ -109,8 +107,7 @@ impl CustomOp3 for HeadLoss {
         }
         // Summed in order (not by rayon's split), so a seed gives the same loss every time.
         let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / n as f64;
-        *self.grads.lock().map_err(|_| candle_core::Error::Msg("head loss poisoned".into()))? =
-            Some((dx, dw));
+        self.grads.put((dx, dw));
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
 
@@ -122,9 +119,7 @@ impl CustomOp3 for HeadLoss {
         _loss: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let taken =
-            self.grads.lock().map_err(|_| candle_core::Error::Msg("head loss poisoned".into()))?.take();
-        let Some((dx, dw)) = taken else { bail!("the head loss's backward pass ran twice") };
+        let Some((dx, dw)) = self.grads.take() else { bail!("the head loss's backward pass ran twice") };
         let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         let tensor = |v: Option<Vec<f32>>, like: &Tensor| -> Result<Option<Tensor>> {
             v.map(|mut v| {
@@ -149,10 +144,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::*;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::engine::ops::max_diff;
 
     /// Values and gradients against candle's composition, with a frozen or a trained head, and
     /// with the rows split into several chunks or taken at once.

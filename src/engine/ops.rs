@@ -211,6 +211,35 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
+/// What an op's forward pass leaves for its backward pass (the op value is shared by both, so
+/// the hand-over needs interior mutability). A panic cannot happen while it is held, so a
+/// poisoned lock still holds a consistent value and is used as it is.
+pub(crate) struct Stash<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> Default for Stash<T> {
+    fn default() -> Self {
+        Stash(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T> Stash<T> {
+    pub(crate) fn put(&self, value: T) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+    }
+
+    /// The value the forward pass left, once.
+    pub(crate) fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
+/// The largest absolute difference between two tensors, for the tests that hold the fused ops
+/// to candle's compositions.
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 /// Runs `f` on the contiguous `f32` values of a CPU tensor.
 pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();

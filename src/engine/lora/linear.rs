@@ -8,14 +8,14 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::engine::matmul::{product, View};
-use crate::engine::ops::{f32s as values, with_values, with_values3};
+use crate::engine::ops::{f32s as values, with_values, with_values3, Stash};
 
 /// The op for one frozen weight `w` `[out, in]` and the adapter's scale.
 pub(super) struct LoraLinear {
     w: Tensor,
     scale: f32,
     /// `x aᵀ` from the forward pass, for the backward one.
-    h: std::sync::Mutex<Option<Vec<f32>>>,
+    h: Stash<Vec<f32>>,
 }
 
 impl LoraLinear {
@@ -65,7 +65,7 @@ impl CustomOp3 for LoraLinear {
         let mut h = vec![0f32; n * rank];
         product(&mut h, x, a.t(), 1.0, false)?;
         product(&mut y, View::new(&h, n, rank)?, View::new(b, out, rank)?.t(), self.scale, true)?;
-        *self.h.lock().map_err(|_| candle_core::Error::Msg("lora-linear poisoned".into()))? = Some(h);
+        self.h.put(h);
         let mut dims = l1.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out;
@@ -86,8 +86,7 @@ impl CustomOp3 for LoraLinear {
         let x_needs = x.track_op();
         let (mut da, mut db) = (vec![0f32; rank * inp], vec![0f32; out * rank]);
         let mut dx = if x_needs { vec![0f32; n * inp] } else { Vec::new() };
-        let poisoned = || candle_core::Error::Msg("lora-linear poisoned".into());
-        let saved = self.h.lock().map_err(|_| poisoned())?.take();
+        let saved = self.h.take();
         let dy = dy.contiguous()?;
         with_values3(x, a, b, |xv, av, bv| {
             with_values(&dy, |dyv| {
@@ -129,10 +128,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::*;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
+    use crate::engine::ops::max_diff;
 
     #[test]
     fn the_fused_projection_gives_candles_values_and_gradients() {
