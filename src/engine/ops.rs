@@ -376,3 +376,35 @@ pub mod reference {
         candle_nn::ops::softmax(&(scores * scale as f64)?.broadcast_add(&mask)?, D::Minus1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::*;
+
+    /// A base's norm weight beside adapters is a constant: its gradient is not computed, while a
+    /// trained one still gets candle's.
+    #[test]
+    fn a_frozen_norm_weight_gets_no_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 8), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.1, 8, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 8), &dev).unwrap();
+        let grads = |w: &Tensor| {
+            (rms_norm(x.as_tensor(), w, 1e-5).unwrap() * &r).unwrap().sum_all().unwrap().backward().unwrap()
+        };
+        let frozen = w.as_tensor().detach();
+        let g = grads(&frozen);
+        assert!(g.get(x.as_tensor()).is_some() && g.get(&frozen).is_none());
+        let trained = grads(w.as_tensor());
+        let composed = (candle_nn::ops::rms_norm_slow(x.as_tensor(), w.as_tensor(), 1e-5).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = max_diff(trained.get(w.as_tensor()).unwrap(), composed.get(w.as_tensor()).unwrap());
+        assert!(d < 1e-4, "the trained weight's gradient differs by {d}");
+    }
+}
