@@ -10,7 +10,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fast::expf::exp_shifted;
-use super::matmul::{product, View};
+use super::matmul::{product, product_new, View};
 use super::ops::{f32s, Stash};
 
 /// Logits held at once, at most, in values (128 MB). The products of a chunk are only efficient
@@ -86,13 +86,19 @@ impl CustomOp3 for HeadLoss {
             true => n,
             false => n.div_ceil(n.saturating_mul(vocab).div_ceil(self.chunk_values.max(1)).max(1)),
         };
-        let mut logits = vec![0f32; rows * vocab];
         let mut losses = vec![0f32; n];
+        // The first (largest) chunk's logits are written into new memory, not zeroed first; the
+        // others reuse it.
+        let mut logits = Vec::new();
         for start in (0..n).step_by(rows) {
             let m = rows.min(n - start);
             let xc = View::new(&x[start * d..(start + m) * d], m, d)?;
+            if logits.is_empty() {
+                logits = product_new(xc, wm.t(), 1.0)?;
+            } else {
+                product(&mut logits[..m * vocab], xc, wm.t(), 1.0, false)?;
+            }
             let lc = &mut logits[..m * vocab];
-            product(lc, xc, wm.t(), 1.0, false)?;
             lc.par_chunks_exact_mut(vocab)
                 .zip(losses[start..start + m].par_iter_mut())
                 .zip(targets[start..start + m].par_iter())

@@ -91,14 +91,7 @@ pub fn product_strided(
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     let needed = if m == 0 { 0 } else { (m - 1) * row_stride + n };
     if lhs.cols != rhs.rows || dst.len() < needed || n > row_stride {
-        return Err(ShapeMismatch(format!(
-            "[{}, {}] by [{}, {}] into {} values, rows {row_stride} apart",
-            lhs.rows,
-            lhs.cols,
-            rhs.rows,
-            rhs.cols,
-            dst.len()
-        )));
+        return Err(mismatch(lhs, rhs, dst.len(), row_stride));
     }
     if m == 0 || n == 0 {
         return Ok(());
@@ -109,21 +102,59 @@ pub fn product_strided(
         }
         return Ok(());
     }
+    // SAFETY: `dst` holds `m` rows of `n` values `row_stride` apart (checked above).
+    unsafe { gemm_into(dst.as_mut_ptr(), row_stride, lhs, rhs, scale, accumulate) };
+    Ok(())
+}
+
+/// `lhs · rhs · scale` as a new row-major `[lhs.rows, rhs.cols]` matrix, written once: not
+/// zeroed first (see [`super::fill`]).
+pub fn product_new(lhs: View, rhs: View, scale: f32) -> Result<Vec<f32>, ShapeMismatch> {
+    let (m, n) = (lhs.rows, rhs.cols);
+    if lhs.cols != rhs.rows {
+        return Err(mismatch(lhs, rhs, m * n, n));
+    }
+    if m == 0 || n == 0 || lhs.cols == 0 {
+        return Ok(vec![0.0; m * n]);
+    }
+    let mut dst = Vec::with_capacity(m * n);
+    // SAFETY: the spare capacity holds `m · n` values, the `m` rows of `n` written here; gemm
+    // does not read what it writes unless asked to accumulate (a test holds it to that).
+    unsafe {
+        gemm_into(dst.spare_capacity_mut().as_mut_ptr().cast::<f32>(), n, lhs, rhs, scale, false);
+        dst.set_len(m * n);
+    }
+    Ok(dst)
+}
+
+fn mismatch(lhs: View, rhs: View, len: usize, row_stride: usize) -> ShapeMismatch {
+    ShapeMismatch(format!(
+        "[{}, {}] by [{}, {}] into {len} values, rows {row_stride} apart",
+        lhs.rows, lhs.cols, rhs.rows, rhs.cols
+    ))
+}
+
+/// The product through gemm, large ones on rayon's threads as candle's are.
+///
+/// # Safety
+/// `dst` must be valid for writes (and reads, with `accumulate`) of `lhs.rows` rows of
+/// `rhs.cols` values `row_stride` apart, `lhs.cols == rhs.rows`, and all sizes non-zero.
+unsafe fn gemm_into(dst: *mut f32, row_stride: usize, lhs: View, rhs: View, scale: f32, accumulate: bool) {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     let parallelism = if m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `View::new` and `View::strided` checked that each slice holds its matrix (a
-    // transpose swaps the strides with the sizes), and `dst` holds `m` rows of `n` values
-    // `row_stride` apart (checked above); the strides given to gemm are those, so every read and
-    // write stays inside the slices.
+    // SAFETY: the caller's promise for `dst`; `View::new` and `View::strided` checked that each
+    // slice holds its matrix (a transpose swaps the strides with the sizes), and the strides
+    // given to gemm are those, so every read stays inside the slices.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             row_stride as isize,
             accumulate,
@@ -141,7 +172,6 @@ pub fn product_strided(
             parallelism,
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -150,6 +180,29 @@ mod tests {
 
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         (0..m).flat_map(|i| (0..n).map(move |j| (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum())).collect()
+    }
+
+    #[test]
+    fn a_product_that_does_not_accumulate_never_reads_its_destination() {
+        // Thin, square and single-row shapes take different paths through gemm.
+        for (m, k, n) in [(1, 9, 5), (64, 576, 8), (8, 1024, 40), (70, 33, 129)] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let (va, vb) = (View::new(&a, m, k).unwrap(), View::new(&b, k, n).unwrap());
+            let want = naive(&a, &b, m, k, n);
+            let mut poisoned = vec![f32::NAN; m * n];
+            product(&mut poisoned, va, vb, 1.0, false).unwrap();
+            let new = product_new(va, vb, 1.0).unwrap();
+            for got in [&poisoned, &new] {
+                assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-3), "[{m}, {k}] by [{k}, {n}]");
+            }
+        }
+        assert!(product_new(View::new(&[1.0; 6], 2, 3).unwrap(), View::new(&[1.0; 6], 2, 3).unwrap(), 1.0)
+            .is_err());
+        assert_eq!(
+            product_new(View::new(&[], 2, 0).unwrap(), View::new(&[], 0, 3).unwrap(), 1.0).unwrap(),
+            [0.0; 6]
+        );
     }
 
     #[test]

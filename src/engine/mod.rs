@@ -32,6 +32,7 @@ pub mod checkpoint;
 pub mod counts;
 pub mod decode;
 pub mod fast;
+pub mod fill;
 pub mod finetune;
 pub mod generate;
 pub mod gguf;

@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::fill::{par_collect, par_collect2};
+
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D,
 };
@@ -59,12 +61,13 @@ impl CustomOp2 for RmsNorm {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, d) = (f32s(s1, l1)?, f32s(s2, l2)?, last_dim(l1)?);
-        let mut out = vec![0f32; x.len()];
-        x.par_chunks_exact(d).zip(out.par_chunks_exact_mut(d)).for_each(|(row, o)| {
+        if w.len() != d || x.len() % d != 0 {
+            bail!("rms-norm: a weight of {} for rows of {d}", w.len())
+        }
+        let out = par_collect(x.len(), d, |i| {
+            let row = &x[i * d..(i + 1) * d];
             let r = inv_rms(row, self.eps);
-            for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
-                *o = v * r * g;
-            }
+            row.iter().zip(w).map(move |(&v, &g)| v * r * g)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -101,12 +104,13 @@ impl CustomOp1 for RmsNormalize {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, d) = (f32s(s, l)?, last_dim(l)?);
-        let mut out = vec![0f32; x.len()];
-        x.par_chunks_exact(d).zip(out.par_chunks_exact_mut(d)).for_each(|(row, o)| {
+        if x.len() % d != 0 {
+            bail!("rms-normalize: {} values in rows of {d}", x.len())
+        }
+        let out = par_collect(x.len(), d, |i| {
+            let row = &x[i * d..(i + 1) * d];
             let r = inv_rms(row, self.eps);
-            for (o, &v) in o.iter_mut().zip(row) {
-                *o = v * r;
-            }
+            row.iter().map(move |&v| v * r)
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -132,17 +136,16 @@ impl CustomOp3 for RmsNormGradX {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, dy, d) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?, last_dim(l1)?);
-        let mut out = vec![0f32; x.len()];
-        x.par_chunks_exact(d).zip(dy.par_chunks_exact(d)).zip(out.par_chunks_exact_mut(d)).for_each(
-            |((row, g), o)| {
-                let r = inv_rms(row, self.eps);
-                let dot: f32 = row.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum::<f32>() / d as f32;
-                let r3 = r * r * r;
-                for (((o, &x), &g), &w) in o.iter_mut().zip(row).zip(g).zip(w) {
-                    *o = r * g * w - x * r3 * dot;
-                }
-            },
-        );
+        if w.len() != d || dy.len() != x.len() || x.len() % d != 0 {
+            bail!("rms-norm gradient: states, weight and gradient do not fit")
+        }
+        let out = par_collect(x.len(), d, |i| {
+            let (row, g) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let r = inv_rms(row, self.eps);
+            let dot: f32 = row.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum::<f32>() / d as f32;
+            let r3 = r * r * r;
+            row.iter().zip(g).zip(w).map(move |((&x, &g), &w)| r * g * w - x * r3 * dot)
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -189,22 +192,18 @@ impl CustomOp2 for SwiGlu {
         // dg = dy · u · s · (1 + g · (1 − s)).
         let (g, u, dy) = (g.contiguous()?, u.contiguous()?, dy.contiguous()?);
         let n = g.elem_count();
-        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
-        with_values3(&g, &u, &dy, |g, u, dy| {
-            if u.len() != n || dy.len() != n {
+        let (dg, du) = with_values3(&g, &u, &dy, |g, u, dy| {
+            if g.len() != n || u.len() != n || dy.len() != n {
                 bail!("swiglu: gate, up and gradient differ in size")
             }
             const CHUNK: usize = 1 << 12;
-            dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
-                let at = c * CHUNK;
-                let (g, u, dy) = (&g[at..at + dg.len()], &u[at..at + dg.len()], &dy[at..at + dg.len()]);
-                for i in 0..dg.len() {
-                    let s = 1.0 / (1.0 + (-g[i]).exp());
-                    du[i] = dy[i] * g[i] * s;
-                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                }
-            });
-            Ok(())
+            Ok(par_collect2(n, CHUNK, |c| {
+                let at = c * CHUNK..((c + 1) * CHUNK).min(n);
+                g[at.clone()].iter().zip(&u[at.clone()]).zip(&dy[at]).map(|((&g, &u), &dy)| {
+                    let s = 1.0 / (1.0 + (-g).exp());
+                    (dy * u * s * (1.0 + g * (1.0 - s)), dy * g * s)
+                })
+            }))
         })?;
         let dev = g.device();
         Ok((Some(Tensor::from_vec(dg, g.shape(), dev)?), Some(Tensor::from_vec(du, u.shape(), dev)?)))

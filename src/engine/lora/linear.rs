@@ -7,7 +7,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::engine::matmul::{product, View};
+use crate::engine::matmul::{product, product_new, View};
 use crate::engine::ops::{f32s as values, with_values, with_values3, Stash};
 
 /// The op for one frozen weight `w` `[out, in]` and the adapter's scale.
@@ -60,10 +60,8 @@ impl CustomOp3 for LoraLinear {
         let (n, inp, out, rank) = self.sizes(l1, l2, l3)?;
         let (x, a, b) =
             (View::new(values(s1, l1)?, n, inp)?, View::new(values(s2, l2)?, rank, inp)?, values(s3, l3)?);
-        let mut y = vec![0f32; n * out];
-        with_values(&self.w, |w| Ok(product(&mut y, x, View::new(w, out, inp)?.t(), 1.0, false)?))?;
-        let mut h = vec![0f32; n * rank];
-        product(&mut h, x, a.t(), 1.0, false)?;
+        let mut y = with_values(&self.w, |w| Ok(product_new(x, View::new(w, out, inp)?.t(), 1.0)?))?;
+        let h = product_new(x, a.t(), 1.0)?;
         product(&mut y, View::new(&h, n, rank)?, View::new(b, out, rank)?.t(), self.scale, true)?;
         self.h.put(h);
         let mut dims = l1.dims().to_vec();
@@ -84,11 +82,9 @@ impl CustomOp3 for LoraLinear {
         let (n, inp, out, rank) = self.sizes(x.layout(), a.layout(), b.layout())?;
         let s = self.scale;
         let x_needs = x.track_op();
-        let (mut da, mut db) = (vec![0f32; rank * inp], vec![0f32; out * rank]);
-        let mut dx = if x_needs { vec![0f32; n * inp] } else { Vec::new() };
         let saved = self.h.take();
         let dy = dy.contiguous()?;
-        with_values3(x, a, b, |xv, av, bv| {
+        let (da, db, dx) = with_values3(x, a, b, |xv, av, bv| {
             with_values(&dy, |dyv| {
                 let (xm, am, bm) =
                     (View::new(xv, n, inp)?, View::new(av, rank, inp)?, View::new(bv, out, rank)?);
@@ -96,29 +92,26 @@ impl CustomOp3 for LoraLinear {
                 // h = x aᵀ as the forward pass left it, and g = s · dy b.
                 let h = match saved {
                     Some(h) if h.len() == n * rank => h,
-                    _ => {
-                        let mut h = vec![0f32; n * rank];
-                        product(&mut h, xm, am.t(), 1.0, false)?;
-                        h
-                    }
+                    _ => product_new(xm, am.t(), 1.0)?,
                 };
-                let mut g = vec![0f32; n * rank];
-                product(&mut g, dym, bm, s, false)?;
+                let g = product_new(dym, bm, s)?;
                 let (hm, gm) = (View::new(&h, n, rank)?, View::new(&g, n, rank)?);
                 // db = s · dyᵀ h, da = gᵀ x, dx = dy w + g a.
-                product(&mut db, dym.t(), hm, s, false)?;
-                product(&mut da, gm.t(), xm, 1.0, false)?;
-                if x_needs {
-                    with_values(&self.w, |w| {
-                        Ok(product(&mut dx, dym, View::new(w, out, inp)?, 1.0, false)?)
-                    })?;
+                let db = product_new(dym.t(), hm, s)?;
+                let da = product_new(gm.t(), xm, 1.0)?;
+                let dx = if x_needs {
+                    let mut dx =
+                        with_values(&self.w, |w| Ok(product_new(dym, View::new(w, out, inp)?, 1.0)?))?;
                     product(&mut dx, gm, am, 1.0, true)?;
-                }
-                Ok(())
+                    Some(dx)
+                } else {
+                    None
+                };
+                Ok((da, db, dx))
             })
         })?;
         let dev = x.device();
-        let dx = if x_needs { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
+        let dx = dx.map(|dx| Tensor::from_vec(dx, x.shape(), dev)).transpose()?;
         Ok((dx, Some(Tensor::from_vec(da, (rank, inp), dev)?), Some(Tensor::from_vec(db, (out, rank), dev)?)))
     }
 }
