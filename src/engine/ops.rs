@@ -5,13 +5,12 @@
 //! are part of [`super::attention`]). Other devices keep the composed ops (see
 //! `Model::forward_train`); tests hold both to the same gradients.
 
-use rayon::prelude::*;
-
-use super::fill::{par_collect, par_collect2};
-
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D,
 };
+use rayon::prelude::*;
+
+use super::fill::{par_collect, par_collect2};
 
 /// The contiguous `f32` values of a CPU storage (the fused ops take nothing else).
 pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
