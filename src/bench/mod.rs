@@ -342,7 +342,7 @@ fn timed_reply(
             fast.forward(prompt, &mut cache, &mut logits)?;
             prefilled = t.elapsed();
             for _ in 0..40 {
-                let next = generate::sample(&mut logits, banned, &[], s, rng);
+                let next = generate::sample(&mut logits, banned, &[], &[], s, rng);
                 fast.forward(&[next], &mut cache, &mut logits)?;
             }
         }
@@ -351,7 +351,7 @@ fn timed_reply(
             let mut logits = model.forward_cached(prompt, &mut cache)?.to_vec1::<f32>()?;
             prefilled = t.elapsed();
             for _ in 0..40 {
-                let next = generate::sample(&mut logits, banned, &[], s, rng);
+                let next = generate::sample(&mut logits, banned, &[], &[], s, rng);
                 logits = model.forward_cached(&[next], &mut cache)?.to_vec1::<f32>()?;
             }
         }

@@ -222,7 +222,7 @@ impl<'v> Fork<'v> {
                 let next = if self.author.len() >= MAX_AUTHOR_TOKENS {
                     tok.says
                 } else {
-                    generate::sample(&mut self.logits, tok.banned_in_author(), &[], s, rng)
+                    generate::sample(&mut self.logits, tok.banned_in_author(), &[], &[], s, rng)
                 };
                 if next == tok.says {
                     self.stage = Stage::Content;
@@ -319,7 +319,7 @@ impl<'v> Fork<'v> {
         out: &mut [f32],
     ) {
         let recent = self.seq.iter().rev().take(64).chain(&self.content).copied();
-        generate::penalize_repeats(&mut self.logits, recent, s.repetition_penalty);
+        generate::penalize_repeats(&mut self.logits, recent, &tok.framing_tokens(), s.repetition_penalty);
         mixed(&mut self.logits, voice, &self.seq, &mut self.counts, mixture);
         out.copy_from_slice(mixture);
         for &b in tok.banned_in_content() {

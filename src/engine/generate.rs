@@ -115,7 +115,7 @@ pub fn reply(
         let next = if author.len() >= MAX_AUTHOR_TOKENS {
             tok.says
         } else {
-            sample(&mut logits, tok.banned_in_author(), &[], s, rng)
+            sample(&mut logits, tok.banned_in_author(), &[], &[], s, rng)
         };
         model.forward(&[next], &mut cache, &mut logits)?;
         if next == tok.says {
@@ -128,7 +128,7 @@ pub fn reply(
     let mut finished = false;
     while content.len() < s.max_tokens {
         recent.extend(content.last().copied());
-        let next = sample(&mut logits, tok.banned_in_content(), &recent, s, rng);
+        let next = sample(&mut logits, tok.banned_in_content(), &recent, &tok.framing_tokens(), s, rng);
         if next == tok.eom {
             finished = true;
             break;
@@ -146,11 +146,13 @@ pub fn reply(
     })
 }
 
-/// Picks the next token: banned tokens out, repetition penalty, temperature, top-k, top-p.
+/// Picks the next token: banned tokens out, repetition penalty (never on `exempt`),
+/// temperature, top-k, top-p.
 pub(crate) fn sample(
     logits: &mut [f32],
     banned: &[u32],
     recent: &[u32],
+    exempt: &[u32],
     s: &Sampling,
     rng: &mut StdRng,
 ) -> u32 {
@@ -159,7 +161,7 @@ pub(crate) fn sample(
             *l = f32::NEG_INFINITY;
         }
     }
-    penalize_repeats(logits, recent.iter().copied(), s.repetition_penalty);
+    penalize_repeats(logits, recent.iter().copied(), exempt, s.repetition_penalty);
     if s.temperature <= 0.0 || !logits.iter().any(|l| l.is_finite()) {
         return argmax(logits);
     }
@@ -171,12 +173,19 @@ pub(crate) fn sample(
     draw(&weights, s, rng)
 }
 
-/// Makes the `recent` tokens less likely (a `penalty` of 1 or less changes nothing).
-pub(crate) fn penalize_repeats(logits: &mut [f32], recent: impl Iterator<Item = u32>, penalty: f32) {
+/// Makes the `recent` tokens less likely, but for the `exempt` ones: the tokens that frame
+/// messages recur in every one, and penalising the end of a message made replies run on to
+/// the length cap. A `penalty` of 1 or less changes nothing.
+pub(crate) fn penalize_repeats(
+    logits: &mut [f32],
+    recent: impl Iterator<Item = u32>,
+    exempt: &[u32],
+    penalty: f32,
+) {
     if penalty <= 1.0 {
         return;
     }
-    let mut seen: Vec<u32> = recent.collect();
+    let mut seen: Vec<u32> = recent.filter(|t| !exempt.contains(t)).collect();
     seen.sort_unstable();
     seen.dedup();
     for t in seen {
@@ -230,4 +239,25 @@ pub(crate) fn draw(weights: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
 
 fn argmax(logits: &[f32]) -> u32 {
     logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repetition_penalty_spares_the_tokens_that_frame_messages() {
+        // Token 2 ends every message of the context; 0 and 1 were said; 3 was not.
+        let mut logits = vec![3.0, -2.0, 3.0, 1.0];
+        let recent = [0u32, 2, 1, 2, 0, 2];
+        penalize_repeats(&mut logits, recent.iter().copied(), &[2], 1.5);
+        assert_eq!(logits, vec![2.0, -3.0, 3.0, 1.0]);
+    }
+
+    #[test]
+    fn a_penalty_of_one_changes_nothing() {
+        let mut logits = vec![3.0, -2.0];
+        penalize_repeats(&mut logits, [0u32, 1].into_iter(), &[], 1.0);
+        assert_eq!(logits, vec![3.0, -2.0]);
+    }
 }

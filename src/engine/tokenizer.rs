@@ -243,6 +243,13 @@ impl ChatTokenizer {
         self.special.contains(&id)
     }
 
+    /// The tokens that frame every message (start, end of the name, end of the message): the
+    /// repetition penalty leaves them alone, or a reply's end would be penalised by every
+    /// message before it.
+    pub fn framing_tokens(&self) -> [u32; 3] {
+        [self.msg, self.says, self.eom]
+    }
+
     pub fn byte_len(&self, id: u32) -> u32 {
         self.byte_len.get(id as usize).copied().unwrap_or(1)
     }
