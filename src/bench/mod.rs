@@ -5,6 +5,7 @@
 
 pub mod ingest;
 pub mod load;
+pub mod memory;
 pub mod overlap;
 pub mod quality;
 pub mod scale;
@@ -116,13 +117,9 @@ pub enum Bench {
         #[arg(long)]
         against: PathBuf,
     },
-    /// Peak resident memory while serving replies with a model.
-    Memory {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, default_value_t = 50)]
-        replies: usize,
-    },
+    /// Resident memory while serving replies with a model, for one guild or several on one run
+    /// (one shared base), with their voices when a corpus is given.
+    Memory(memory::Options),
 }
 
 pub fn run(cmd: Bench) -> anyhow::Result<()> {
@@ -131,7 +128,7 @@ pub fn run(cmd: Bench) -> anyhow::Result<()> {
             bench_train(&corpus, &preset, epochs, minutes, &out, export.as_deref(), base.as_deref())
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
-        Bench::Memory { model, replies } => bench_memory(&model, replies),
+        Bench::Memory(options) => memory::run(&options),
         Bench::Overlap { corpus, against } => overlap::run(&corpus, &against),
         Bench::Quality(options) => quality::run(&options),
         Bench::Ingest { .. } | Bench::Load { .. } | Bench::Scale { .. } | Bench::ScaleWriter { .. } => {
@@ -432,29 +429,6 @@ pub fn rss_mb() -> (f64, f64) {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     };
     (field("VmHWM:"), field("VmRSS:"))
-}
-
-fn bench_memory(model: &Path, replies: usize) -> anyhow::Result<()> {
-    // Loaded as the bot serves it: no candle copy of the weights.
-    let loaded = load_run(model, false)?;
-    let history: Vec<(String, String)> = crate::playground::SAMPLE
-        .lines()
-        .take(8)
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| {
-            (v["author"].as_str().unwrap_or("").to_string(), v["content"].as_str().unwrap_or("").to_string())
-        })
-        .collect();
-    let mut rng = StdRng::seed_from_u64(3);
-    for _ in 0..replies {
-        generate::reply(&loaded.fast, &loaded.tokenizer, &history, &Sampling::default(), &mut rng)?;
-    }
-    let (peak, now) = rss_mb();
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({ "replies": replies, "peak_rss_mb": peak, "rss_mb": now }))?
-    );
-    Ok(())
 }
 
 /// Mentions the bot with `text` on the local Discord-compatible server and returns the

@@ -3,8 +3,11 @@
 //! learns who says what; a pretrained base's tokenizer renders chat the way it read chat on the
 //! web, one `author: content` line per message ([`Framing`]).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
+use sha2::{Digest, Sha256};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -45,7 +48,8 @@ pub enum Framing {
 /// A trained tokenizer with the IDs of its special tokens at hand.
 #[derive(Clone)]
 pub struct ChatTokenizer {
-    inner: Tokenizer,
+    /// Shared by every guild whose tokenizer file is the same (see [`read_shared`]).
+    inner: Arc<Tokenizer>,
     pub framing: Framing,
     pub pad: u32,
     pub msg: u32,
@@ -89,7 +93,7 @@ impl ChatTokenizer {
             .into();
         let texts = lines.iter().flat_map(|l| [l.author.as_str(), l.content.as_str()]);
         tokenizer.train(&mut trainer, texts).map_err(tok_err)?;
-        Self::wrap(tokenizer)
+        Self::wrap(Arc::new(tokenizer))
     }
 
     /// Trains a byte-level BPE of at most `vocab_size` tokens for `author: content` lines (the
@@ -113,13 +117,12 @@ impl ChatTokenizer {
             [l.author.clone(), format!(" {content}")]
         });
         tokenizer.train(&mut trainer, texts).map_err(tok_err)?;
-        Self::wrap_lines(tokenizer)
+        Self::wrap_lines(Arc::new(tokenizer))
     }
 
     /// Loads a saved tokenizer: mynah's own (with framing tokens) or a base's (without).
     pub fn load(path: &Path) -> Result<ChatTokenizer, EngineError> {
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = read_shared(path)?;
         if SPECIALS.iter().all(|s| inner.token_to_id(s).is_some()) {
             Self::wrap(inner)
         } else {
@@ -129,12 +132,10 @@ impl ChatTokenizer {
 
     /// Loads a pretrained base's tokenizer, which renders chat as `author: content` lines.
     pub fn load_base(path: &Path) -> Result<ChatTokenizer, EngineError> {
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
-        Self::wrap_lines(inner)
+        Self::wrap_lines(read_shared(path)?)
     }
 
-    fn wrap_lines(inner: Tokenizer) -> Result<ChatTokenizer, EngineError> {
+    fn wrap_lines(inner: Arc<Tokenizer>) -> Result<ChatTokenizer, EngineError> {
         let id = |s: &str| {
             inner.token_to_id(s).ok_or_else(|| {
                 EngineError::Tokenizer(format!("the base tokenizer has no single token for {s:?}"))
@@ -189,7 +190,7 @@ impl ChatTokenizer {
         self.inner.save(path, false).map_err(tok_err)
     }
 
-    fn wrap(inner: Tokenizer) -> Result<ChatTokenizer, EngineError> {
+    fn wrap(inner: Arc<Tokenizer>) -> Result<ChatTokenizer, EngineError> {
         let id = |s: &str| {
             inner
                 .token_to_id(s)
@@ -293,9 +294,60 @@ impl ChatTokenizer {
     }
 }
 
+/// Tokenizers read from files, by the SHA-256 of the file, while any is in use.
+static LOADED: OnceLock<Mutex<HashMap<[u8; 32], Weak<Tokenizer>>>> = OnceLock::new();
+
+/// The tokenizer in the file at `path`, shared with every other loaded from the same bytes:
+/// the guilds fine-tuned from one base all hold its tokenizer (SmolLM2's 49 k tokens and merges
+/// take some 12 MB in memory), and ten guilds held ten copies.
+fn read_shared(path: &Path) -> Result<Arc<Tokenizer>, EngineError> {
+    let failed = |e: &dyn std::fmt::Display| EngineError::Tokenizer(format!("{}: {e}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| failed(&e))?;
+    let key: [u8; 32] = Sha256::digest(&bytes).into();
+    let loaded = LOADED.get_or_init(Default::default);
+    if let Some(shared) =
+        loaded.lock().unwrap_or_else(PoisonError::into_inner).get(&key).and_then(Weak::upgrade)
+    {
+        return Ok(shared);
+    }
+    let tokenizer = Arc::new(Tokenizer::from_bytes(&bytes).map_err(|e| failed(&e))?);
+    let mut loaded = loaded.lock().unwrap_or_else(PoisonError::into_inner);
+    loaded.retain(|_, t| t.strong_count() > 0);
+    // Another thread may have read the same file meanwhile: the one already shared stays.
+    if let Some(shared) = loaded.get(&key).and_then(Weak::upgrade) {
+        return Ok(shared);
+    }
+    loaded.insert(key, Arc::downgrade(&tokenizer));
+    Ok(tokenizer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guilds_loading_the_same_tokenizer_file_share_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (dir.path().join("a.json"), dir.path().join("b.json"), dir.path().join("c.json"));
+        let tok = ChatTokenizer::train(&lines(), 300).unwrap();
+        tok.save(&a).unwrap();
+        std::fs::copy(&a, &b).unwrap();
+        ChatTokenizer::train(&lines()[..3], 280).unwrap().save(&c).unwrap();
+        let (first, second, other) = (
+            ChatTokenizer::load(&a).unwrap(),
+            ChatTokenizer::load(&b).unwrap(),
+            ChatTokenizer::load(&c).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&first.inner, &second.inner), "the same bytes, one tokenizer");
+        assert!(!Arc::ptr_eq(&first.inner, &other.inner));
+        let text = "hello everyone";
+        assert_eq!(second.encode_text(text).unwrap(), tok.encode_text(text).unwrap());
+        // Once no guild holds it, it is read again.
+        let weak = Arc::downgrade(&first.inner);
+        drop((first, second));
+        assert!(weak.upgrade().is_none());
+        assert!(ChatTokenizer::load(&a).is_ok());
+    }
 
     fn lines() -> Vec<ChatLine> {
         let texts = [
