@@ -220,12 +220,15 @@ pub fn load_with_bases(
                 // Another guild on this base already serves: only the adapters are loaded.
                 Some(shared) if !keep_model => (shared, None),
                 shared => {
-                    let (base_cfg, _, base_weights) = super::finetune::load_base(&path, device)?;
+                    // Only to pack the serving weights, the base stays as stored (`f16`).
+                    let dtype = keep_model.then_some(DType::F32);
+                    let (base_cfg, _, base_weights, dtype) =
+                        super::finetune::load_base_as(&path, device, dtype)?;
                     if base_cfg != config {
                         return Err(ck_err(dir, format!("its config does not match base {}'s", base.name)));
                     }
                     let mut model =
-                        Model::new(&config, VarBuilder::from_tensors(base_weights, DType::F32, device))?;
+                        Model::new(&config, VarBuilder::from_tensors(base_weights, dtype, device))?;
                     let shared = match shared {
                         Some(shared) => shared,
                         None => share_base(
