@@ -61,9 +61,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             (v["author"].as_str().unwrap_or("").to_string(), v["content"].as_str().unwrap_or("").to_string())
         })
         .collect();
+    let shares = shares(&lines, guilds, o.split);
     let mut served = Vec::with_capacity(guilds);
     let mut voice_bytes = 0usize;
-    for share in shares(&lines, guilds, o.split) {
+    for &share in &shares {
         // Loaded as the bot serves it: no candle copy of the weights.
         let loaded = super::load_run(&o.model, false)?;
         let voice = match o.corpus {
@@ -92,7 +93,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let report = json!({
         "guilds": guilds,
         "replies_per_guild": o.replies,
-        "voice_messages_per_guild": lines.len().div_ceil(if o.split { guilds } else { 1 }),
+        "voice_messages_per_guild": shares[0].len(),
         "voices_approx_mb": voice_bytes as f64 / 1e6,
         "rss_after_loading_mb": loaded_now,
         "peak_rss_while_loading_mb": loaded_peak,

@@ -90,11 +90,9 @@ impl Drop for KeepFreedMemory {
         let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
         holders.count = holders.count.saturating_sub(1);
         if holders.count == 0 {
-            // SAFETY: as above; collecting is allowed from any thread at any time.
-            unsafe {
-                mi::mi_option_set(PURGE_DELAY, holders.delay);
-                mi::mi_collect(true);
-            }
+            // SAFETY: as above.
+            unsafe { mi::mi_option_set(PURGE_DELAY, holders.delay) };
+            release_freed();
             if holders.thp_disabled == Some(false) {
                 set_thp_disabled(false);
             }

@@ -6,16 +6,15 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-
 use super::fast::{FastModel, FastWeights};
 use super::model::{Model, ModelConfig};
+use super::sharing::Shared;
 use super::tokenizer::ChatTokenizer;
 use super::EngineError;
 
@@ -215,12 +214,13 @@ pub fn load_with_bases(
                     ),
                 )
             })?;
-            let shared = shared_base(&base.sha256);
+            let shared = SHARED_BASES.get(&base.sha256);
             let (shared, model) = match shared {
                 // Another guild on this base already serves: only the adapters are loaded.
                 Some(shared) if !keep_model => (shared, None),
                 shared => {
-                    // Only to pack the serving weights, the base stays as stored (`f16`).
+                    // As `f32` only for a candle model to keep; to pack serving weights, as
+                    // stored (`f16`), converted one tensor at a time by the packing.
                     let dtype = keep_model.then_some(DType::F32);
                     let (base_cfg, _, base_weights, dtype) =
                         super::finetune::load_base_as(&path, device, dtype)?;
@@ -231,8 +231,8 @@ pub fn load_with_bases(
                         Model::new(&config, VarBuilder::from_tensors(base_weights, dtype, device))?;
                     let shared = match shared {
                         Some(shared) => shared,
-                        None => share_base(
-                            &base.sha256,
+                        None => SHARED_BASES.share(
+                            base.sha256.clone(),
                             FastWeights::from_model(&model, FastWeights::precision(&config))?,
                         ),
                     };
@@ -264,21 +264,7 @@ pub fn load_with_bases(
 
 /// Bases' serving weights by hash, shared by every model fine-tuned from them while any of
 /// those is loaded (ten guilds on one base hold one copy of it).
-static SHARED_BASES: OnceLock<Mutex<HashMap<String, Weak<FastWeights>>>> = OnceLock::new();
-
-fn shared_base(sha256: &str) -> Option<Arc<FastWeights>> {
-    let bases = SHARED_BASES.get_or_init(Default::default).lock().ok()?;
-    bases.get(sha256).and_then(Weak::upgrade)
-}
-
-fn share_base(sha256: &str, weights: FastWeights) -> Arc<FastWeights> {
-    let weights = Arc::new(weights);
-    if let Ok(mut bases) = SHARED_BASES.get_or_init(Default::default).lock() {
-        bases.retain(|_, w| w.strong_count() > 0);
-        bases.insert(sha256.to_string(), Arc::downgrade(&weights));
-    }
-    weights
-}
+static SHARED_BASES: LazyLock<Shared<String, FastWeights>> = LazyLock::new(Shared::default);
 
 pub(crate) fn pretty<T: Serialize>(value: &T) -> String {
     // Serializing these plain structs cannot fail.

@@ -25,6 +25,7 @@
 //! - [`checkpoint`]: atomic save and validated load of a run directory, and its manifest.
 //! - [`pretrain`]: pretraining a small chat base from nothing, resumable across sittings.
 //! - [`run`]: one whole training run, from chat lines to a saved checkpoint loaded back.
+//! - [`sharing`]: one copy of what several guilds load alike (a base's weights, a tokenizer).
 
 pub mod allocator;
 pub mod attention;
@@ -45,6 +46,7 @@ pub mod ops;
 pub mod pretrain;
 pub mod prompt;
 pub mod run;
+pub mod sharing;
 pub mod tokenizer;
 pub mod train;
 pub mod voice;

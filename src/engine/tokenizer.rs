@@ -3,9 +3,8 @@
 //! learns who says what; a pretrained base's tokenizer renders chat the way it read chat on the
 //! web, one `author: content` line per message ([`Framing`]).
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, LazyLock};
 
 use sha2::{Digest, Sha256};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -13,6 +12,7 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
+use super::sharing::Shared;
 use super::EngineError;
 
 pub const PAD: &str = "<|pad|>";
@@ -295,7 +295,7 @@ impl ChatTokenizer {
 }
 
 /// Tokenizers read from files, by the SHA-256 of the file, while any is in use.
-static LOADED: OnceLock<Mutex<HashMap<[u8; 32], Weak<Tokenizer>>>> = OnceLock::new();
+static LOADED: LazyLock<Shared<[u8; 32], Tokenizer>> = LazyLock::new(Shared::default);
 
 /// The tokenizer in the file at `path`, shared with every other loaded from the same bytes:
 /// the guilds fine-tuned from one base all hold its tokenizer (SmolLM2's 49 k tokens and merges
@@ -304,21 +304,10 @@ fn read_shared(path: &Path) -> Result<Arc<Tokenizer>, EngineError> {
     let failed = |e: &dyn std::fmt::Display| EngineError::Tokenizer(format!("{}: {e}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| failed(&e))?;
     let key: [u8; 32] = Sha256::digest(&bytes).into();
-    let loaded = LOADED.get_or_init(Default::default);
-    if let Some(shared) =
-        loaded.lock().unwrap_or_else(PoisonError::into_inner).get(&key).and_then(Weak::upgrade)
-    {
+    if let Some(shared) = LOADED.get(&key) {
         return Ok(shared);
     }
-    let tokenizer = Arc::new(Tokenizer::from_bytes(&bytes).map_err(|e| failed(&e))?);
-    let mut loaded = loaded.lock().unwrap_or_else(PoisonError::into_inner);
-    loaded.retain(|_, t| t.strong_count() > 0);
-    // Another thread may have read the same file meanwhile: the one already shared stays.
-    if let Some(shared) = loaded.get(&key).and_then(Weak::upgrade) {
-        return Ok(shared);
-    }
-    loaded.insert(key, Arc::downgrade(&tokenizer));
-    Ok(tokenizer)
+    Ok(LOADED.share(key, Tokenizer::from_bytes(&bytes).map_err(|e| failed(&e))?))
 }
 
 #[cfg(test)]
