@@ -104,4 +104,18 @@ fn a_run_stopped_and_resumed_ends_where_an_uninterrupted_one_does() {
     assert_eq!(tensors.len(), crate::engine::model::tensor_names(&cfg).len());
     let ids = base_tok.encode_message("user1", "hello docker").unwrap();
     assert_eq!(base_tok.decode(&ids).unwrap(), "user1: hello docker\n");
+
+    // Loaded to serve, the weights stay as stored (`f16`) and serve exactly as widened ones.
+    let (_, _, stored, dtype) =
+        crate::engine::finetune::load_base_as(out.path(), &Device::Cpu, None).unwrap();
+    assert_eq!(dtype, candle_core::DType::F16);
+    assert!(stored.values().all(|t| t.dtype() == candle_core::DType::F16));
+    let serve = |weights, dtype| {
+        let vb = candle_nn::VarBuilder::from_tensors(weights, dtype, &Device::Cpu);
+        let fast = crate::engine::fast::FastModel::from_model(&Model::new(&loaded, vb).unwrap()).unwrap();
+        let (mut cache, mut logits) = (fast.new_cache(), Vec::new());
+        fast.forward(&ids, &mut cache, &mut logits).unwrap();
+        logits
+    };
+    assert_eq!(serve(stored, dtype), serve(tensors, candle_core::DType::F32));
 }
