@@ -63,10 +63,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .collect();
     let shares = shares(&lines, guilds, o.split);
     let mut served = Vec::with_capacity(guilds);
-    let mut voice_bytes = 0usize;
+    let (mut voice_bytes, mut adapter_bytes) = (0usize, 0usize);
     for &share in &shares {
         // Loaded as the bot serves it: no candle copy of the weights.
         let loaded = super::load_run(&o.model, false)?;
+        adapter_bytes += loaded.fast.adapter_bytes();
         let voice = match o.corpus {
             Some(_) => {
                 let voice = Voice::from_lines(&loaded.tokenizer, loaded.meta.mixer.as_deref(), share)
@@ -95,6 +96,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         "replies_per_guild": o.replies,
         "voice_messages_per_guild": shares[0].len(),
         "voices_approx_mb": voice_bytes as f64 / 1e6,
+        "adapters_mb": adapter_bytes as f64 / 1e6,
         "rss_after_loading_mb": loaded_now,
         "peak_rss_while_loading_mb": loaded_peak,
         "rss_mb": now,

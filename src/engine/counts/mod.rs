@@ -21,7 +21,7 @@ pub const BUCKETS: usize = 32;
 /// The smallest probability handed out.
 const FLOOR: f64 = 1e-30;
 /// Top bit of a [`Node`]: the rest is an index into `CountModel::lists`.
-const LIST: u64 = 1 << 63;
+const LIST: u32 = 1 << 31;
 
 /// splitmix64's finaliser: a bijection that spreads every input bit.
 fn mix(mut x: u64) -> u64 {
@@ -32,7 +32,8 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Map keys are hashes already, so the hasher passes them through.
+/// Map keys are hashes already, so the hasher only spreads them over all 64 bits (the table
+/// takes its buckets from the low bits and a tag from the top seven).
 #[derive(Default)]
 struct PassHasher(u64);
 
@@ -45,12 +46,18 @@ impl Hasher for PassHasher {
             self.0 = mix(self.0 ^ u64::from(b));
         }
     }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = x;
+    fn write_u32(&mut self, x: u32) {
+        self.0 = u64::from(x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
-type Map = HashMap<u64, Node, BuildHasherDefault<PassHasher>>;
+/// A context's key: 32 bits of its 64-bit hash. Entries of 8 bytes instead of 16 halve the
+/// tables, which are most of a guild's voice. Two contexts of one order may share a key (about
+/// one pair in a map of 90 000 contexts): they then share their followers, a blur of the
+/// statistics, never of the bookkeeping, since removing a message undoes adding it key by key.
+type Key = u32;
+
+type Map = HashMap<Key, Node, BuildHasherDefault<PassHasher>>;
 
 impl std::fmt::Debug for CountModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,21 +91,26 @@ impl Follower {
     }
 }
 
-/// The followers of one context in 8 bytes: most long contexts are seen once, so a single follower
-/// is packed inline (token < 2^24, raw < 2^20, continuation < 2^19); otherwise [`LIST`] | the index
-/// of a sorted list.
+/// The followers of one context in 4 bytes: most long contexts are seen once or a few times, so a
+/// single follower is packed inline (token < 2^16, raw < 2^8, continuation < 2^7); otherwise
+/// [`LIST`] | the index of a sorted list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Node(u64);
+struct Node(u32);
 
 impl Node {
     fn pack(f: Follower) -> Option<Node> {
-        (f.tok < 1 << 24 && f.raw < 1 << 20 && f.cont < 1 << 19)
-            .then(|| Node(u64::from(f.tok) | (u64::from(f.raw) << 24) | (u64::from(f.cont) << 44)))
+        (f.tok < 1 << 16 && f.raw < 1 << 8 && f.cont < 1 << 7)
+            .then_some(Node(f.tok | (f.raw << 16) | (f.cont << 24)))
     }
 
     fn inline(self) -> Option<Follower> {
-        let (tok, raw, cont) = (self.0 & 0xFF_FFFF, (self.0 >> 24) & 0xF_FFFF, self.0 >> 44);
-        (self.0 & LIST == 0).then_some(Follower { tok: tok as u32, raw: raw as u32, cont: cont as u32 })
+        let (tok, raw, cont) = (self.0 & 0xFFFF, (self.0 >> 16) & 0xFF, self.0 >> 24);
+        (self.0 & LIST == 0).then_some(Follower { tok, raw, cont })
+    }
+
+    /// The index of the node's list.
+    fn list(self) -> usize {
+        (self.0 & !LIST) as usize
     }
 }
 
@@ -129,7 +141,8 @@ fn alloc(lists: &mut Vec<Vec<Follower>>, free: &mut Vec<u32>, list: Vec<Follower
         Some(slot) => *slot = list,
         None => lists.push(list),
     }
-    Node(LIST | i as u64)
+    // 2^31 lists would take 50 GB: an index always fits.
+    Node(LIST | i as u32)
 }
 
 /// What the counts know about a context: how much of it was seen before, and how often.
@@ -216,7 +229,9 @@ impl CountModel {
 
     /// Roughly how many bytes the counts take.
     pub fn approx_bytes(&self) -> usize {
-        let maps: usize = self.maps.iter().map(|m| m.capacity() * 8 / 7 * 17).sum();
+        // A bucket holds an entry and a control byte; a table's capacity is 7/8 of its buckets.
+        let bucket = std::mem::size_of::<(Key, Node)>() + 1;
+        let maps: usize = self.maps.iter().map(|m| m.capacity() * 8 / 7 * bucket).sum();
         maps + self.lists.iter().map(|l| 24 + 12 * l.capacity()).sum::<usize>()
     }
 
@@ -302,18 +317,18 @@ impl CountModel {
     fn view(&self, node: Node) -> View<'_> {
         match node.inline() {
             Some(f) => View::One([f]),
-            None => View::List(self.lists.get((node.0 & !LIST) as usize).map_or(&[], Vec::as_slice)),
+            None => View::List(self.lists.get(node.list()).map_or(&[], Vec::as_slice)),
         }
     }
 
     /// Hashes of the last 0, 1, …, m tokens of `history` (m < order) into `keys`; returns m + 1.
-    fn context_keys(&self, history: &[u32], keys: &mut [u64; MAX_ORDER]) -> usize {
+    fn context_keys(&self, history: &[u32], keys: &mut [Key; MAX_ORDER]) -> usize {
         let m = history.len().min(self.order - 1);
         let mut h = 0x243F_6A88_85A3_08D3;
-        keys[0] = h;
+        keys[0] = (h >> 32) as Key;
         for j in 1..=m {
             h = mix(h ^ u64::from(history[history.len() - j]).wrapping_add(0x9E37_79B9_7F4A_7C15));
-            keys[j] = h;
+            keys[j] = (h >> 32) as Key;
         }
         m + 1
     }
@@ -389,7 +404,7 @@ impl CountModel {
     /// Adds one to (`up`) or takes one from the raw or continuation count of `tok` after the
     /// context `key` of `maps[j]`, creating and dropping entries and lists as needed. Returns the
     /// old count; `None` when there was nothing to change.
-    fn bump(&mut self, j: usize, key: u64, tok: u32, cont: bool, up: bool) -> Option<u32> {
+    fn bump(&mut self, j: usize, key: Key, tok: u32, cont: bool, up: bool) -> Option<u32> {
         let creating = up && !cont;
         let mut e = match self.maps[j].entry(key) {
             Entry::Occupied(e) => e,
@@ -417,7 +432,7 @@ impl CountModel {
                 *e.get_mut() = alloc(&mut self.lists, &mut self.free, list);
                 return Some(0);
             }
-            None => (e.get().0 & !LIST) as usize,
+            None => e.get().list(),
         };
         let list = self.lists.get_mut(at)?;
         let i = match list.binary_search_by_key(&tok, |f| f.tok) {

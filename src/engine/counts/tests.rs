@@ -30,7 +30,7 @@ impl Rng {
 }
 
 /// Everything the model holds, in a canonical order (list slots may differ).
-type Dump = (Vec<Vec<(u64, Vec<Follower>)>>, Vec<[[u64; 5]; 2]>);
+type Dump = (Vec<Vec<(Key, Vec<Follower>)>>, Vec<[[u64; 5]; 2]>);
 
 fn dump(m: &CountModel) -> Dump {
     let maps = m
@@ -85,11 +85,14 @@ fn recount(msgs: &[(Vec<u32>, Vec<u32>)], order: usize) -> HashMap<Vec<u32>, u64
 }
 
 #[test]
-fn a_packed_context_takes_eight_bytes() {
-    assert_eq!(std::mem::size_of::<Node>(), 8);
-    let f = Follower { tok: (1 << 24) - 1, raw: (1 << 20) - 1, cont: (1 << 19) - 1 };
+fn a_packed_context_takes_four_bytes() {
+    assert_eq!(std::mem::size_of::<Node>(), 4);
+    assert_eq!(std::mem::size_of::<(Key, Node)>(), 8);
+    let f = Follower { tok: (1 << 16) - 1, raw: (1 << 8) - 1, cont: (1 << 7) - 1 };
     assert_eq!(Node::pack(f).and_then(Node::inline), Some(f));
-    assert_eq!(Node::pack(Follower { raw: 1 << 20, ..f }), None);
+    assert_eq!(Node::pack(Follower { raw: 1 << 8, ..f }), None);
+    assert_eq!(Node::pack(Follower { tok: 1 << 16, ..f }), None);
+    assert_eq!(Node::pack(Follower { cont: 1 << 7, ..f }), None);
 }
 
 #[test]

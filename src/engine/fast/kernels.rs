@@ -1,5 +1,5 @@
 //! The CPU kernels of the serving path: products (split across threads when large),
-//! dot products, norms, rotary embedding and low-rank adapters. Each is generic over `FMA`, so
+//! dot products, norms and rotary embedding. Each is generic over `FMA`, so
 //! it compiles once plainly and once inside the AVX2+FMA entry points.
 
 use super::panels::Panels;
@@ -29,29 +29,6 @@ pub enum Precision {
     /// Five bits a weight, a step and a minimum per 32 ([`super::q4`]): large models. Rows
     /// that are not whole groups of 32 fall back to [`Precision::I8`].
     Q4,
-}
-
-/// One projection's low-rank adapter: `y += (x aᵀ) bᵀ`, its scale folded into `b`.
-pub(super) struct LowRank {
-    /// `[rank, in]`
-    pub(super) a: Panels,
-    /// `[out, rank]`
-    pub(super) b: Panels,
-}
-
-/// `y[t, out] += (x[t, in] aᵀ) bᵀ`: an adapter beside its projection.
-#[inline(always)]
-pub(super) fn low_rank<const FMA: bool>(
-    ad: &LowRank,
-    x: &[f32],
-    t: usize,
-    y: &mut [f32],
-    xa: &mut Vec<f32>,
-    out: &mut Vec<f32>,
-) {
-    matmul::<FMA>(x, &ad.a, t, xa);
-    matmul::<FMA>(xa, &ad.b, t, out);
-    add(y, out);
 }
 
 pub(super) fn resize(v: &mut Vec<f32>, n: usize) {
