@@ -20,7 +20,7 @@ use crate::engine::counts::{CountModel, Mixer};
 use crate::engine::generate::{self, Sampling};
 use crate::engine::run::{self, RunSpec};
 use crate::engine::tokenizer::ChatLine;
-use crate::engine::train::{self, TrainOptions};
+use crate::engine::train::{self, Predicted, TrainOptions};
 use crate::engine::voice::{self, Voice};
 use crate::engine::words::{CopyIndex, Readability, Vocabulary};
 
@@ -260,7 +260,7 @@ fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyho
             let po = online.log2_prob(ctx, t).exp2();
             let mf = mix_one(&mixer, &frozen, ctx, pf, pn);
             let mo = mix_one(&mixer, &online, ctx, po, pn);
-            for (s, p) in sums.iter_mut().zip([f64::from(pn), pf, po, mf, mo]) {
+            for (s, p) in sums.iter_mut().zip([f64::from(pn.p), pf, po, mf, mo]) {
                 *s -= p.max(1e-12).log2();
             }
             bytes += u64::from(tok.byte_len(t));
@@ -278,9 +278,9 @@ fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyho
     Ok(Bits { order, net: sums[0] / b, counts: (sums[1] / b, sums[2] / b), mix: (sums[3] / b, sums[4] / b) })
 }
 
-fn mix_one(mixer: &Mixer, counts: &CountModel, ctx: &[u32], pc: f64, pn: f32) -> f64 {
-    let w = f64::from(mixer.weight(counts.evidence(ctx)));
-    w * pc + (1.0 - w) * f64::from(pn)
+fn mix_one(mixer: &Mixer, counts: &CountModel, ctx: &[u32], pc: f64, pn: Predicted) -> f64 {
+    let w = f64::from(mixer.weight(counts.evidence(ctx), pn.top));
+    w * pc + (1.0 - w) * f64::from(pn.p)
 }
 
 /// A held-out message as a mention, its channel's context, and what a member said next there.

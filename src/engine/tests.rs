@@ -488,3 +488,31 @@ fn evaluations_during_training_split_the_run_evenly_and_leave_the_last_step_to_t
     assert_eq!(due(100, 0), Vec::<usize>::new());
     assert_eq!(due(1, 4), Vec::<usize>::new());
 }
+
+#[test]
+fn every_token_after_the_first_is_scored_with_half_a_window_of_context_or_more() {
+    let cfg = Preset::tiny().model_config(50);
+    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    // The network's probability of stream[p] after exactly the `c` tokens before it.
+    let after = |stream: &[u32], p: usize, c: usize| {
+        let x = candle_core::Tensor::new(&stream[p - c..p], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = model.forward_train(&x).unwrap().squeeze(0).unwrap().get(c - 1).unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits, 0).unwrap().to_vec1::<f32>().unwrap();
+        logp[stream[p] as usize].exp()
+    };
+    let len = 8;
+    for n in [5usize, 9, 29] {
+        let stream: Vec<u32> = (0..n as u32).map(|i| (i * 7 + i * i) % 50).collect();
+        let probs = train::token_probs(&model, &stream, len).unwrap();
+        assert_eq!(probs.len(), n);
+        assert!(probs[0].is_none(), "the first token has nothing before it");
+        for (p, got) in probs.iter().enumerate().skip(1) {
+            let got = got.unwrap_or_else(|| panic!("stream of {n}: token {p} was not scored"));
+            assert!(got.top >= got.p && got.top <= 1.0, "the most likely token is at least as likely");
+            let got = got.p;
+            let least = p.min(len / 2 + 1);
+            let matched = (least..=p.min(len)).any(|c| (after(&stream, p, c) - got).abs() < 1e-5);
+            assert!(matched, "stream of {n}: token {p} was scored with less than {least} tokens before it");
+        }
+    }
+}

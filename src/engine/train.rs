@@ -244,25 +244,44 @@ pub fn bits_per_byte(
     Ok(nats / std::f64::consts::LN_2 / bytes.max(1) as f64)
 }
 
-/// The network's probability of each token of `stream` given the tokens before it in its window
-/// (non-overlapping windows of `len`, as [`bits_per_byte`] scores them); `None` where a window
-/// starts or after the last whole window.
-pub fn token_probs(model: &Model, stream: &[u32], len: usize) -> Result<Vec<Option<f32>>, EngineError> {
-    let len = len.min(model.cfg.max_position_embeddings);
-    let model = &model.detached();
+/// What the network said of a token: its probability, and that of its most likely token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Predicted {
+    pub p: f32,
+    pub top: f32,
+}
+
+/// The network's prediction of each token of `stream` but the first, given up to `len` tokens
+/// before it, as the bot predicts a reply after its channel's preceding messages: windows of
+/// `len` overlap by half, and each token is scored in the first window where it has at least
+/// half a window of context (or all there is, near the start).
+pub fn token_probs(model: &Model, stream: &[u32], len: usize) -> Result<Vec<Option<Predicted>>, EngineError> {
+    let len = len.min(model.cfg.max_position_embeddings).min(stream.len().saturating_sub(1));
     let mut out = vec![None; stream.len()];
-    for chunk in windows(stream, len).chunks(8) {
+    if len == 0 {
+        return Ok(out);
+    }
+    let model = &model.detached();
+    let last = stream.len() - 1 - len;
+    let mut starts: Vec<usize> = (0..=last).step_by((len / 2).max(1)).collect();
+    if starts.last() != Some(&last) {
+        starts.push(last);
+    }
+    // The first position no window has scored yet.
+    let mut next = 1;
+    for chunk in starts.chunks(8) {
         let (x, y) = batch_tensors(stream, chunk, len, model.device())?;
         let n = y.dims1()?;
         let logits = model.forward_train(&x)?.reshape((n, ()))?;
-        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?
-            .gather(&y.unsqueeze(1)?, 1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let all = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+        let logp = all.gather(&y.unsqueeze(1)?, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        let top = all.max(candle_core::D::Minus1)?.to_vec1::<f32>()?;
         for (w, &start) in chunk.iter().enumerate() {
-            for j in 0..len {
-                out[start + 1 + j] = Some(logp[w * len + j].exp());
+            for j in (next.max(start + 1) - start - 1)..len {
+                let at = w * len + j;
+                out[start + 1 + j] = Some(Predicted { p: logp[at].exp(), top: top[at].exp() });
             }
+            next = start + 1 + len;
         }
     }
     Ok(out)

@@ -3,7 +3,7 @@
 //! Built from the guild's messages in seconds, kept up to date message by message, and
 //! removable message by message (a removed message's n-grams leave at once).
 
-use super::counts::{CountModel, Mixer, BUCKETS, DEFAULT_ORDER};
+use super::counts::{bucket, CountModel, Mixer, DEFAULT_ORDER};
 use super::model::Model;
 use super::tokenizer::{ChatLine, ChatTokenizer};
 use super::words::{CopyIndex, Vocabulary};
@@ -40,9 +40,7 @@ impl Voice {
     /// An empty voice for `tok`'s vocabulary, mixing with `mixer` (fitted weights from a model's
     /// manifest, or the defaults).
     pub fn new(tok: &ChatTokenizer, mixer: Option<&[f32]>) -> Voice {
-        let mixer = mixer
-            .and_then(|w| <[f32; BUCKETS]>::try_from(w).ok())
-            .map_or_else(Mixer::default, |weights| Mixer { weights });
+        let mixer = mixer.and_then(Mixer::from_saved).unwrap_or_default();
         Voice {
             counts: CountModel::new(DEFAULT_ORDER, tok.vocab_size()),
             mixer,
@@ -119,24 +117,33 @@ pub fn context(stream: &[u32], i: usize, order: usize) -> &[u32] {
 /// more, and minutes of scoring would stretch the training run).
 const MIXER_BUDGET: u64 = 1_000_000_000_000;
 
-/// Fits the mixer of `model` with the counts: counts of the training part's older 90 % score its
-/// newest 10 % (as much as [`MIXER_BUDGET`] allows) next to the network (the held-out split is
-/// never looked at).
+/// Fits the mixer of `model` with the counts as the bot serves them: counts of the training
+/// part's older 90 % score its newest 10 % (as much as [`MIXER_BUDGET`] allows) next to the
+/// network, learning each message of it once it is scored, as a guild's serving counts learn
+/// every message stored (the held-out split is never looked at).
 pub fn fit_mixer(model: &Model, tok: &ChatTokenizer, train_part: &[ChatLine]) -> Result<Mixer, EngineError> {
     let (older, slice) = super::train::split(train_part, 0.1)?;
-    let counts = Voice::build(tok, None, said(older))?.counts;
-    let mut stream = stream(slice, tok)?;
+    let mut counts = Voice::build(tok, None, said(older))?.counts;
+    let stream = stream(slice, tok)?;
     let most = (MIXER_BUDGET / model.cfg.params().max(1)).max(1024) as usize;
-    if stream.len() > most {
-        stream.drain(..stream.len() - most);
-    }
-    let net = super::train::token_probs(model, &stream, model.cfg.max_position_embeddings)?;
+    // The slice's older tokens are only learnt, its newest scored.
+    let cut = stream.len().saturating_sub(most);
+    let net = super::train::token_probs(model, &stream[cut..], model.cfg.max_position_embeddings)?;
     let mut samples = Vec::new();
-    for (i, p) in net.iter().enumerate() {
-        let Some(pn) = p else { continue };
-        let ctx = context(&stream, i, counts.order());
-        let pc = counts.log2_prob(ctx, stream[i]).exp2() as f32;
-        samples.push((counts.evidence(ctx).bucket(), pc, *pn));
+    let mut start = 0;
+    for (i, &t) in stream.iter().enumerate() {
+        if let Some(&Some(pn)) = i.checked_sub(cut).and_then(|j| net.get(j)) {
+            let ctx = context(&stream, i, counts.order());
+            let pc = counts.log2_prob(ctx, t).exp2() as f32;
+            samples.push((bucket(counts.evidence(ctx), pn.top), pc, pn.p));
+        }
+        if t == tok.eom {
+            counts.add(&stream[start..=i]);
+        }
+        // (In `author: content` lines the newline that ends a message also starts the next.)
+        if t == tok.msg {
+            start = i;
+        }
     }
     Ok(Mixer::fit(&samples))
 }

@@ -15,8 +15,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 pub const DEFAULT_ORDER: usize = 6;
 /// The longest order a model can have.
 pub const MAX_ORDER: usize = 12;
-/// How many evidence buckets the mixer has a weight for.
-pub const BUCKETS: usize = 32;
+/// How many classes of the counts' evidence ([`Evidence::bucket`]) there are.
+pub const EVIDENCE_BUCKETS: usize = 32;
+/// How many classes of the network's confidence (its most likely token's probability) there are.
+pub const CONFIDENCE_CLASSES: usize = 4;
+/// How many weights the mixer has: one per evidence and confidence class.
+pub const BUCKETS: usize = EVIDENCE_BUCKETS * CONFIDENCE_CLASSES;
 
 /// The smallest probability handed out.
 const FLOOR: f64 = 1e-30;
@@ -157,7 +161,7 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// One of [`BUCKETS`]: the depth (capped at 7) times four classes: seen once, deterministic
+    /// One of [`EVIDENCE_BUCKETS`]: the depth (capped at 7) times four classes: seen once, deterministic
     /// (one follower) seen 2–4 times, deterministic seen 5+ times, and branching.
     pub fn bucket(&self) -> usize {
         let class = match (self.count, self.distinct) {
@@ -475,34 +479,61 @@ impl CountModel {
     }
 }
 
-/// Blends the counts' and the network's next-token distributions with a weight per evidence bucket.
+/// The mixer's bucket for the counts' evidence and the network's confidence (the probability
+/// of its most likely token): the counts deserve more weight where they saw the context often
+/// and where the network is unsure.
+pub fn bucket(ev: Evidence, top: f32) -> usize {
+    let confidence = match top {
+        t if t < 0.3 => 0,
+        t if t < 0.6 => 1,
+        t if t < 0.9 => 2,
+        _ => 3,
+    };
+    ev.bucket() * CONFIDENCE_CLASSES + confidence
+}
+
+/// Blends the counts' and the network's next-token distributions with a weight per bucket.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mixer {
-    /// Weight of the counts in each bucket; the network gets the rest.
+    /// Weight of the counts in each [`bucket`]; the network gets the rest.
     pub weights: [f32; BUCKETS],
 }
 
 impl Default for Mixer {
     /// Trusts the counts more the longer the matched context and the more often it was seen.
     fn default() -> Mixer {
-        Mixer {
-            weights: std::array::from_fn(|b| {
-                let class = [0.0, 0.1, 0.2, 0.05][b % 4];
-                (0.05 + 0.08 * (b / 4) as f32 + class).min(0.9)
-            }),
-        }
+        Mixer::by_evidence(&std::array::from_fn::<f32, EVIDENCE_BUCKETS, _>(|b| {
+            let class = [0.0, 0.1, 0.2, 0.05][b % 4];
+            (0.05 + 0.08 * (b / 4) as f32 + class).min(0.9)
+        }))
     }
 }
 
 impl Mixer {
-    /// The counts' weight for this evidence.
-    pub fn weight(&self, ev: Evidence) -> f32 {
-        self.weights[ev.bucket()]
+    /// Weights that depend on the evidence only (what runs trained before the network's confidence
+    /// had a say were saved with).
+    pub fn by_evidence(weights: &[f32; EVIDENCE_BUCKETS]) -> Mixer {
+        Mixer { weights: std::array::from_fn(|b| weights[b / CONFIDENCE_CLASSES]) }
+    }
+
+    /// Saved weights: one per bucket, or one per evidence class from an older run; `None` for
+    /// any other length.
+    pub fn from_saved(weights: &[f32]) -> Option<Mixer> {
+        match <[f32; BUCKETS]>::try_from(weights) {
+            Ok(weights) => Some(Mixer { weights }),
+            Err(_) => <[f32; EVIDENCE_BUCKETS]>::try_from(weights).ok().map(|w| Mixer::by_evidence(&w)),
+        }
+    }
+
+    /// The counts' weight for this evidence when the network's most likely token has probability
+    /// `top`.
+    pub fn weight(&self, ev: Evidence, top: f32) -> f32 {
+        self.weights[bucket(ev, top)]
     }
 
     /// `out = w·counts + (1 − w)·net`, renormalised so it sums to 1.
     pub fn mix(&self, ev: Evidence, counts: &[f32], net: &[f32], out: &mut [f32]) {
-        let w = self.weight(ev);
+        let w = self.weight(ev, net.iter().copied().fold(0.0, f32::max));
         let mut sum = 0.0f64;
         for ((o, &c), &n) in out.iter_mut().zip(counts).zip(net) {
             *o = w * c + (1.0 - w) * n;

@@ -268,7 +268,11 @@ fn evidence_reports_the_longest_seen_context() {
     assert_eq!(m.evidence(&[9]), Evidence { depth: 0, count: 12, distinct: 6 });
     let b = |depth, count, distinct| Evidence { depth, count, distinct }.bucket();
     assert!(b(3, 1, 1) < b(3, 3, 1) && b(3, 3, 1) < b(3, 9, 1) && b(3, 9, 1) < b(3, 9, 2));
-    assert_eq!(b(200, u32::MAX, u32::MAX), BUCKETS - 1);
+    assert_eq!(b(200, u32::MAX, u32::MAX), EVIDENCE_BUCKETS - 1);
+    let ev = Evidence { depth: 200, count: u32::MAX, distinct: u32::MAX };
+    assert_eq!(bucket(ev, 1.0), BUCKETS - 1);
+    assert_eq!(bucket(ev, 0.0), BUCKETS - CONFIDENCE_CLASSES);
+    assert!(bucket(ev, 0.1) < bucket(ev, 0.5) && bucket(ev, 0.5) < bucket(ev, 0.8));
 }
 
 #[test]
@@ -281,7 +285,7 @@ fn mixing_sums_to_one() {
             let ev = Evidence { depth, count, distinct };
             Mixer::default().mix(ev, &counts, &net, &mut out);
             assert!((out.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-            let w = Mixer::default().weight(ev);
+            let w = Mixer::default().weight(ev, 0.5);
             assert!((out[0] - (w * 0.7 + (1.0 - w) * 0.1)).abs() < 1e-6);
         }
     }
@@ -290,8 +294,10 @@ fn mixing_sums_to_one() {
 #[test]
 fn default_weights_grow_with_evidence() {
     let w = Mixer::default().weights;
-    for b in 0..BUCKETS - 4 {
-        assert!(w[b] < w[b + 4] || w[b + 4] == 0.9, "bucket {b}");
+    // One class of depth further: four evidence classes, each of every confidence class.
+    let step = 4 * CONFIDENCE_CLASSES;
+    for b in 0..BUCKETS - step {
+        assert!(w[b] < w[b + step] || w[b + step] == 0.9, "bucket {b}");
     }
     assert!(w.iter().all(|&w| (0.01..=0.99).contains(&w)));
 }
@@ -325,4 +331,17 @@ fn fitting_recovers_a_planted_weight() {
     assert_eq!(fitted.weights[0], Mixer::default().weights[0]);
     let always_counts = Mixer::fit(&[(5, 0.9, 0.01); 10]);
     assert!((always_counts.weights[5] - 0.99).abs() < 1e-3);
+}
+
+#[test]
+fn weights_saved_by_evidence_alone_apply_at_every_confidence() {
+    let old: Vec<f32> = (0..EVIDENCE_BUCKETS).map(|b| b as f32 / 100.0).collect();
+    let m = Mixer::from_saved(&old).unwrap();
+    let ev = Evidence { depth: 2, count: 3, distinct: 1 };
+    for top in [0.1, 0.5, 0.7, 0.95] {
+        assert_eq!(m.weight(ev, top), old[ev.bucket()]);
+    }
+    let all: Vec<f32> = (0..BUCKETS).map(|b| b as f32 / 1000.0).collect();
+    assert_eq!(Mixer::from_saved(&all).unwrap().weights.to_vec(), all);
+    assert_eq!(Mixer::from_saved(&[0.5; 7]), None);
 }
