@@ -252,28 +252,19 @@ fn bits(model: &Loaded, train_part: &[ChatLine], held_out: &[ChatLine]) -> anyho
     let order = frozen.order();
     let mut sums = [0f64; 5];
     let mut bytes = 0u64;
-    let mut start = 0;
-    for (i, &t) in stream.iter().enumerate() {
-        if let Some(pn) = net[i] {
-            let ctx = voice::context(&stream, i, order);
-            let pf = frozen.log2_prob(ctx, t).exp2();
-            let po = online.log2_prob(ctx, t).exp2();
-            let mf = mix_one(&mixer, &frozen, ctx, pf, pn);
-            let mo = mix_one(&mixer, &online, ctx, po, pn);
-            for (s, p) in sums.iter_mut().zip([f64::from(pn.p), pf, po, mf, mo]) {
-                *s -= p.max(1e-12).log2();
-            }
-            bytes += u64::from(tok.byte_len(t));
+    // The online counts learn each message once it is scored; the frozen ones never do.
+    voice::score_then_learn(&stream, tok, &mut online, |i, online| {
+        let (Some(pn), t) = (net[i], stream[i]) else { return };
+        let ctx = voice::context(&stream, i, order);
+        let pf = frozen.log2_prob(ctx, t).exp2();
+        let po = online.log2_prob(ctx, t).exp2();
+        let mf = mix_one(&mixer, &frozen, ctx, pf, pn);
+        let mo = mix_one(&mixer, online, ctx, po, pn);
+        for (s, p) in sums.iter_mut().zip([f64::from(pn.p), pf, po, mf, mo]) {
+            *s -= p.max(1e-12).log2();
         }
-        if t == tok.eom {
-            // What a compressor does: the message is learnt once it has been scored.
-            online.add(&stream[start..=i]);
-        }
-        // (In `author: content` lines the newline that ends a message also starts the next.)
-        if t == tok.msg {
-            start = i;
-        }
-    }
+        bytes += u64::from(tok.byte_len(t));
+    });
     let b = bytes.max(1) as f64;
     Ok(Bits { order, net: sums[0] / b, counts: (sums[1] / b, sums[2] / b), mix: (sums[3] / b, sums[4] / b) })
 }

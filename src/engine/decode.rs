@@ -348,7 +348,12 @@ impl<'v> Fork<'v> {
 fn mixed(logits: &mut [f32], voice: Option<&Voice>, seq: &[u32], counts: &mut Vec<f32>, out: &mut [f32]) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum = fast::exp_shifted(logits, max);
-    logits.iter_mut().for_each(|p| *p /= sum);
+    // The most likely token's probability (the mixer's confidence class), in the same pass.
+    let mut top = 0f32;
+    for p in logits.iter_mut() {
+        *p /= sum;
+        top = top.max(*p);
+    }
     let net = &*logits;
     match voice {
         Some(v) if v.counts.vocab() == net.len() => {
@@ -356,7 +361,7 @@ fn mixed(logits: &mut [f32], voice: Option<&Voice>, seq: &[u32], counts: &mut Ve
             counts.clear();
             counts.resize(net.len(), 0.0);
             v.counts.probs(context, counts);
-            v.mixer.mix(v.counts.evidence(context), counts, net, out);
+            v.mixer.mix(v.counts.evidence(context), top, counts, net, out);
         }
         _ => out.copy_from_slice(net),
     }

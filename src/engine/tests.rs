@@ -493,12 +493,13 @@ fn evaluations_during_training_split_the_run_evenly_and_leave_the_last_step_to_t
 fn every_token_after_the_first_is_scored_with_half_a_window_of_context_or_more() {
     let cfg = Preset::tiny().model_config(50);
     let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
-    // The network's probability of stream[p] after exactly the `c` tokens before it.
+    // The network's probability of stream[p] after exactly the `c` tokens before it, and that of
+    // its most likely token there.
     let after = |stream: &[u32], p: usize, c: usize| {
         let x = candle_core::Tensor::new(&stream[p - c..p], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let logits = model.forward_train(&x).unwrap().squeeze(0).unwrap().get(c - 1).unwrap();
         let logp = candle_nn::ops::log_softmax(&logits, 0).unwrap().to_vec1::<f32>().unwrap();
-        logp[stream[p] as usize].exp()
+        (logp[stream[p] as usize].exp(), logp.iter().copied().fold(f32::NEG_INFINITY, f32::max).exp())
     };
     let len = 8;
     for n in [5usize, 9, 29] {
@@ -508,11 +509,37 @@ fn every_token_after_the_first_is_scored_with_half_a_window_of_context_or_more()
         assert!(probs[0].is_none(), "the first token has nothing before it");
         for (p, got) in probs.iter().enumerate().skip(1) {
             let got = got.unwrap_or_else(|| panic!("stream of {n}: token {p} was not scored"));
-            assert!(got.top >= got.p && got.top <= 1.0, "the most likely token is at least as likely");
-            let got = got.p;
             let least = p.min(len / 2 + 1);
-            let matched = (least..=p.min(len)).any(|c| (after(&stream, p, c) - got).abs() < 1e-5);
-            assert!(matched, "stream of {n}: token {p} was scored with less than {least} tokens before it");
+            let matched = (least..=p.min(len)).any(|c| {
+                let (want, top) = after(&stream, p, c);
+                (want - got.p).abs() < 1e-5 && (top - got.top).abs() < 1e-5
+            });
+            assert!(
+                matched,
+                "stream of {n}: token {p} was not scored as after {least} or more tokens before it"
+            );
         }
+    }
+}
+
+#[test]
+fn scoring_then_learning_counts_each_message_only_after_its_last_token() {
+    let lines = sample_lines(200);
+    for tok in [
+        super::tokenizer::ChatTokenizer::train(&lines, 320).unwrap(),
+        super::tokenizer::ChatTokenizer::train_lines(&lines, 320).unwrap(),
+    ] {
+        let first = tok.encode_message("alice", "hello there everyone").unwrap();
+        let second = tok.encode_message("bob", "hello again").unwrap();
+        let stream: Vec<u32> = first.iter().chain(&second).copied().collect();
+        let mut counts = super::counts::CountModel::new(4, tok.vocab_size());
+        let mut seen = Vec::new();
+        super::voice::score_then_learn(&stream, &tok, &mut counts, |_, c| seen.push(c.tokens()));
+        // Nothing is known while the first message is scored; all of it while the second is.
+        assert_eq!(seen[..first.len()], vec![0; first.len()][..]);
+        let learnt = seen[first.len()];
+        assert!(learnt >= first.len() as u64 - 1 && learnt <= first.len() as u64, "{learnt}");
+        assert!(seen[first.len()..].iter().all(|&n| n == learnt), "{seen:?}");
+        assert!(counts.tokens() > learnt, "the last message is learnt too");
     }
 }

@@ -130,13 +130,28 @@ pub fn fit_mixer(model: &Model, tok: &ChatTokenizer, train_part: &[ChatLine]) ->
     let cut = stream.len().saturating_sub(most);
     let net = super::train::token_probs(model, &stream[cut..], model.cfg.max_position_embeddings)?;
     let mut samples = Vec::new();
-    let mut start = 0;
-    for (i, &t) in stream.iter().enumerate() {
+    score_then_learn(&stream, tok, &mut counts, |i, counts| {
         if let Some(&Some(pn)) = i.checked_sub(cut).and_then(|j| net.get(j)) {
             let ctx = context(&stream, i, counts.order());
-            let pc = counts.log2_prob(ctx, t).exp2() as f32;
+            let pc = counts.log2_prob(ctx, stream[i]).exp2() as f32;
             samples.push((bucket(counts.evidence(ctx), pn.top), pc, pn.p));
         }
+    });
+    Ok(Mixer::fit(&samples))
+}
+
+/// Walks `stream` as a guild's serving counts meet it: `score(i, counts)` for each token, and each
+/// message learnt by `counts` once its last token is scored (what a compressor does, and the bot:
+/// a stored message updates the counts at once).
+pub fn score_then_learn(
+    stream: &[u32],
+    tok: &ChatTokenizer,
+    counts: &mut CountModel,
+    mut score: impl FnMut(usize, &CountModel),
+) {
+    let mut start = 0;
+    for (i, &t) in stream.iter().enumerate() {
+        score(i, counts);
         if t == tok.eom {
             counts.add(&stream[start..=i]);
         }
@@ -145,5 +160,4 @@ pub fn fit_mixer(model: &Model, tok: &ChatTokenizer, train_part: &[ChatLine]) ->
             start = i;
         }
     }
-    Ok(Mixer::fit(&samples))
 }

@@ -531,9 +531,10 @@ impl Mixer {
         self.weights[bucket(ev, top)]
     }
 
-    /// `out = w·counts + (1 − w)·net`, renormalised so it sums to 1.
-    pub fn mix(&self, ev: Evidence, counts: &[f32], net: &[f32], out: &mut [f32]) {
-        let w = self.weight(ev, net.iter().copied().fold(0.0, f32::max));
+    /// `out = w·counts + (1 − w)·net`, renormalised so it sums to 1; `top` is the largest of
+    /// `net` (its caller has just computed `net`, and knows it).
+    pub fn mix(&self, ev: Evidence, top: f32, counts: &[f32], net: &[f32], out: &mut [f32]) {
+        let w = self.weight(ev, top);
         let mut sum = 0.0f64;
         for ((o, &c), &n) in out.iter_mut().zip(counts).zip(net) {
             *o = w * c + (1.0 - w) * n;

@@ -283,7 +283,7 @@ fn mixing_sums_to_one() {
     for depth in 0..9 {
         for (count, distinct) in [(1, 1), (3, 1), (9, 1), (9, 4)] {
             let ev = Evidence { depth, count, distinct };
-            Mixer::default().mix(ev, &counts, &net, &mut out);
+            Mixer::default().mix(ev, 0.5, &counts, &net, &mut out);
             assert!((out.iter().sum::<f32>() - 1.0).abs() < 1e-6);
             let w = Mixer::default().weight(ev, 0.5);
             assert!((out[0] - (w * 0.7 + (1.0 - w) * 0.1)).abs() < 1e-6);

@@ -122,6 +122,9 @@ mod tests {
         let x: Vec<f32> = (0..t * n_in).map(|i| ((i * 104_729) % 300) as f32 / 150.0 - 1.0).collect();
         let rows = Rows::new(&a, n_in);
         assert_eq!(rows.dims(), (rank, n_in));
+        // Two bytes a weight, no padding (panels would have held 16 rows).
+        let b = vec![0.5f32; 32 * rank];
+        assert_eq!(LowRank::new(&a, &b, rank).bytes(), rank * n_in * 2 + 32 * rank * 2);
         let rounded = |v: f32| f64::from(half::f16::from_f32(v).to_f32());
         let want: Vec<f64> = (0..t * rank)
             .map(|i| {
