@@ -423,7 +423,7 @@ async fn user(config: Config, cmd: UserCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UserCommand::Forget { guild, user } => {
-            let purged = core.forget_user(&guild, &user).await?;
+            let purged = core.forget_user(&guild, &user, crate::store::now_ms()).await?;
             println!(
                 "deleted {} messages of user {user} in guild {guild}; reading history back will not restore them",
                 purged.messages

@@ -228,7 +228,9 @@ pub async fn llmforgetme(
         }
     };
     let text = if asked {
-        let purged = core.forget_user(&guild, &user).await?;
+        // The confirmation's own time, on Discord's clock, like the messages it forgets.
+        let asked_ms = ctx.created_at().timestamp_millis();
+        let purged = core.forget_user(&guild, &user, asked_ms).await?;
         format!(
             "Done: I deleted the {} messages of yours I had stored in this server. New messages are still collected; `{}llmoptout` stops that too.",
             purged.messages, core.config().prefix

@@ -91,10 +91,12 @@ impl Core {
         Ok(was)
     }
 
-    /// Removes everything the user wrote in the guild so far, for good: reading a channel's
-    /// history back never restores it. Collection goes on unless they opt out.
-    pub async fn forget_user(&self, guild: &str, user: &str) -> Result<Purged, ServiceError> {
-        let (mark, purged) = self.store.forget_author(guild, user).await?;
+    /// Removes everything the user wrote in the guild until `asked_ms` (when they asked, in
+    /// Unix ms on Discord's clock, which timestamps their messages; not this host's, which may
+    /// be ahead and would swallow what they write next), for good: reading a channel's history
+    /// back never restores it. Collection goes on unless they opt out.
+    pub async fn forget_user(&self, guild: &str, user: &str, asked_ms: i64) -> Result<Purged, ServiceError> {
+        let (mark, purged) = self.store.forget_author(guild, user, asked_ms).await?;
         self.consent.set_forgotten([((guild.to_string(), user.to_string()), mark)]);
         self.removed(guild, &purged, "a user asked to be forgotten").await?;
         tracing::info!(guild, removed = purged.messages, "a user's messages were forgotten");

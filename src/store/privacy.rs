@@ -148,13 +148,22 @@ impl Store {
         Ok(Purged::from_times(&times))
     }
 
-    /// Removes everything a user wrote in a guild until now, and remembers that it must not
-    /// come back; returns the mark's time with what was removed.
-    pub async fn forget_author(&self, guild: &str, user: &str) -> Result<(i64, Purged)> {
-        let now = now_ms();
+    /// Removes everything a user has stored in a guild, and remembers that what they wrote
+    /// until `before_ms` must not come back; returns the mark now in force (a later request
+    /// never moves it back) with what was removed.
+    pub async fn forget_author(&self, guild: &str, user: &str, before_ms: i64) -> Result<(i64, Purged)> {
         let mark = "INSERT INTO forget_marks (guild_id, user_id, before_ms) VALUES ($1, $2, $3)
-                    ON CONFLICT (guild_id, user_id) DO UPDATE SET before_ms = excluded.before_ms";
-        Ok((now, self.mark_and_purge_author(mark, guild, user, now).await?))
+                    ON CONFLICT (guild_id, user_id) DO UPDATE SET before_ms =
+                        CASE WHEN excluded.before_ms > forget_marks.before_ms
+                             THEN excluded.before_ms ELSE forget_marks.before_ms END";
+        let purged = self.mark_and_purge_author(mark, guild, user, before_ms).await?;
+        let now_in_force: Option<i64> =
+            sqlx::query_scalar("SELECT before_ms FROM forget_marks WHERE guild_id = $1 AND user_id = $2")
+                .bind(guild)
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok((now_in_force.unwrap_or(before_ms), purged))
     }
 
     /// Every (guild, user) → time before which their messages stay forgotten.
@@ -387,14 +396,18 @@ mod tests {
         let p = store.purge_messages("g", &["11".into(), "404".into()]).await.unwrap();
         assert_eq!(p.messages, 1);
         assert_eq!(store.purge_channel("g", "c2").await.unwrap().messages, 2);
-        let (mark, purged) = store.forget_author("g", "ann").await.unwrap();
-        assert_eq!(purged.messages, 1);
+        // Asked at 00:30 on 2020-01-01 (the records' clock).
+        let asked = 1_577_838_600_000;
+        let (mark, purged) = store.forget_author("g", "ann", asked).await.unwrap();
+        assert_eq!((mark, purged.messages), (asked, 1));
         assert_eq!(store.counts("g", None).await.unwrap().messages, 0);
-        assert_eq!(store.forget_author("g", "ann").await.unwrap().1, Purged::default());
-        assert!(store.forget_marks().await.unwrap()[0].1 >= mark);
+        let again = store.forget_author("g", "ann", asked - 600_000).await.unwrap();
+        assert_eq!(again, (asked, Purged::default()), "an older request never moves the mark back");
+        assert_eq!(store.forget_marks().await.unwrap()[0].1, asked);
         let again = store.insert_many(&[record("10", "c1", "ann", 1)]).await.unwrap();
         assert_eq!((again.inserted, again.opted_out), (0, 1), "forgotten messages stay out of imports");
-        assert!(!store.insert_message(&record("10", "c1", "ann", 1)).await.unwrap(), "and out of ingest");
+        assert!(!store.insert_message(&record("10", "c1", "ann", 30)).await.unwrap(), "and out of ingest");
+        assert!(store.insert_message(&record("15", "c1", "ann", 31)).await.unwrap(), "what came after stays");
         store.opt_out("g", "bob").await.unwrap();
         assert!(!store.insert_message(&record("20", "c1", "bob", 9)).await.unwrap(), "opted out: not stored");
     }
