@@ -146,7 +146,7 @@ impl Attention {
                         for i in r0..r1 {
                             // p ⊙ (dp − Σ dp ⊙ p), then the scores' scale (p is 0 past i).
                             let (dr, pr) = (&mut ds[i * t..i * t + r1], &ph[i * t..i * t + r1]);
-                            let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                            let dot = super::fast::expf::dot(dr, pr);
                             dr.iter_mut().zip(pr).for_each(|(d, &p)| *d = p * (*d - dot) * self.scale);
                         }
                         let dsb = View::strided(&ds[r0 * t..], r1 - r0, r1, t)?;

@@ -10,6 +10,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::fast::expf::{dot, sigmoid};
 use super::fill::{par_collect, par_collect2};
 
 /// The contiguous `f32` values of a CPU storage (the fused ops take nothing else).
@@ -40,7 +41,7 @@ fn last_dim(l: &Layout) -> Result<usize> {
 
 /// `1 / sqrt(mean(row²) + eps)`.
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    1.0 / (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32 + eps).sqrt()
+    1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt()
 }
 
 struct RmsNorm {
@@ -115,6 +116,20 @@ impl CustomOp1 for RmsNormalize {
     }
 }
 
+/// `Σ a[i]·b[i]·c[i]`, in 8 lanes (see [`dot`]).
+fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (mut ca, mut cb, mut cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
+    for ((x, y), z) in (&mut ca).zip(&mut cb).zip(&mut cc) {
+        for (((l, &x), &y), &z) in lanes.iter_mut().zip(x).zip(y).zip(z) {
+            *l += x * y * z;
+        }
+    }
+    let tail: f32 =
+        ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()).map(|((x, y), z)| x * y * z).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// dx of RMSNorm: `r·g − x·r³·mean(g·x)` with `g = dy·w`, per row.
 struct RmsNormGradX {
     eps: f32,
@@ -141,7 +156,7 @@ impl CustomOp3 for RmsNormGradX {
         let out = par_collect(x.len(), d, |i| {
             let (row, g) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
             let r = inv_rms(row, self.eps);
-            let dot: f32 = row.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum::<f32>() / d as f32;
+            let dot = dot3(row, g, w) / d as f32;
             let r3 = r * r * r;
             row.iter().zip(g).zip(w).map(move |((&x, &g), &w)| r * g * w - x * r3 * dot)
         });
@@ -160,7 +175,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 struct SwiGlu;
 
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x * sigmoid(x)
 }
 
 impl CustomOp2 for SwiGlu {
@@ -199,7 +214,7 @@ impl CustomOp2 for SwiGlu {
             Ok(par_collect2(n, CHUNK, |c| {
                 let at = c * CHUNK..((c + 1) * CHUNK).min(n);
                 g[at.clone()].iter().zip(&u[at.clone()]).zip(&dy[at]).map(|((&g, &u), &dy)| {
-                    let s = 1.0 / (1.0 + (-g).exp());
+                    let s = sigmoid(g);
                     (dy * u * s * (1.0 + g * (1.0 - s)), dy * g * s)
                 })
             }))

@@ -33,7 +33,19 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn exp_shifted(xs: &mut [f32], max: f32) -> f32 {
     xs.iter_mut().for_each(|x| *x = exp(*x - max));
-    // Summed in 8 lanes: a single running sum would keep the loop from being vectorised.
+    sum(xs)
+}
+
+/// `1 / (1 + e^−x)`.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// The sum of `xs`, in 8 lanes: one running sum is a chain of dependent adds the compiler may
+/// not reorder, so it is neither vectorised nor pipelined.
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut chunks = xs.chunks_exact(8);
     for c in &mut chunks {
@@ -42,6 +54,22 @@ pub fn exp_shifted(xs: &mut [f32], max: f32) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// `Σ a[i]·b[i]` over the shorter of the two, in 8 lanes like [`sum`].
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [0f32; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *l += x * y;
+        }
+    }
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -64,5 +92,18 @@ mod tests {
         let mut xs = [1.0f32, 2.0, 3.0];
         let sum = exp_shifted(&mut xs, 3.0);
         assert!((sum - (1.0 + (-1f32).exp() + (-2f32).exp())).abs() < 1e-6);
+        assert!((sigmoid(0.7) - 1.0 / (1.0 + (-0.7f32).exp())).abs() < 1e-7);
+    }
+
+    #[test]
+    fn lane_sums_match_plain_sums_at_every_length() {
+        for n in [0, 1, 7, 8, 9, 16, 23, 128] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - plain).abs() < 1e-5, "dot at {n}");
+            assert!((dot(&a, &b[..n / 2]) - dot(&a[..n / 2], &b)).abs() < 1e-6, "the shorter length");
+            assert!((super::sum(&a) - a.iter().sum::<f32>()).abs() < 1e-5, "sum at {n}");
+        }
     }
 }
