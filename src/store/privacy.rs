@@ -99,14 +99,21 @@ impl Store {
     pub async fn opt_out(&self, guild: &str, user: &str) -> Result<Purged> {
         let mark =
             "INSERT INTO opt_outs (guild_id, user_id, since_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-        self.mark_and_purge_author(mark, guild, user, now_ms()).await
+        Ok(self.mark_and_purge_author(mark, guild, user, now_ms()).await?.1)
     }
 
     /// Runs `mark` (an insert taking guild, user and time) and deletes the user's messages of
-    /// the guild, in one transaction.
-    async fn mark_and_purge_author(&self, mark: &str, guild: &str, user: &str, now: i64) -> Result<Purged> {
+    /// the guild, in one transaction; returns the time `mark` returns, if it returns one.
+    async fn mark_and_purge_author(
+        &self,
+        mark: &str,
+        guild: &str,
+        user: &str,
+        now: i64,
+    ) -> Result<(Option<i64>, Purged)> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(mark).bind(guild).bind(user).bind(now).execute(&mut *tx).await?;
+        let marked: Option<i64> =
+            sqlx::query_scalar(mark).bind(guild).bind(user).bind(now).fetch_optional(&mut *tx).await?;
         let times: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM messages WHERE guild_id = $1 AND author_id = $2 RETURNING created_ms",
         )
@@ -116,7 +123,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.notify_settings(guild).await?;
-        Ok(Purged::from_times(&times))
+        Ok((marked, Purged::from_times(&times)))
     }
 
     /// `false` if the user had not opted out.
@@ -155,15 +162,10 @@ impl Store {
         let mark = "INSERT INTO forget_marks (guild_id, user_id, before_ms) VALUES ($1, $2, $3)
                     ON CONFLICT (guild_id, user_id) DO UPDATE SET before_ms =
                         CASE WHEN excluded.before_ms > forget_marks.before_ms
-                             THEN excluded.before_ms ELSE forget_marks.before_ms END";
-        let purged = self.mark_and_purge_author(mark, guild, user, before_ms).await?;
-        let now_in_force: Option<i64> =
-            sqlx::query_scalar("SELECT before_ms FROM forget_marks WHERE guild_id = $1 AND user_id = $2")
-                .bind(guild)
-                .bind(user)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok((now_in_force.unwrap_or(before_ms), purged))
+                             THEN excluded.before_ms ELSE forget_marks.before_ms END
+                    RETURNING before_ms";
+        let (in_force, purged) = self.mark_and_purge_author(mark, guild, user, before_ms).await?;
+        Ok((in_force.unwrap_or(before_ms), purged))
     }
 
     /// Every (guild, user) → time before which their messages stay forgotten.
