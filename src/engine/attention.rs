@@ -47,14 +47,13 @@ pub fn causal_attention(
     heads: Heads,
     scale: f32,
 ) -> Result<Tensor> {
-    let (cos, sin) = (rotary.cos.clone(), rotary.sin.clone());
-    let op = Attention { cos, sin, heads, scale, saved: Stash::default() };
+    let op = Attention { kernel: Kernel::new(rotary, heads, scale), saved: Stash::default() };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
 /// What the backward pass reuses: rotated queries `[b, query, t, dim]`, rotated keys
 /// `[b, kv, t, dim]` and the attention weights `[b, query, t, t]`.
-struct Saved {
+pub struct Saved {
     q: Vec<f32>,
     k: Vec<f32>,
     p: Vec<f32>,
@@ -63,11 +62,18 @@ struct Saved {
 /// One task's gradients: queries `[group, t, dim]`, keys and values `[t, dim]`.
 type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
 
-struct Attention {
+/// The attention's passes on plain slices, for this op and for the hand-written training step
+/// of [`super::direct`].
+pub struct Kernel {
     cos: Arc<Vec<f32>>,
     sin: Arc<Vec<f32>>,
     heads: Heads,
     scale: f32,
+}
+
+/// The op candle's graph sees: the kernel, and what its forward pass left for the backward one.
+struct Attention {
+    kernel: Kernel,
     saved: Stash<Saved>,
 }
 
@@ -93,28 +99,105 @@ fn rotate(dst: &mut [f32], src: &[f32], width: usize, dim: usize, cos: &[f32], s
     }
 }
 
-impl Attention {
-    /// `(b, t)`, with every input's shape checked.
-    fn sizes(&self, q: &Layout, k: &Layout, v: &Layout) -> Result<(usize, usize)> {
+impl Kernel {
+    pub fn new(rotary: &Rotary, heads: Heads, scale: f32) -> Kernel {
+        Kernel { cos: rotary.cos.clone(), sin: rotary.sin.clone(), heads, scale }
+    }
+
+    /// Checks that `b` sequences of `t` positions fit the heads, the rotary tables and the
+    /// given numbers of query, key and value values.
+    fn check(&self, b: usize, t: usize, q: usize, k: usize, v: usize) -> Result<()> {
         let Heads { query, kv, dim } = self.heads;
-        let (b, t, qw) = q.shape().dims3()?;
-        if kv == 0 || query % kv != 0 || dim % 2 != 0 || qw != query * dim {
-            bail!("attention: {query} query heads, {kv} key/value heads of {dim} for width {qw}")
+        if kv == 0 || query % kv != 0 || dim % 2 != 0 {
+            bail!("attention: {query} query heads, {kv} key/value heads of {dim}")
         }
-        for l in [k, v] {
-            if l.shape().dims3()? != (b, t, kv * dim) {
-                bail!("attention: keys and values {:?} do not fit queries {:?}", l.dims(), q.dims())
-            }
+        if q != b * t * query * dim || k != b * t * kv * dim || v != k {
+            bail!("attention: {q}, {k} and {v} values do not fit {b} × {t} positions")
         }
         if self.cos.len() < t * dim / 2 || self.sin.len() < t * dim / 2 {
             bail!("attention: rotary tables shorter than {t} positions")
         }
-        Ok((b, t))
+        Ok(())
+    }
+
+    /// The output `[b, t, query · dim]` for `b` sequences of `t` positions, and what the
+    /// backward pass needs.
+    pub fn forward(&self, q: &[f32], k: &[f32], v: &[f32], b: usize, t: usize) -> Result<(Vec<f32>, Saved)> {
+        self.check(b, t, q.len(), k.len(), v.len())?;
+        let Heads { query, kv, dim } = self.heads;
+        let (qw, kw, group) = (query * dim, kv * dim, query / kv);
+        let (cos, sin) = (&self.cos[..t * dim / 2], &self.sin[..t * dim / 2]);
+        let mut saved =
+            Saved { q: vec![0.0; b * qw * t], k: vec![0.0; b * kw * t], p: vec![0.0; b * query * t * t] };
+        // One task per batch row and key/value head: its keys, its group's queries and weights.
+        let outputs: Vec<Vec<f32>> = saved
+            .q
+            .par_chunks_exact_mut(group * t * dim)
+            .zip(saved.k.par_chunks_exact_mut(t * dim))
+            .zip(saved.p.par_chunks_exact_mut(group * t * t))
+            .enumerate()
+            .map(|(task, ((qr, kr), p))| -> Result<Vec<f32>> {
+                let (bi, g) = (task / kv, task % kv);
+                rotate(kr, &k[bi * t * kw + g * dim..], kw, dim, cos, sin, 1.0);
+                let mut y = vec![0f32; group * t * dim];
+                let values = |rows: usize| View::strided(&v[bi * t * kw + g * dim..], rows, dim, kw);
+                for j in 0..group {
+                    let (qh, ph) =
+                        (&mut qr[j * t * dim..(j + 1) * t * dim], &mut p[j * t * t..(j + 1) * t * t]);
+                    rotate(qh, &q[bi * t * qw + (g * group + j) * dim..], qw, dim, cos, sin, 1.0);
+                    // Rows of a block see keys up to the block's end only: the masked corner
+                    // beyond is never computed (it stays 0).
+                    for (r0, r1) in blocks(t) {
+                        let (qb, keys) = (View::new(&qh[r0 * dim..], r1 - r0, dim)?, View::new(kr, r1, dim)?);
+                        product_strided(&mut ph[r0 * t..], t, qb, keys.t(), self.scale, false)?;
+                        for i in r0..r1 {
+                            let seen = &mut ph[i * t..i * t + i + 1];
+                            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            let sum = super::fast::expf::exp_shifted(seen, max);
+                            seen.iter_mut().for_each(|x| *x /= sum);
+                            ph[i * t + i + 1..i * t + r1].fill(0.0);
+                        }
+                        let weights = View::strided(&ph[r0 * t..], r1 - r0, r1, t)?;
+                        product(
+                            &mut y[(j * t + r0) * dim..(j * t + r1) * dim],
+                            weights,
+                            values(r1)?,
+                            1.0,
+                            false,
+                        )?;
+                    }
+                }
+                Ok(y)
+            })
+            .collect::<Result<_>>()?;
+        let mut out = vec![0f32; b * t * qw];
+        scatter(&mut out, &outputs, t, kv, group, dim);
+        Ok((out, saved))
+    }
+
+    /// The gradients of the queries, keys and values for the output's gradient `dy`, given the
+    /// values `v` and what the forward pass saved.
+    pub fn backward(&self, saved: &Saved, v: &[f32], dy: &[f32], b: usize, t: usize) -> Result<Grads> {
+        let Heads { query, kv, dim } = self.heads;
+        let (qw, kw, group) = (query * dim, kv * dim, query / kv);
+        self.check(b, t, dy.len(), v.len(), v.len())?;
+        if saved.q.len() != b * t * qw || saved.p.len() != b * query * t * t {
+            bail!("attention: the saved forward pass is of another size")
+        }
+        let parts = self.backward_tasks(saved, v, dy, b, t)?;
+        let (mut dq, mut dk, mut dv) =
+            (vec![0f32; b * t * qw], vec![0f32; b * t * kw], vec![0f32; b * t * kw]);
+        let (dqs, rest): (Vec<_>, Vec<_>) = parts.into_iter().map(|(a, b, c)| (a, (b, c))).unzip();
+        let (dks, dvs): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
+        scatter(&mut dq, &dqs, t, kv, group, dim);
+        scatter(&mut dk, &dks, t, kv, 1, dim);
+        scatter(&mut dv, &dvs, t, kv, 1, dim);
+        Ok((dq, dk, dv))
     }
 
     /// The backward pass per task (batch row, key/value head): the group's query gradients
     /// `[group, t, dim]`, then its keys' and values' `[t, dim]`.
-    fn backward(&self, saved: &Saved, v: &[f32], dy: &[f32], b: usize, t: usize) -> Result<Vec<Grads>> {
+    fn backward_tasks(&self, saved: &Saved, v: &[f32], dy: &[f32], b: usize, t: usize) -> Result<Vec<Grads>> {
         let Heads { query, kv, dim } = self.heads;
         let (qw, kw, group) = (query * dim, kv * dim, query / kv);
         let (cos, sin) = (&self.cos[..t * dim / 2], &self.sin[..t * dim / 2]);
@@ -189,56 +272,8 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, t) = self.sizes(l1, l2, l3)?;
-        let Heads { query, kv, dim } = self.heads;
-        let (q, k, v) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
-        let (qw, kw, group) = (query * dim, kv * dim, query / kv);
-        let (cos, sin) = (&self.cos[..t * dim / 2], &self.sin[..t * dim / 2]);
-        let mut saved =
-            Saved { q: vec![0.0; b * qw * t], k: vec![0.0; b * kw * t], p: vec![0.0; b * query * t * t] };
-        // One task per batch row and key/value head: its keys, its group's queries and weights.
-        let outputs: Vec<Vec<f32>> = saved
-            .q
-            .par_chunks_exact_mut(group * t * dim)
-            .zip(saved.k.par_chunks_exact_mut(t * dim))
-            .zip(saved.p.par_chunks_exact_mut(group * t * t))
-            .enumerate()
-            .map(|(task, ((qr, kr), p))| -> Result<Vec<f32>> {
-                let (bi, g) = (task / kv, task % kv);
-                rotate(kr, &k[bi * t * kw + g * dim..], kw, dim, cos, sin, 1.0);
-                let mut y = vec![0f32; group * t * dim];
-                let values = |rows: usize| View::strided(&v[bi * t * kw + g * dim..], rows, dim, kw);
-                for j in 0..group {
-                    let (qh, ph) =
-                        (&mut qr[j * t * dim..(j + 1) * t * dim], &mut p[j * t * t..(j + 1) * t * t]);
-                    rotate(qh, &q[bi * t * qw + (g * group + j) * dim..], qw, dim, cos, sin, 1.0);
-                    // Rows of a block see keys up to the block's end only: the masked corner
-                    // beyond is never computed (it stays 0).
-                    for (r0, r1) in blocks(t) {
-                        let (qb, keys) = (View::new(&qh[r0 * dim..], r1 - r0, dim)?, View::new(kr, r1, dim)?);
-                        product_strided(&mut ph[r0 * t..], t, qb, keys.t(), self.scale, false)?;
-                        for i in r0..r1 {
-                            let seen = &mut ph[i * t..i * t + i + 1];
-                            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                            let sum = super::fast::expf::exp_shifted(seen, max);
-                            seen.iter_mut().for_each(|x| *x /= sum);
-                            ph[i * t + i + 1..i * t + r1].fill(0.0);
-                        }
-                        let weights = View::strided(&ph[r0 * t..], r1 - r0, r1, t)?;
-                        product(
-                            &mut y[(j * t + r0) * dim..(j * t + r1) * dim],
-                            weights,
-                            values(r1)?,
-                            1.0,
-                            false,
-                        )?;
-                    }
-                }
-                Ok(y)
-            })
-            .collect::<Result<_>>()?;
-        let mut out = vec![0f32; b * t * qw];
-        scatter(&mut out, &outputs, t, kv, group, dim);
+        let (b, t, _) = l1.shape().dims3()?;
+        let (out, saved) = self.kernel.forward(f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?, b, t)?;
         self.saved.put(saved);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -251,19 +286,11 @@ impl CustomOp3 for Attention {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, t) = self.sizes(q.layout(), k.layout(), v.layout())?;
-        let Heads { query, kv, dim } = self.heads;
-        let (qw, kw, group) = (query * dim, kv * dim, query / kv);
+        let (b, t, _) = q.dims3()?;
         let Some(saved) = self.saved.take() else { bail!("the attention's backward pass ran twice") };
         let (v, dy) = (v.contiguous()?, dy.contiguous()?);
-        let parts = with_values(&v, |v| with_values(&dy, |dy| self.backward(&saved, v, dy, b, t)))?;
-        let (mut dq, mut dk, mut dv) =
-            (vec![0f32; b * t * qw], vec![0f32; b * t * kw], vec![0f32; b * t * kw]);
-        let (dqs, rest): (Vec<_>, Vec<_>) = parts.into_iter().map(|(a, b, c)| (a, (b, c))).unzip();
-        let (dks, dvs): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
-        scatter(&mut dq, &dqs, t, kv, group, dim);
-        scatter(&mut dk, &dks, t, kv, 1, dim);
-        scatter(&mut dv, &dvs, t, kv, 1, dim);
+        let (dq, dk, dv) =
+            with_values(&v, |v| with_values(&dy, |dy| self.kernel.backward(&saved, v, dy, b, t)))?;
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), dev)?),

@@ -16,7 +16,7 @@ use super::ops::{f32s, Stash};
 /// Logits held at once, at most, in values (128 MB). The products of a chunk are only efficient
 /// with enough rows: measured on SmolLM2's head, 85 rows at a time made the gradient's product
 /// run at 88 GFLOP/s, 512 rows at 200 and more.
-const CHUNK_VALUES: usize = 1 << 25;
+pub(crate) const CHUNK_VALUES: usize = 1 << 25;
 
 /// Mean cross-entropy of `x wᵀ` `[n, vocab]` against `targets` `[n]` (u32), for hidden states
 /// `x` `[n, d]` and a head `w` `[vocab, d]`: a scalar whose backward pass gives `x` and, when it
@@ -30,8 +30,8 @@ fn chunked(x: &Tensor, w: &Tensor, targets: &Tensor, chunk_values: usize) -> Res
     x.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)
 }
 
-/// The gradients the forward pass computed, for a loss gradient of 1.
-type Grads = (Option<Vec<f32>>, Option<Vec<f32>>);
+/// The gradients of `x` and `w` (those asked for), for a loss gradient of 1.
+pub type Grads = (Option<Vec<f32>>, Option<Vec<f32>>);
 
 struct HeadLoss {
     x_grad: bool,
@@ -52,6 +52,70 @@ fn softmax_grad(row: &mut [f32], t: usize, n: f32) -> f32 {
     max + sum.ln() - target
 }
 
+/// Which gradients [`head_loss`] computes.
+#[derive(Clone, Copy)]
+pub struct Wanted {
+    pub x: bool,
+    pub w: bool,
+}
+
+/// The mean cross-entropy of `x wᵀ` against `targets`, for states `x` `[n, d]` and a head `w`
+/// `[vocab, d]`, with the gradients asked for (for a loss gradient of 1), holding at most
+/// `chunk_values` logits at once.
+pub fn head_loss(
+    x: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    d: usize,
+    wanted: Wanted,
+    chunk_values: usize,
+) -> Result<(f32, Grads)> {
+    let n = targets.len();
+    let vocab = w.len().checked_div(d).unwrap_or(0);
+    if d == 0 || vocab == 0 || w.len() != vocab * d || x.len() != n * d || n == 0 {
+        bail!("head loss: {} states of width {d} for {n} targets", x.len())
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        bail!("target {bad} outside the vocabulary of {vocab}")
+    }
+    let wm = View::new(w, vocab, d)?;
+    let mut dx = wanted.x.then(|| vec![0f32; n * d]);
+    let mut dw = wanted.w.then(|| vec![0f32; vocab * d]);
+    // A trained head sums its gradient over every row: one chunk, read and written once.
+    let rows = match wanted.w {
+        true => n,
+        false => n.div_ceil(n.saturating_mul(vocab).div_ceil(chunk_values.max(1)).max(1)),
+    };
+    let mut losses = vec![0f32; n];
+    // The first (largest) chunk's logits are written into new memory, not zeroed first; the
+    // others reuse it.
+    let mut logits = Vec::new();
+    for start in (0..n).step_by(rows) {
+        let m = rows.min(n - start);
+        let xc = View::new(&x[start * d..(start + m) * d], m, d)?;
+        if logits.is_empty() {
+            logits = product_new(xc, wm.t(), 1.0)?;
+        } else {
+            product(&mut logits[..m * vocab], xc, wm.t(), 1.0, false)?;
+        }
+        let lc = &mut logits[..m * vocab];
+        lc.par_chunks_exact_mut(vocab)
+            .zip(losses[start..start + m].par_iter_mut())
+            .zip(targets[start..start + m].par_iter())
+            .for_each(|((row, loss), &t)| *loss = softmax_grad(row, t as usize, n as f32));
+        let gc = View::new(lc, m, vocab)?;
+        if let Some(dx) = dx.as_mut() {
+            product(&mut dx[start * d..(start + m) * d], gc, wm, 1.0, false)?;
+        }
+        if let Some(dw) = dw.as_mut() {
+            product(dw, gc.t(), xc, 1.0, start > 0)?;
+        }
+    }
+    // Summed in order (not by rayon's split), so a seed gives the same loss every time.
+    let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / n as f64;
+    Ok((loss as f32, (dx, dw)))
+}
+
 impl CustomOp3 for HeadLoss {
     fn name(&self) -> &'static str {
         "mynah-head-cross-entropy"
@@ -66,55 +130,14 @@ impl CustomOp3 for HeadLoss {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (vocab, d) = l2.shape().dims2()?;
+        let (_, d) = l2.shape().dims2()?;
         let (x, w) = (f32s(s1, l1)?, f32s(s2, l2)?);
         let CpuStorage::U32(t) = s3 else { bail!("the targets must be u32") };
         let Some((t0, t1)) = l3.contiguous_offsets() else { bail!("the targets must be contiguous") };
-        let targets = &t[t0..t1];
-        let n = targets.len();
-        if d == 0 || vocab == 0 || x.len() != n * d || n == 0 {
-            bail!("head loss: {} states of width {d} for {n} targets", x.len())
-        }
-        if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-            bail!("target {bad} outside the vocabulary of {vocab}")
-        }
-        let wm = View::new(w, vocab, d)?;
-        let mut dx = self.x_grad.then(|| vec![0f32; n * d]);
-        let mut dw = self.w_grad.then(|| vec![0f32; vocab * d]);
-        // A trained head sums its gradient over every row: one chunk, read and written once.
-        let rows = match self.w_grad {
-            true => n,
-            false => n.div_ceil(n.saturating_mul(vocab).div_ceil(self.chunk_values.max(1)).max(1)),
-        };
-        let mut losses = vec![0f32; n];
-        // The first (largest) chunk's logits are written into new memory, not zeroed first; the
-        // others reuse it.
-        let mut logits = Vec::new();
-        for start in (0..n).step_by(rows) {
-            let m = rows.min(n - start);
-            let xc = View::new(&x[start * d..(start + m) * d], m, d)?;
-            if logits.is_empty() {
-                logits = product_new(xc, wm.t(), 1.0)?;
-            } else {
-                product(&mut logits[..m * vocab], xc, wm.t(), 1.0, false)?;
-            }
-            let lc = &mut logits[..m * vocab];
-            lc.par_chunks_exact_mut(vocab)
-                .zip(losses[start..start + m].par_iter_mut())
-                .zip(targets[start..start + m].par_iter())
-                .for_each(|((row, loss), &t)| *loss = softmax_grad(row, t as usize, n as f32));
-            let gc = View::new(lc, m, vocab)?;
-            if let Some(dx) = dx.as_mut() {
-                product(&mut dx[start * d..(start + m) * d], gc, wm, 1.0, false)?;
-            }
-            if let Some(dw) = dw.as_mut() {
-                product(dw, gc.t(), xc, 1.0, start > 0)?;
-            }
-        }
-        // Summed in order (not by rayon's split), so a seed gives the same loss every time.
-        let loss = losses.iter().map(|&l| l as f64).sum::<f64>() / n as f64;
-        self.grads.put((dx, dw));
-        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+        let wanted = Wanted { x: self.x_grad, w: self.w_grad };
+        let (loss, grads) = head_loss(x, w, &t[t0..t1], d, wanted, self.chunk_values)?;
+        self.grads.put(grads);
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
     fn bwd(

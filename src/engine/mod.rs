@@ -11,6 +11,7 @@
 //! - [`decode`]: sample and rank: K candidates mixed with the guild's counts, never copying.
 //! - [`prompt`]: a channel's context kept as its key/value cache between replies.
 //! - [`ops`]: fused CPU kernels with backward passes for training.
+//! - [`direct`]: a model's whole training step by hand on the CPU, without candle's graph.
 //! - [`gguf`]: llama-family GGUF files read into Hugging Face tensors and tokenizer.
 //! - [`lora`]: low-rank adapters that fine-tune a pretrained base.
 //! - [`loss`]: the training loss, the output head and cross-entropy as one op.
@@ -32,6 +33,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod counts;
 pub mod decode;
+pub mod direct;
 pub mod fast;
 pub mod fill;
 pub mod finetune;

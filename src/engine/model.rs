@@ -280,6 +280,25 @@ impl Model {
         &self.device
     }
 
+    /// Whether every weight is an `f32` variable on the CPU with no adapter beside it: the model
+    /// [`super::direct`] trains without candle's graph.
+    pub(crate) fn trains_whole_on_cpu(&self) -> bool {
+        let w = self.weights();
+        let all = [w.embed, w.norm, w.lm_head].into_iter().chain(w.blocks.iter().flatten().copied());
+        self.fused_ops
+            && self.device.is_cpu()
+            && self
+                .blocks
+                .iter()
+                .all(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down].iter().all(|p| p.lora.is_none()))
+            && all.into_iter().all(|t| t.is_variable() && t.dtype() == DType::F32)
+    }
+
+    /// The rotary tables of positions `0..t`, for the fused attention.
+    pub(crate) fn rotary(&self, t: usize) -> candle_core::Result<super::attention::Rotary> {
+        super::attention::Rotary::new(&self.cos.narrow(0, 0, t)?, &self.sin.narrow(0, 0, t)?)
+    }
+
     /// Logits `[b, t, vocab]` for token IDs `[b, t]`, through differentiable ops only.
     pub fn forward_train(&self, ids: &Tensor) -> Result<Tensor, EngineError> {
         Ok(linear(&self.forward_hidden(ids)?, &self.lm_head)?)

@@ -40,7 +40,7 @@ fn last_dim(l: &Layout) -> Result<usize> {
 // ---------------------------------------------------------------- RMSNorm
 
 /// `1 / sqrt(mean(row²) + eps)`.
-fn inv_rms(row: &[f32], eps: f32) -> f32 {
+pub(crate) fn inv_rms(row: &[f32], eps: f32) -> f32 {
     1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt()
 }
 
@@ -117,7 +117,7 @@ impl CustomOp1 for RmsNormalize {
 }
 
 /// `Σ a[i]·b[i]·c[i]`, in 8 lanes (see [`dot`]).
-fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+pub(crate) fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (mut ca, mut cb, mut cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
     for ((x, y), z) in (&mut ca).zip(&mut cb).zip(&mut cc) {
@@ -174,7 +174,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 /// `silu(g) · u`.
 struct SwiGlu;
 
-fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     x * sigmoid(x)
 }
 

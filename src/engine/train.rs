@@ -195,18 +195,24 @@ pub(crate) fn windows(stream: &[u32], len: usize) -> Vec<usize> {
     (0..(stream.len() - 1) / len).map(|i| i * len).collect()
 }
 
-pub(crate) fn batch_tensors(
-    stream: &[u32],
-    starts: &[usize],
-    len: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor), EngineError> {
+/// The inputs and targets (the same tokens one later) of the windows at `starts`.
+pub(crate) fn batch_ids(stream: &[u32], starts: &[usize], len: usize) -> (Vec<u32>, Vec<u32>) {
     let mut inputs = Vec::with_capacity(starts.len() * len);
     let mut targets = Vec::with_capacity(starts.len() * len);
     for &s in starts {
         inputs.extend_from_slice(&stream[s..s + len]);
         targets.extend_from_slice(&stream[s + 1..s + len + 1]);
     }
+    (inputs, targets)
+}
+
+pub(crate) fn batch_tensors(
+    stream: &[u32],
+    starts: &[usize],
+    len: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor), EngineError> {
+    let (inputs, targets) = batch_ids(stream, starts, len);
     let b = starts.len();
     Ok((Tensor::from_vec(inputs, (b, len), device)?, Tensor::from_vec(targets, b * len, device)?))
 }
@@ -407,10 +413,11 @@ pub fn fit(
     let epoch_total = (steps_per_epoch * opts.epochs.max(1)).max(1);
     let (mut total, mut warmup) = (epoch_total, (epoch_total / 10).clamp(1, 100));
     let vars = varmap.all_vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        ParamsAdamW { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay },
-    )?;
+    let params =
+        ParamsAdamW { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay };
+    // A model whose every weight trains on the CPU skips candle's graph; adapters go through it.
+    let mut direct = super::direct::Trainer::new(&model, &varmap, params.clone(), batch, len)?;
+    let mut opt = AdamW::new(if direct.is_some() { Vec::new() } else { vars.clone() }, params)?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let _keep = super::allocator::KeepFreedMemory::new();
     let loop_start = Instant::now();
@@ -427,10 +434,22 @@ pub fn fit(
                 stopped_by_budget = true;
                 break 'epochs;
             }
-            opt.set_learning_rate(learning_rate(step, total, warmup, p.lr));
-            let (loss, grads, n) =
-                gradients(&model, &data.train, starts, len, &vars, opts.clip_norm, device)?;
-            opt.step(&grads)?;
+            let lr = learning_rate(step, total, warmup, p.lr);
+            let (loss, n) = match direct.as_mut() {
+                Some(direct) => {
+                    let (ids, targets) = batch_ids(&data.train, starts, len);
+                    let (loss, _) = direct.gradients(&ids, &targets, opts.clip_norm)?;
+                    direct.update(lr);
+                    (loss, targets.len())
+                }
+                None => {
+                    opt.set_learning_rate(lr);
+                    let (loss, grads, n) =
+                        gradients(&model, &data.train, starts, len, &vars, opts.clip_norm, device)?;
+                    opt.step(&grads)?;
+                    (loss, n)
+                }
+            };
             last_loss = loss;
             if !last_loss.is_finite() {
                 return Err(EngineError::BadConfig(format!(
@@ -458,6 +477,9 @@ pub fn fit(
             if eval_due(step, total, evals_done, opts.evals) {
                 let t = Instant::now();
                 let windows = opts.max_val_windows.div_ceil(4).max(1);
+                if let Some(direct) = &direct {
+                    direct.sync()?;
+                }
                 val = Some(bits_per_byte(&model, tok, &data.val, len, windows)?);
                 evals_done += 1;
                 eval_seconds += t.elapsed().as_secs_f64();
@@ -480,6 +502,9 @@ pub fn fit(
                 val_bits_per_byte: val,
             });
         }
+    }
+    if let Some(direct) = &direct {
+        direct.sync()?;
     }
     // The training loop's own time: validation below is not training throughput.
     let loop_seconds = loop_start.elapsed().as_secs_f64();

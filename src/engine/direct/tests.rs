@@ -1,0 +1,109 @@
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::Trainer;
+use crate::engine::model::{tensor_names, ModelConfig};
+use crate::engine::train::init_model;
+
+fn config(tied: bool, kv_heads: usize) -> ModelConfig {
+    serde_json::from_value(serde_json::json!({
+        "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": kv_heads, "max_position_embeddings": 80,
+        "tie_word_embeddings": tied
+    }))
+    .unwrap()
+}
+
+fn adam() -> ParamsAdamW {
+    ParamsAdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+}
+
+/// A batch of `b` sequences of `t` (longer than one attention block, so the blocked causal
+/// passes are crossed) with their next tokens.
+fn batch(b: usize, t: usize, vocab: u32) -> (Vec<u32>, Vec<u32>) {
+    let stream: Vec<u32> = (0..(b * t + 1) as u32).map(|i| (i * 7919 + i * i) % vocab).collect();
+    let ids = (0..b).flat_map(|s| stream[s * t..s * t + t].to_vec()).collect();
+    let targets = (0..b).flat_map(|s| stream[s * t + 1..s * t + t + 1].to_vec()).collect();
+    (ids, targets)
+}
+
+/// The loss and every weight's gradient against candle's autograd through the fused ops, with
+/// a tied and an untied head, and with grouped key/value heads.
+#[test]
+fn gradients_match_candles_autograd() {
+    let dev = Device::Cpu;
+    let (b, t) = (3, 70);
+    for (tied, kv) in [(true, 4), (false, 2)] {
+        let cfg = config(tied, kv);
+        let (model, varmap) = init_model(&cfg, &dev).unwrap();
+        let (ids, targets) = batch(b, t, cfg.vocab_size as u32);
+        let x = Tensor::from_vec(ids.clone(), (b, t), &dev).unwrap();
+        let y = Tensor::from_vec(targets.clone(), b * t, &dev).unwrap();
+        let want_loss = model.loss(&x, &y).unwrap();
+        let want = want_loss.backward().unwrap();
+
+        let mut trainer = Trainer::new(&model, &varmap, adam(), b, t).unwrap().expect("trains whole");
+        let (loss, norm) = trainer.gradients(&ids, &targets, f64::INFINITY).unwrap();
+        let want_loss = want_loss.to_scalar::<f32>().unwrap();
+        assert!((loss - want_loss).abs() < 1e-5, "loss {loss} against {want_loss}");
+        assert!(norm > 0.0 && norm.is_finite());
+        let vars = varmap.data().lock().unwrap().clone();
+        for name in tensor_names(&cfg) {
+            let var = &vars[&name];
+            let range =
+                &trainer.vars.iter().find(|(v, _)| v.as_tensor().id() == var.as_tensor().id()).unwrap().1;
+            let got = &trainer.grads[range.clone()];
+            let want = want.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = want.iter().fold(0f32, |m, g| m.max(g.abs())).max(1e-3);
+            let diff = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff < 1e-3 * scale, "{name} (tied {tied}, {kv} kv heads): off by {diff} of {scale}");
+        }
+    }
+}
+
+/// Steps of the fused optimiser, with clipping, take the weights where candle's `AdamW` takes
+/// them, and the model's variables see the result after a sync.
+#[test]
+fn steps_match_candles_adamw_and_reach_the_variables() {
+    let dev = Device::Cpu;
+    let (b, t) = (2, 16);
+    let cfg = config(true, 4);
+    let (model, varmap) = init_model(&cfg, &dev).unwrap();
+    let (theirs, their_vars) = init_model(&cfg, &dev).unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        their_vars.data().lock().unwrap()[name].set(var.as_tensor()).unwrap();
+    }
+    let (ids, targets) = batch(b, t, cfg.vocab_size as u32);
+    let mut trainer = Trainer::new(&model, &varmap, adam(), b, t).unwrap().unwrap();
+    let mut opt = AdamW::new(their_vars.all_vars(), adam()).unwrap();
+    let all = their_vars.all_vars();
+    let x = Tensor::from_vec(ids.clone(), (b, t), &dev).unwrap();
+    let y = Tensor::from_vec(targets.clone(), b * t, &dev).unwrap();
+    for lr in [1e-2, 5e-3, 1e-3] {
+        let (_, norm) = trainer.gradients(&ids, &targets, 0.5).unwrap();
+        trainer.update(lr);
+        let mut grads = theirs.loss(&x, &y).unwrap().backward().unwrap();
+        let their_norm = crate::engine::train::clip_gradients(&mut grads, &all, 0.5).unwrap();
+        assert!((norm - their_norm).abs() < 1e-3 * their_norm, "norms {norm} and {their_norm}");
+        opt.set_learning_rate(lr);
+        opt.step(&grads).unwrap();
+    }
+    trainer.sync().unwrap();
+    let (ours, theirs) = (varmap.data().lock().unwrap().clone(), their_vars.data().lock().unwrap().clone());
+    for name in tensor_names(&cfg) {
+        let d = crate::engine::ops::max_diff(ours[&name].as_tensor(), theirs[&name].as_tensor());
+        assert!(d < 1e-4, "{name} differs by {d} after three steps");
+    }
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let cfg = config(true, 4);
+    let (model, varmap) = init_model(&cfg, &Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(&model, &varmap, adam(), 2, 16).unwrap().unwrap();
+    let (mut ids, targets) = batch(2, 16, cfg.vocab_size as u32);
+    ids[5] = cfg.vocab_size as u32;
+    assert!(trainer.gradients(&ids, &targets, 1.0).is_err(), "an ID outside the vocabulary");
+    let (ids, targets) = batch(3, 16, cfg.vocab_size as u32);
+    assert!(trainer.gradients(&ids, &targets, 1.0).is_err(), "more sequences than the trainer holds");
+}
