@@ -31,14 +31,15 @@ pub struct Trainer {
     dims: Dims,
     kernel: Kernel,
     tape: Tape,
-    /// Each variable with the range of the flat buffers it owns.
-    vars: Vec<(Var, Range<usize>)>,
+    /// Each variable, by name, with the range of the flat buffers it owns.
+    vars: Vec<(String, Var, Range<usize>)>,
     params: Vec<f32>,
     grads: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
     adam: ParamsAdamW,
-    steps: i32,
+    /// Optimiser steps taken (bias correction depends on it).
+    pub steps: usize,
     seq_len: usize,
 }
 
@@ -73,7 +74,7 @@ impl Trainer {
             let range = params.len()..params.len() + values.len();
             params.extend(values);
             ranges.insert(name.as_str(), range.clone());
-            vars.push((var.clone(), range));
+            vars.push((name.clone(), var.clone(), range));
         }
         let at = |name: &str| -> Result<Range<usize>, EngineError> {
             ranges.get(name).cloned().ok_or_else(|| EngineError::BadConfig(format!("the model lacks {name}")))
@@ -147,8 +148,10 @@ impl Trainer {
             b,
             t,
         )?;
-        let norm =
-            self.grads.par_chunks(CHUNK).map(|g| super::fast::expf::dot(g, g) as f64).sum::<f64>().sqrt();
+        // Partial sums in order, not in rayon's split: a seed gives the same weights every time.
+        let squares: Vec<f64> =
+            self.grads.par_chunks(CHUNK).map(|g| super::fast::expf::dot(g, g) as f64).collect();
+        let norm = squares.iter().sum::<f64>().sqrt();
         if norm > clip_norm && norm.is_finite() {
             let scale = (clip_norm / norm) as f32;
             self.grads.par_chunks_mut(CHUNK).for_each(|g| g.iter_mut().for_each(|g| *g *= scale));
@@ -161,8 +164,9 @@ impl Trainer {
     pub fn update(&mut self, lr: f64) {
         self.steps += 1;
         let ParamsAdamW { beta1, beta2, eps, weight_decay, .. } = self.adam;
-        let scale_m = (1.0 / (1.0 - beta1.powi(self.steps))) as f32;
-        let scale_v = (1.0 / (1.0 - beta2.powi(self.steps))) as f32;
+        let t = i32::try_from(self.steps).unwrap_or(i32::MAX);
+        let scale_m = (1.0 / (1.0 - beta1.powi(t))) as f32;
+        let scale_v = (1.0 / (1.0 - beta2.powi(t))) as f32;
         let decay = (1.0 - lr * weight_decay) as f32;
         let (b1, b2, eps, lr) = (beta1 as f32, beta2 as f32, eps as f32, lr as f32);
         self.params
@@ -182,10 +186,46 @@ impl Trainer {
 
     /// Writes the weights into the model's variables, for anything that reads the model.
     pub fn sync(&self) -> Result<(), EngineError> {
-        for (var, range) in &self.vars {
+        for (_, var, range) in &self.vars {
             let t = Tensor::from_slice(&self.params[range.clone()], var.shape(), &Device::Cpu)?;
             var.set(&t)?;
         }
+        Ok(())
+    }
+
+    /// AdamW's moments, named `m.<weight>` and `v.<weight>` (as [`super::pretrain`] saves them).
+    pub fn moments(&self) -> Result<HashMap<String, Tensor>, EngineError> {
+        let mut out = HashMap::new();
+        for (name, var, range) in &self.vars {
+            for (prefix, values) in [("m", &self.m), ("v", &self.v)] {
+                let t = Tensor::from_slice(&values[range.clone()], var.shape(), &Device::Cpu)?;
+                out.insert(format!("{prefix}.{name}"), t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores moments saved by [`Trainer::moments`] after `steps` steps; every weight must
+    /// have both, of its shape.
+    pub fn restore(&mut self, moments: &HashMap<String, Tensor>, steps: usize) -> Result<(), EngineError> {
+        for (name, var, range) in &self.vars {
+            for (prefix, values) in [("m", &mut self.m), ("v", &mut self.v)] {
+                let key = format!("{prefix}.{name}");
+                let t = moments
+                    .get(&key)
+                    .ok_or_else(|| EngineError::BadConfig(format!("the optimiser state lacks {key}")))?;
+                if t.shape() != var.shape() {
+                    return Err(EngineError::BadConfig(format!(
+                        "the optimiser state's {key} is {:?}, the model's {:?}",
+                        t.shape(),
+                        var.shape()
+                    )));
+                }
+                let saved = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                values[range.clone()].copy_from_slice(&saved);
+            }
+        }
+        self.steps = steps;
         Ok(())
     }
 }

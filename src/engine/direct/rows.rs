@@ -29,7 +29,7 @@ pub fn rms_norm(out: &mut [f32], inv: &mut [f32], x: &[f32], w: &[f32], eps: f32
 /// `dw += Σ_rows g · x·r`, for the output's gradient `g` and the forward pass's `inv` (`r`).
 pub fn rms_norm_backward(dx: &mut [f32], dw: &mut [f32], x: &[f32], w: &[f32], inv: &[f32], g: &[f32]) {
     let d = w.len();
-    let partial = dx
+    let partial: Vec<Vec<f32>> = dx
         .par_chunks_mut(d * ROWS_PER_TASK)
         .zip(x.par_chunks(d * ROWS_PER_TASK))
         .zip(g.par_chunks(d * ROWS_PER_TASK))
@@ -48,14 +48,11 @@ pub fn rms_norm_backward(dx: &mut [f32], dw: &mut [f32], x: &[f32], w: &[f32], i
             }
             dw
         })
-        .reduce(
-            || vec![0f32; d],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
-    dw.iter_mut().zip(&partial).for_each(|(dw, p)| *dw += p);
+        .collect::<Vec<_>>();
+    // Summed in order, not in rayon's split: a seed gives the same weights every time.
+    for part in partial {
+        dw.iter_mut().zip(&part).for_each(|(dw, p)| *dw += p);
+    }
 }
 
 /// Values per rayon task of the element-wise passes.

@@ -50,8 +50,8 @@ fn gradients_match_candles_autograd() {
         let vars = varmap.data().lock().unwrap().clone();
         for name in tensor_names(&cfg) {
             let var = &vars[&name];
-            let range =
-                &trainer.vars.iter().find(|(v, _)| v.as_tensor().id() == var.as_tensor().id()).unwrap().1;
+            let (_, ours, range) = trainer.vars.iter().find(|(n, _, _)| *n == name).unwrap();
+            assert_eq!(ours.as_tensor().id(), var.as_tensor().id(), "{name} is the model's variable");
             let got = &trainer.grads[range.clone()];
             let want = want.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = want.iter().fold(0f32, |m, g| m.max(g.abs())).max(1e-3);
@@ -106,4 +106,36 @@ fn bad_batches_are_errors() {
     assert!(trainer.gradients(&ids, &targets, 1.0).is_err(), "an ID outside the vocabulary");
     let (ids, targets) = batch(3, 16, cfg.vocab_size as u32);
     assert!(trainer.gradients(&ids, &targets, 1.0).is_err(), "more sequences than the trainer holds");
+}
+
+/// Moments saved after some steps and restored into a fresh trainer over the same weights
+/// continue exactly; a state of another shape is refused.
+#[test]
+fn a_trainer_resumes_from_its_saved_moments() {
+    let dev = Device::Cpu;
+    let (b, t) = (2, 16);
+    let cfg = config(true, 4);
+    let (ids, targets) = batch(b, t, cfg.vocab_size as u32);
+    let (model, varmap) = init_model(&cfg, &dev).unwrap();
+    let mut first = Trainer::new(&model, &varmap, adam(), b, t).unwrap().unwrap();
+    for _ in 0..2 {
+        first.gradients(&ids, &targets, 1.0).unwrap();
+        first.update(1e-2);
+    }
+    first.sync().unwrap();
+    let mut second = Trainer::new(&model, &varmap, adam(), b, t).unwrap().unwrap();
+    let moments = first.moments().unwrap();
+    second.restore(&moments, first.steps).unwrap();
+    for trainer in [&mut first, &mut second] {
+        trainer.gradients(&ids, &targets, 1.0).unwrap();
+        trainer.update(1e-3);
+    }
+    assert_eq!(first.params, second.params, "the resumed trainer takes the same step");
+
+    let mut wrong = moments.clone();
+    let key = "m.model.norm.weight".to_string();
+    wrong.insert(key.clone(), Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap());
+    assert!(second.restore(&wrong, 3).is_err(), "{key} of another shape");
+    wrong.remove(&key);
+    assert!(second.restore(&wrong, 3).is_err(), "{key} missing");
 }

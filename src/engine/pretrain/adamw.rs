@@ -94,6 +94,68 @@ impl AdamW {
     }
 }
 
+/// How a run takes its steps: by hand on the CPU ([`crate::engine::direct::Trainer`]), or
+/// through candle's graph and the [`AdamW`] above on other devices. Both save and restore the
+/// same moments.
+pub enum Optimiser {
+    Direct(Box<crate::engine::direct::Trainer>),
+    Graph(AdamW, Vec<Var>),
+}
+
+impl Optimiser {
+    /// One step on the windows at `starts` of `stream` at learning rate `lr`, gradients clipped
+    /// to `clip_norm`: the loss and the tokens it scored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        model: &crate::engine::model::Model,
+        stream: &[u32],
+        starts: &[usize],
+        len: usize,
+        lr: f64,
+        clip_norm: f64,
+        device: &candle_core::Device,
+    ) -> Result<(f32, usize), EngineError> {
+        use crate::engine::train::{batch_ids, gradients};
+        match self {
+            Optimiser::Direct(trainer) => {
+                let (ids, targets) = batch_ids(stream, starts, len);
+                let (loss, _) = trainer.gradients(&ids, &targets, clip_norm)?;
+                trainer.update(lr);
+                Ok((loss, targets.len()))
+            }
+            Optimiser::Graph(opt, vars) => {
+                opt.params.lr = lr;
+                let (loss, grads, n) = gradients(model, stream, starts, len, vars, clip_norm, device)?;
+                opt.step(&grads)?;
+                Ok((loss, n))
+            }
+        }
+    }
+
+    /// Writes the weights into the model's variables (the graph's optimiser updates them there).
+    pub fn sync(&self) -> Result<(), EngineError> {
+        match self {
+            Optimiser::Direct(trainer) => trainer.sync(),
+            Optimiser::Graph(..) => Ok(()),
+        }
+    }
+
+    pub fn moments(&self) -> Result<HashMap<String, Tensor>, EngineError> {
+        match self {
+            Optimiser::Direct(trainer) => trainer.moments(),
+            Optimiser::Graph(opt, _) => Ok(opt.moments()),
+        }
+    }
+
+    pub fn restore(&mut self, moments: &HashMap<String, Tensor>, steps: usize) -> Result<(), EngineError> {
+        match self {
+            Optimiser::Direct(trainer) => trainer.restore(moments, steps),
+            Optimiser::Graph(opt, _) => opt.restore(moments, steps),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

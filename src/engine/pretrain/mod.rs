@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Model, ModelConfig};
 use super::tokenizer::{ChatLine, ChatTokenizer};
-use super::train::{bits_per_byte, gradients, learning_rate, stream, windows};
+use super::train::{bits_per_byte, learning_rate, stream, windows};
 use super::{EngineError, Preset};
 
 /// The tokenized corpus: every source's oldest messages for training, its newest held out.
@@ -183,15 +183,16 @@ pub fn saved_state(work: &Path) -> Result<Option<State>, EngineError> {
 fn save_checkpoint(
     work: &Path,
     varmap: &VarMap,
-    opt: &adamw::AdamW,
+    opt: &adamw::Optimiser,
     cfg: &ModelConfig,
     state: &State,
 ) -> Result<(), EngineError> {
+    opt.sync()?;
     let tmp = work.join("checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| ck(&tmp, e))?;
     varmap.save(tmp.join(WEIGHTS)).map_err(|e| ck(&tmp, e))?;
-    candle_core::safetensors::save(&opt.moments(), tmp.join(MOMENTS)).map_err(|e| ck(&tmp, e))?;
+    candle_core::safetensors::save(&opt.moments()?, tmp.join(MOMENTS)).map_err(|e| ck(&tmp, e))?;
     super::checkpoint::write_synced(&tmp.join(CONFIG), super::checkpoint::pretty(cfg).as_bytes())?;
     super::checkpoint::write_synced(&tmp.join(STATE), super::checkpoint::pretty(state).as_bytes())?;
     super::checkpoint::sync_dir(&tmp);
@@ -265,20 +266,36 @@ pub fn run(
         }
     };
     let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let mut named: Vec<(String, candle_core::Var)> = {
-        let data =
-            varmap.data().lock().map_err(|_| EngineError::BadConfig("variable map poisoned".into()))?;
-        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    if let Some(dir) = &resumed {
+        let mut vm = varmap.clone();
+        vm.load(dir.join(WEIGHTS)).map_err(|e| ck(dir, e))?;
+    }
+    let params = candle_nn::ParamsAdamW {
+        lr: p.lr,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: opts.weight_decay,
     };
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let vars: Vec<candle_core::Var> = named.iter().map(|(_, v)| v.clone()).collect();
-    let params =
-        adamw::Params { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay };
-    let mut opt = adamw::AdamW::new(named, params)?;
+    let mut opt = match super::direct::Trainer::new(&model, &varmap, params.clone(), p.batch, len)? {
+        Some(trainer) => adamw::Optimiser::Direct(Box::new(trainer)),
+        None => {
+            let mut named: Vec<(String, candle_core::Var)> = {
+                let data = varmap
+                    .data()
+                    .lock()
+                    .map_err(|_| EngineError::BadConfig("variable map poisoned".into()))?;
+                data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            };
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            let vars: Vec<candle_core::Var> = named.iter().map(|(_, v)| v.clone()).collect();
+            let ParamsAdamW { lr, beta1, beta2, eps, weight_decay } = params;
+            let params = adamw::Params { lr, beta1, beta2, eps, weight_decay };
+            adamw::Optimiser::Graph(adamw::AdamW::new(named, params)?, vars)
+        }
+    };
     match &resumed {
         Some(dir) => {
-            let mut vm = varmap.clone();
-            vm.load(dir.join(WEIGHTS)).map_err(|e| ck(dir, e))?;
             let moments =
                 candle_core::safetensors::load(dir.join(MOMENTS), device).map_err(|e| ck(dir, e))?;
             opt.restore(&moments, state.step)?;
@@ -310,9 +327,8 @@ pub fn run(
             order.shuffle(&mut StdRng::seed_from_u64(state.seed.wrapping_add(epoch as u64)));
         }
         let starts = &order[in_epoch * p.batch..(in_epoch + 1) * p.batch];
-        opt.params.lr = learning_rate(state.step, state.total_steps, state.warmup_steps, p.lr);
-        let (loss, grads, n) = gradients(&model, &corpus.train, starts, len, &vars, opts.clip_norm, device)?;
-        opt.step(&grads)?;
+        let lr = learning_rate(state.step, state.total_steps, state.warmup_steps, p.lr);
+        let (loss, n) = opt.step(&model, &corpus.train, starts, len, lr, opts.clip_norm, device)?;
         last_loss = loss;
         if !last_loss.is_finite() {
             return Err(EngineError::BadConfig(format!(
@@ -337,6 +353,7 @@ pub fn run(
         // A finished run's schedule is what it was: a resumption has nothing left to fit.
         state.schedule_fixed |= finished;
         if finished || last_checkpoint.elapsed().as_secs_f64() >= opts.checkpoint_seconds {
+            opt.sync()?;
             let val = bits_per_byte(&model, tok, &corpus.val, len, opts.val_windows)?;
             let eval = Eval {
                 step: state.step,
@@ -360,6 +377,7 @@ pub fn run(
         });
     }
     if state.step > start_step && state.history.last().is_none_or(|e| e.step != state.step) {
+        opt.sync()?;
         let val = bits_per_byte(&model, tok, &corpus.val, len, opts.val_windows)?;
         state.history.push(Eval {
             step: state.step,
