@@ -206,26 +206,40 @@ impl Trainer {
     }
 
     /// Restores moments saved by [`Trainer::moments`] after `steps` steps; every weight must
-    /// have both, of its shape.
+    /// have both, of its shape (checked before anything changes).
     pub fn restore(&mut self, moments: &HashMap<String, Tensor>, steps: usize) -> Result<(), EngineError> {
+        let mut found = Vec::with_capacity(2 * self.vars.len());
         for (name, var, range) in &self.vars {
-            for (prefix, values) in [("m", &mut self.m), ("v", &mut self.v)] {
-                let key = format!("{prefix}.{name}");
-                let t = moments
-                    .get(&key)
-                    .ok_or_else(|| EngineError::BadConfig(format!("the optimiser state lacks {key}")))?;
-                if t.shape() != var.shape() {
-                    return Err(EngineError::BadConfig(format!(
-                        "the optimiser state's {key} is {:?}, the model's {:?}",
-                        t.shape(),
-                        var.shape()
-                    )));
-                }
-                let saved = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-                values[range.clone()].copy_from_slice(&saved);
+            for prefix in ["m", "v"] {
+                found.push((prefix, range.clone(), saved_moment(moments, prefix, name, var.shape())?));
             }
+        }
+        for (prefix, range, t) in found {
+            let saved = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+            let values = if prefix == "m" { &mut self.m } else { &mut self.v };
+            values[range].copy_from_slice(&saved);
         }
         self.steps = steps;
         Ok(())
     }
+}
+
+/// The saved moment `<prefix>.<name>` of an optimiser state, which must have `shape`.
+pub(crate) fn saved_moment<'a>(
+    moments: &'a HashMap<String, Tensor>,
+    prefix: &str,
+    name: &str,
+    shape: &candle_core::Shape,
+) -> Result<&'a Tensor, EngineError> {
+    let key = format!("{prefix}.{name}");
+    let t = moments
+        .get(&key)
+        .ok_or_else(|| EngineError::BadConfig(format!("the optimiser state lacks {key}")))?;
+    if t.shape() != shape {
+        return Err(EngineError::BadConfig(format!(
+            "the optimiser state's {key} is {:?}, the model's {shape:?}",
+            t.shape()
+        )));
+    }
+    Ok(t)
 }

@@ -75,17 +75,7 @@ impl AdamW {
     pub fn restore(&mut self, moments: &HashMap<String, Tensor>, step_t: usize) -> Result<(), EngineError> {
         for s in &self.slots {
             for (prefix, slot) in [("m", &s.m), ("v", &s.v)] {
-                let key = format!("{prefix}.{}", s.name);
-                let t = moments
-                    .get(&key)
-                    .ok_or_else(|| EngineError::BadConfig(format!("the optimiser state lacks {key}")))?;
-                if t.shape() != slot.shape() {
-                    return Err(EngineError::BadConfig(format!(
-                        "the optimiser state's {key} is {:?}, the model's {:?}",
-                        t.shape(),
-                        slot.shape()
-                    )));
-                }
+                let t = crate::engine::direct::saved_moment(moments, prefix, &s.name, slot.shape())?;
                 slot.set(t)?;
             }
         }
