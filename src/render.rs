@@ -152,10 +152,25 @@ fn duration(seconds: f64) -> String {
     }
 }
 
+/// `n` and the noun, in the plural unless `n` is 1: "1 message", "3 messages".
+pub fn count(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", plural(n))
+}
+
 fn plural(n: u64) -> &'static str {
     if n == 1 {
         ""
     } else {
         "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_take_the_plural_unless_one() {
+        assert_eq!(super::count(1, "message"), "1 message");
+        assert_eq!(super::count(0, "message"), "0 messages");
+        assert_eq!(super::count(3, "stored message"), "3 stored messages");
     }
 }

@@ -258,9 +258,10 @@ impl DevServer {
     /// A user edits their message.
     pub fn edit(&self, message_id: u64, content: &str) {
         let mut w = self.shared.world();
+        let now = w.now_rfc3339();
         if let Some(m) = w.message_mut(message_id) {
             m.content = content.to_string();
-            m.edited_timestamp = Some(world::now_rfc3339());
+            m.edited_timestamp = Some(now);
             m.mentions = world::mentioned_ids(content);
             let m = m.clone();
             self.shared.dispatch("MESSAGE_UPDATE", json::message(&w, &m));
@@ -418,6 +419,12 @@ impl DevServer {
     /// Slash commands the bot registered.
     pub fn registered_commands(&self) -> Vec<Value> {
         self.shared.world().commands.clone()
+    }
+
+    /// Sets this server's clock `offset_ms` from the host's (negative: behind), for message
+    /// times and snowflakes from now on.
+    pub fn set_clock_offset(&self, offset_ms: i64) {
+        self.shared.world().clock_offset_ms = offset_ms;
     }
 
     /// Drops every gateway connection without a close handshake, like a network failure.

@@ -349,7 +349,7 @@ async fn edit_message(
     body: Bytes,
 ) -> Reply {
     let (payload, _) = message_body(&headers, body).await?;
-    {
+    let now = {
         let w = shared.world();
         let m = w
             .message(message)
@@ -359,8 +359,9 @@ async fn edit_message(
             return Err(fail(StatusCode::FORBIDDEN, "Cannot edit a message authored by another user", 50005));
         }
         require(&w, channel, 0)?;
-    }
-    apply_edit(&shared, message, payload, Some(super::world::now_rfc3339()))
+        w.now_rfc3339()
+    };
+    apply_edit(&shared, message, payload, Some(now))
 }
 
 async fn delete_message(

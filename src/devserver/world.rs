@@ -158,6 +158,9 @@ pub struct World {
     pub rate_limits: std::collections::HashMap<String, (usize, Duration)>,
     /// Channels where the bot's next typing indicator deletes the newest member message.
     pub delete_on_typing: HashSet<u64>,
+    /// How far this server's clock is from the host's, in ms (message times and snowflakes):
+    /// Discord's clock is not the bot host's.
+    pub clock_offset_ms: i64,
     last_id: u64,
 }
 
@@ -183,6 +186,7 @@ impl World {
             delete_on_typing: HashSet::new(),
             rate_limits: std::collections::HashMap::new(),
             refuse_registration: None,
+            clock_offset_ms: 0,
             last_id: 0,
         };
         w.application_id = w.snowflake();
@@ -191,9 +195,19 @@ impl World {
         w
     }
 
+    /// Now on this server's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + chrono::Duration::milliseconds(self.clock_offset_ms)
+    }
+
+    /// Now on this server's clock, as Discord writes message times.
+    pub fn now_rfc3339(&self) -> String {
+        self.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
     /// A fresh, strictly increasing snowflake whose timestamp part is now.
     pub fn snowflake(&mut self) -> u64 {
-        let now = chrono::Utc::now().timestamp_millis() as u64;
+        let now = self.now().timestamp_millis().max(0) as u64;
         let id = (now.saturating_sub(DISCORD_EPOCH_MS) << 22).max(self.last_id + 1);
         self.last_id = id;
         id
@@ -370,7 +384,7 @@ impl World {
             guild_id,
             author_id,
             content,
-            timestamp: now_rfc3339(),
+            timestamp: self.now_rfc3339(),
             edited_timestamp: None,
             mentions,
             reference,
@@ -385,10 +399,6 @@ impl World {
         });
         &self.messages[self.messages.len() - 1]
     }
-}
-
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The user IDs in `<@123>` and `<@!123>` tokens, in order, without duplicates.

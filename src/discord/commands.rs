@@ -232,8 +232,9 @@ pub async fn llmforgetme(
         let asked_ms = ctx.created_at().timestamp_millis();
         let purged = core.forget_user(&guild, &user, asked_ms).await?;
         format!(
-            "Done: I deleted the {} messages of yours I had stored in this server. New messages are still collected; `{}llmoptout` stops that too.",
-            purged.messages, core.config().prefix
+            "Done: I deleted the {} of yours I had stored in this server. New messages are still collected; `{}llmoptout` stops that too.",
+            crate::render::count(purged.messages, "message"),
+            core.config().prefix
         )
     } else {
         let stored = core.my_data(&guild, &user).await?.lines.len();
@@ -242,8 +243,12 @@ pub async fn llmforgetme(
         } else {
             ""
         };
+        let all = match stored {
+            1 => "the 1 message".to_string(),
+            n => format!("all {n} messages"),
+        };
         format!(
-            "{again}This deletes all {stored} messages of yours that I stored in this server, for good. \
+            "{again}This deletes {all} of yours that I stored in this server, for good. \
              To go ahead, run `{}llmforgetme confirm` within 5 minutes.",
             core.config().prefix
         )
@@ -267,8 +272,8 @@ pub async fn llmmydata(ctx: Context<'_>) -> Result<(), Error> {
     }
     let files = data_files(&data.lines, &format!("mynah-{guild}-{user}"));
     let text = format!(
-        "The {} messages of yours I stored in this server, one JSON object a line.{status}",
-        data.lines.len()
+        "The {} of yours I stored in this server, one JSON object a line.{status}",
+        crate::render::count(data.lines.len() as u64, "message")
     );
     if let Context::Application(_) = ctx {
         // Ephemeral: only the asker sees it.
@@ -291,7 +296,10 @@ pub async fn llmmydata(ctx: Context<'_>) -> Result<(), Error> {
         }
     }
     let text = if sent {
-        format!("I sent you your {} stored messages in a direct message.", data.lines.len())
+        format!(
+            "I sent you your {} in a direct message.",
+            crate::render::count(data.lines.len() as u64, "stored message")
+        )
     } else {
         "I couldn't send you a direct message (are DMs from server members turned off?). \
          Nothing was posted here; try again once DMs are open, or use the slash command `/llmmydata`."

@@ -111,6 +111,44 @@ async fn users_get_their_data_forget_themselves_and_opt_out() {
     h.stop().await;
 }
 
+/// Discord's clock is not the bot host's: a forget request reaches back to the confirmation's
+/// own time on Discord's clock, so what a member writes after it is collected and what they wrote
+/// before stays forgotten, even when read back from the channel's history, whichever clock is
+/// ahead (a mark from the host's clock dropped the next message when Discord's clock was behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_goes_by_discords_clock_not_the_hosts() {
+    for offset_ms in [-600_000, 600_000] {
+        let h = Harness::start().await;
+        h.server.set_clock_offset(offset_ms);
+        h.server.say(h.general, h.member, "written before forgetting");
+        h.wait_stored(1).await;
+        let reply = h.ask(h.general, h.member, "!llmforgetme").await;
+        assert!(reply.content.contains("This deletes the 1 message of yours"), "{}", reply.content);
+        let reply = h.ask(h.general, h.member, "!llmforgetme confirm").await;
+        assert!(
+            reply.content.starts_with("Done: I deleted the 1 message of yours"),
+            "{offset_ms}: {}",
+            reply.content
+        );
+        h.server.say(h.general, h.member, "written after forgetting");
+        until("the message after the request is stored", async || {
+            contents(&h).await == vec!["written after forgetting"]
+        })
+        .await;
+        // Reconnecting reads the channel's history back: the forgotten message stays out.
+        h.server.disconnect_all();
+        h.server.say(h.general, h.member, "written while the bot was away");
+        assert!(h.server.wait_until_ready(Duration::from_secs(60)).await, "the bot reconnected");
+        until("the history is read back", async || contents(&h).await.len() == 2).await;
+        assert_eq!(
+            contents(&h).await,
+            vec!["written after forgetting", "written while the bot was away"],
+            "clock {offset_ms} ms from the host's"
+        );
+        h.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletions_edits_and_departures_on_discord_are_mirrored() {
     let h = Harness::start().await;

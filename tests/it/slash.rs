@@ -50,10 +50,10 @@ async fn slash_commands_answer_with_the_same_checks_and_no_pings() {
     assert!(h.server.direct_messages(h.member).is_empty());
 
     let ask = answer(&h, h.member, "llmforgetme", json!([])).await;
-    assert!(ask.ephemeral && ask.content.contains("This deletes all 1 messages"), "{}", ask.content);
+    assert!(ask.ephemeral && ask.content.contains("This deletes the 1 message of yours"), "{}", ask.content);
     let done =
         answer(&h, h.member, "llmforgetme", json!([{ "type": 4, "name": "confirm", "value": 0 }])).await;
-    assert!(done.content.starts_with("Done: I deleted the 1 messages"), "{}", done.content);
+    assert!(done.content.starts_with("Done: I deleted the 1 message of yours"), "{}", done.content);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(h.stored().await, 0);
     h.stop().await;
