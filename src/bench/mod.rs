@@ -55,6 +55,10 @@ pub enum Bench {
         /// of training the preset from scratch (the PyTorch side: bench/compare_lora.sh).
         #[arg(long)]
         base: Option<PathBuf>,
+        /// Train through candle's graph, as before the hand-written training step (which
+        /// trains every weight on the CPU otherwise): the two side by side.
+        #[arg(long)]
+        graph: bool,
     },
     /// Reply latency: a 40-token reply after a 64-token context, p50 and p99.
     Reply {
@@ -124,8 +128,9 @@ pub enum Bench {
 
 pub fn run(cmd: Bench) -> anyhow::Result<()> {
     match cmd {
-        Bench::Train { corpus, preset, epochs, minutes, out, export, base } => {
-            bench_train(&corpus, &preset, epochs, minutes, &out, export.as_deref(), base.as_deref())
+        Bench::Train { corpus, preset, epochs, minutes, out, export, base, graph } => {
+            let train = TrainBench { epochs, minutes, graph };
+            bench_train(&corpus, &preset, train, &out, export.as_deref(), base.as_deref())
         }
         Bench::Reply { model, preset, runs } => bench_reply(model.as_deref(), &preset, runs),
         Bench::Memory(options) => memory::run(&options),
@@ -176,11 +181,17 @@ pub fn read_corpus_of(path: &Path, guild: Option<&str>) -> anyhow::Result<Vec<Ch
     Ok(lines)
 }
 
+/// How long `bench train` trains, and how.
+struct TrainBench {
+    epochs: usize,
+    minutes: f64,
+    graph: bool,
+}
+
 fn bench_train(
     corpus: &Path,
     preset_name: &str,
-    epochs: usize,
-    minutes: f64,
+    TrainBench { epochs, minutes, graph }: TrainBench,
     out: &Path,
     export: Option<&Path>,
     base: Option<&Path>,
@@ -193,6 +204,7 @@ fn bench_train(
     opts.epochs = epochs;
     opts.max_seconds = Some(minutes * 60.0);
     opts.max_val_windows = usize::MAX;
+    opts.through_graph = graph;
     let cancel = AtomicBool::new(false);
     let started = Instant::now();
     let mut last_print = Instant::now();

@@ -89,6 +89,25 @@ fn fused_kernels_give_the_same_loss_and_gradients_as_candles_ops() {
     }
 }
 
+/// A whole run through the hand-written step ends where the same run through candle's graph
+/// does (same seed, data and schedule; the two differ only in rounding).
+#[test]
+fn the_hand_written_step_trains_as_candles_graph_does() {
+    let lines = sample_lines(600);
+    let cancel = AtomicBool::new(false);
+    let run = |through_graph: bool| {
+        let opts = TrainOptions { through_graph, ..tiny_options(1) };
+        train::train(&lines, &opts, &Device::Cpu, &cancel, |_| {}).unwrap().report
+    };
+    let (direct, graph) = (run(false), run(true));
+    assert_eq!(direct.steps, graph.steps);
+    assert!((direct.train_loss - graph.train_loss).abs() < 0.01, "{direct:?} against {graph:?}");
+    assert!(
+        (direct.val_bits_per_byte - graph.val_bits_per_byte).abs() < 0.01,
+        "{direct:?} against {graph:?}"
+    );
+}
+
 #[test]
 fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() {
     let lines = sample_lines(1500);

@@ -38,6 +38,9 @@ pub struct TrainOptions {
     pub lora: Option<super::lora::LoraSpec>,
     /// A base with fewer parameters than this is fine-tuned whole, whatever `lora` says.
     pub full_fine_tune_below: u64,
+    /// Train through candle's graph even where [`super::direct`] would take the steps (to
+    /// compare the two).
+    pub through_graph: bool,
 }
 
 impl TrainOptions {
@@ -54,6 +57,7 @@ impl TrainOptions {
             seed: 42,
             lora: Some(super::lora::LoraSpec::default()),
             full_fine_tune_below: super::finetune::FULL_FINE_TUNE_MAX_PARAMS,
+            through_graph: false,
         }
     }
 }
@@ -416,7 +420,10 @@ pub fn fit(
     let params =
         ParamsAdamW { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay };
     // A model whose every weight trains on the CPU skips candle's graph; adapters go through it.
-    let mut direct = super::direct::Trainer::new(&model, &varmap, params.clone(), batch, len)?;
+    let mut direct = match opts.through_graph {
+        true => None,
+        false => super::direct::Trainer::new(&model, &varmap, params.clone(), batch, len)?,
+    };
     let mut opt = AdamW::new(if direct.is_some() { Vec::new() } else { vars.clone() }, params)?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let _keep = super::allocator::KeepFreedMemory::new();
