@@ -81,11 +81,8 @@ pub fn head_loss(
     let wm = View::new(w, vocab, d)?;
     let mut dx = wanted.x.then(|| vec![0f32; n * d]);
     let mut dw = wanted.w.then(|| vec![0f32; vocab * d]);
-    // A trained head sums its gradient over every row: one chunk, read and written once.
-    let rows = match wanted.w {
-        true => n,
-        false => n.div_ceil(n.saturating_mul(vocab).div_ceil(chunk_values.max(1)).max(1)),
-    };
+    // Rows a chunk; a trained head's gradient sums over the chunks.
+    let rows = n.div_ceil(n.saturating_mul(vocab).div_ceil(chunk_values.max(1)).max(1));
     let mut losses = vec![0f32; n];
     // The first (largest) chunk's logits are written into new memory, not zeroed first; the
     // others reuse it.

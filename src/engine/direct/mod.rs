@@ -26,6 +26,11 @@ use step::{BlockSlots, Dims, Slots, Tape};
 /// The optimiser's values per rayon task.
 const CHUNK: usize = 1 << 14;
 
+/// Positions a forward pass holds at most: a larger batch goes through in parts whose gradients
+/// sum, so the activations kept for the backward pass stay within a few hundred MB (those of
+/// the embedded base's 16 × 256 batches came to some 500 MB at once).
+pub const MICRO_ROWS: usize = 2048;
+
 pub struct Trainer {
     slots: Slots,
     dims: Dims,
@@ -113,7 +118,7 @@ impl Trainer {
             slots,
             dims,
             kernel,
-            tape: Tape::new(dims, cfg.num_hidden_layers, batch * seq_len),
+            tape: Tape::new(dims, cfg.num_hidden_layers, (batch * seq_len).min(MICRO_ROWS.max(seq_len))),
             vars,
             params,
             grads: vec![0.0; size],
@@ -127,6 +132,7 @@ impl Trainer {
 
     /// The loss of one batch (`b` sequences of the trainer's length) and its gradients,
     /// clipped to a global norm of `clip_norm`; returns the loss and the norm before clipping.
+    /// A batch of more than [`MICRO_ROWS`] positions goes through in parts whose gradients sum.
     pub fn gradients(
         &mut self,
         ids: &[u32],
@@ -135,19 +141,36 @@ impl Trainer {
     ) -> Result<(f32, f64), EngineError> {
         let t = self.seq_len;
         let b = ids.len() / t;
+        if b == 0 || ids.len() != b * t || targets.len() != ids.len() {
+            return Err(EngineError::BadConfig(format!(
+                "a batch of {} IDs and {} targets in sequences of {t}",
+                ids.len(),
+                targets.len()
+            )));
+        }
         self.grads.par_chunks_mut(CHUNK).for_each(|g| g.fill(0.0));
-        let loss = step::loss_and_grads(
-            &mut self.tape,
-            &self.slots,
-            self.dims,
-            &self.kernel,
-            &self.params,
-            &mut self.grads,
-            ids,
-            targets,
-            b,
-            t,
-        )?;
+        let per = (self.tape.rows / t).max(1);
+        let mut loss = 0f64;
+        for first in (0..b).step_by(per) {
+            let part = per.min(b - first);
+            let weight = part as f64 / b as f64;
+            let at = first * t..(first + part) * t;
+            let part_loss = step::loss_and_grads(
+                &mut self.tape,
+                &self.slots,
+                self.dims,
+                &self.kernel,
+                &self.params,
+                &mut self.grads,
+                &ids[at.clone()],
+                &targets[at],
+                part,
+                t,
+                weight as f32,
+            )?;
+            loss += weight * part_loss as f64;
+        }
+        let loss = loss as f32;
         // Partial sums in order, not in rayon's split: a seed gives the same weights every time.
         let squares: Vec<f64> =
             self.grads.par_chunks(CHUNK).map(|g| super::fast::expf::dot(g, g) as f64).collect();

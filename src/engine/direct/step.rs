@@ -8,7 +8,7 @@ use candle_core::{bail, Result};
 
 use super::rows;
 use crate::engine::attention::{Kernel, Saved};
-use crate::engine::loss::{head_loss, Wanted, CHUNK_VALUES};
+use crate::engine::loss::{head_loss, Wanted};
 use crate::engine::matmul::{product, View};
 
 /// Where one block's weights lie in the flat buffers.
@@ -64,7 +64,7 @@ struct LayerTape {
 /// The buffers of a step, allocated once for the largest batch: the tape, and the backward
 /// pass's working space.
 pub struct Tape {
-    rows: usize,
+    pub rows: usize,
     layers: Vec<LayerTape>,
     last: Vec<f32>,
     normed: Vec<f32>,
@@ -139,8 +139,13 @@ fn input_grad(
     Ok(product(&mut dx[..n * i], View::new(dy, n, o)?, View::new(w, o, i)?, 1.0, accumulate)?)
 }
 
+/// Logits the head loss holds at once (32 MB): chunks of a thousand rows or more for this
+/// project's vocabularies, still efficient products.
+const LOGIT_CHUNK: usize = 1 << 23;
+
 /// The mean cross-entropy of `targets` after `ids` (`b` sequences of `t`), with the gradient of
-/// every weight written into `grads` (which must be zero on entry).
+/// every weight, times `weight`, added into `grads` (several batches weighted by their shares of
+/// the rows sum to the gradient of their mean).
 #[allow(clippy::too_many_arguments)]
 pub fn loss_and_grads(
     tape: &mut Tape,
@@ -153,6 +158,7 @@ pub fn loss_and_grads(
     targets: &[u32],
     b: usize,
     t: usize,
+    weight: f32,
 ) -> Result<f32> {
     let n = b * t;
     let Dims { d, kv, f, eps, .. } = dims;
@@ -201,9 +207,13 @@ pub fn loss_and_grads(
     rows::rms_norm(&mut tape.normed[..n * d], &mut tape.inv[..n], &tape.last[..n * d], p(&slots.norm), eps);
     let wanted = Wanted { x: true, w: true };
     let (loss, (dnormed, dhead)) =
-        head_loss(&tape.normed[..n * d], p(&slots.head), targets, d, wanted, CHUNK_VALUES)?;
-    let (Some(dnormed), Some(dhead)) = (dnormed, dhead) else { bail!("the head loss gave no gradients") };
-    grads[slots.head.clone()].iter_mut().zip(&dhead).for_each(|(g, h)| *g += h);
+        head_loss(&tape.normed[..n * d], p(&slots.head), targets, d, wanted, LOGIT_CHUNK)?;
+    let (Some(mut dnormed), Some(dhead)) = (dnormed, dhead) else { bail!("the head loss gave no gradients") };
+    // Every gradient below is linear in the states' gradient: weighting it weights them all.
+    if weight != 1.0 {
+        dnormed.iter_mut().for_each(|g| *g *= weight);
+    }
+    grads[slots.head.clone()].iter_mut().zip(&dhead).for_each(|(g, h)| *g += h * weight);
 
     // Backwards: `dx` is the residual stream's gradient.
     let dx = &mut tape.dx[..n * d];

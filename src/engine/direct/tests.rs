@@ -104,8 +104,28 @@ fn bad_batches_are_errors() {
     let (mut ids, targets) = batch(2, 16, cfg.vocab_size as u32);
     ids[5] = cfg.vocab_size as u32;
     assert!(trainer.gradients(&ids, &targets, 1.0).is_err(), "an ID outside the vocabulary");
-    let (ids, targets) = batch(3, 16, cfg.vocab_size as u32);
-    assert!(trainer.gradients(&ids, &targets, 1.0).is_err(), "more sequences than the trainer holds");
+    let (ids, targets) = batch(2, 16, cfg.vocab_size as u32);
+    assert!(trainer.gradients(&ids[..31], &targets[..31], 1.0).is_err(), "not whole sequences");
+    assert!(trainer.gradients(&ids, &targets[..16], 1.0).is_err(), "fewer targets than IDs");
+}
+
+/// A batch larger than the trainer's tape goes through in parts (here one sequence, then two):
+/// their weighted gradients sum to those of the whole batch at once.
+#[test]
+fn a_batch_in_parts_gives_the_gradients_of_the_whole() {
+    let cfg = config(false, 2);
+    let (model, varmap) = init_model(&cfg, &Device::Cpu).unwrap();
+    let (ids, targets) = batch(3, 20, cfg.vocab_size as u32);
+    let mut whole = Trainer::new(&model, &varmap, adam(), 3, 20).unwrap().unwrap();
+    let mut parts = Trainer::new(&model, &varmap, adam(), 1, 20).unwrap().unwrap();
+    assert_eq!((whole.tape.rows, parts.tape.rows), (60, 20));
+    let (loss, norm) = whole.gradients(&ids, &targets, f64::INFINITY).unwrap();
+    let (part_loss, part_norm) = parts.gradients(&ids, &targets, f64::INFINITY).unwrap();
+    assert!((loss - part_loss).abs() < 1e-5, "losses {loss} and {part_loss}");
+    assert!((norm - part_norm).abs() < 1e-4 * norm, "norms {norm} and {part_norm}");
+    let diff = whole.grads.iter().zip(&parts.grads).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let scale = whole.grads.iter().fold(0f32, |m, g| m.max(g.abs()));
+    assert!(diff < 1e-4 * scale, "gradients differ by {diff} of {scale}");
 }
 
 /// Moments saved after some steps and restored into a fresh trainer over the same weights
