@@ -184,7 +184,7 @@ impl Kernel {
         if saved.q.len() != b * t * qw || saved.p.len() != b * query * t * t {
             bail!("attention: the saved forward pass is of another size")
         }
-        let parts = self.backward_tasks(saved, v, dy, b, t)?;
+        let parts = self.backward_tasks(saved, v, dy, t)?;
         let (mut dq, mut dk, mut dv) =
             (vec![0f32; b * t * qw], vec![0f32; b * t * kw], vec![0f32; b * t * kw]);
         let (dqs, rest): (Vec<_>, Vec<_>) = parts.into_iter().map(|(a, b, c)| (a, (b, c))).unzip();
@@ -196,14 +196,11 @@ impl Kernel {
     }
 
     /// The backward pass per task (batch row, key/value head): the group's query gradients
-    /// `[group, t, dim]`, then its keys' and values' `[t, dim]`.
-    fn backward_tasks(&self, saved: &Saved, v: &[f32], dy: &[f32], b: usize, t: usize) -> Result<Vec<Grads>> {
+    /// `[group, t, dim]`, then its keys' and values' `[t, dim]` (sizes checked by the caller).
+    fn backward_tasks(&self, saved: &Saved, v: &[f32], dy: &[f32], t: usize) -> Result<Vec<Grads>> {
         let Heads { query, kv, dim } = self.heads;
         let (qw, kw, group) = (query * dim, kv * dim, query / kv);
         let (cos, sin) = (&self.cos[..t * dim / 2], &self.sin[..t * dim / 2]);
-        if v.len() != b * t * kw || dy.len() != b * t * qw {
-            bail!("attention: values or gradient of the wrong size")
-        }
         saved
             .q
             .par_chunks_exact(group * t * dim)

@@ -12,6 +12,7 @@
 //! - [`prompt`]: a channel's context kept as its key/value cache between replies.
 //! - [`ops`]: fused CPU kernels with backward passes for training.
 //! - [`direct`]: a model's whole training step by hand on the CPU, without candle's graph.
+//! - [`optim`]: how a training steps (by hand or through candle's graph), AdamW with saved moments.
 //! - [`gguf`]: llama-family GGUF files read into Hugging Face tensors and tokenizer.
 //! - [`lora`]: low-rank adapters that fine-tune a pretrained base.
 //! - [`loss`]: the training loss, the output head and cross-entropy as one op.
@@ -45,6 +46,7 @@ pub mod matmul;
 pub mod model;
 pub mod ngram;
 pub mod ops;
+pub mod optim;
 pub mod pretrain;
 pub mod prompt;
 pub mod run;

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
 use super::model::{Model, ModelConfig};
+use super::optim::Optimiser;
 use super::tokenizer::{ChatLine, ChatTokenizer};
 use super::{EngineError, Preset};
 
@@ -416,15 +417,10 @@ pub fn fit(
     let steps_per_epoch = order.len().div_ceil(batch);
     let epoch_total = (steps_per_epoch * opts.epochs.max(1)).max(1);
     let (mut total, mut warmup) = (epoch_total, (epoch_total / 10).clamp(1, 100));
-    let vars = varmap.all_vars();
     let params =
         ParamsAdamW { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay };
     // A model whose every weight trains on the CPU skips candle's graph; adapters go through it.
-    let mut direct = match opts.through_graph {
-        true => None,
-        false => super::direct::Trainer::new(&model, &varmap, params.clone(), batch, len)?,
-    };
-    let mut opt = AdamW::new(if direct.is_some() { Vec::new() } else { vars.clone() }, params)?;
+    let mut opt = Optimiser::new(&model, &varmap, params, batch, len, opts.through_graph)?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let _keep = super::allocator::KeepFreedMemory::new();
     let loop_start = Instant::now();
@@ -442,21 +438,7 @@ pub fn fit(
                 break 'epochs;
             }
             let lr = learning_rate(step, total, warmup, p.lr);
-            let (loss, n) = match direct.as_mut() {
-                Some(direct) => {
-                    let (ids, targets) = batch_ids(&data.train, starts, len);
-                    let (loss, _) = direct.gradients(&ids, &targets, opts.clip_norm)?;
-                    direct.update(lr);
-                    (loss, targets.len())
-                }
-                None => {
-                    opt.set_learning_rate(lr);
-                    let (loss, grads, n) =
-                        gradients(&model, &data.train, starts, len, &vars, opts.clip_norm, device)?;
-                    opt.step(&grads)?;
-                    (loss, n)
-                }
-            };
+            let (loss, n) = opt.step(&model, &data.train, starts, len, lr, opts.clip_norm, device)?;
             last_loss = loss;
             if !last_loss.is_finite() {
                 return Err(EngineError::BadConfig(format!(
@@ -484,9 +466,7 @@ pub fn fit(
             if eval_due(step, total, evals_done, opts.evals) {
                 let t = Instant::now();
                 let windows = opts.max_val_windows.div_ceil(4).max(1);
-                if let Some(direct) = &direct {
-                    direct.sync()?;
-                }
+                opt.sync()?;
                 val = Some(bits_per_byte(&model, tok, &data.val, len, windows)?);
                 evals_done += 1;
                 eval_seconds += t.elapsed().as_secs_f64();
@@ -510,9 +490,7 @@ pub fn fit(
             });
         }
     }
-    if let Some(direct) = &direct {
-        direct.sync()?;
-    }
+    opt.sync()?;
     // The training loop's own time: validation below is not training throughput.
     let loop_seconds = loop_start.elapsed().as_secs_f64();
     if step == 0 {

@@ -3,8 +3,6 @@
 //! resumes where it stopped (weights, optimiser moments, schedule and data order), so hours of
 //! CPU time can be spread over several sittings. The result is a base like any imported one.
 
-mod adamw;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +16,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Model, ModelConfig};
+use super::optim::Optimiser;
 use super::tokenizer::{ChatLine, ChatTokenizer};
 use super::train::{bits_per_byte, learning_rate, stream, windows};
 use super::{EngineError, Preset};
@@ -183,7 +182,7 @@ pub fn saved_state(work: &Path) -> Result<Option<State>, EngineError> {
 fn save_checkpoint(
     work: &Path,
     varmap: &VarMap,
-    opt: &adamw::Optimiser,
+    opt: &Optimiser,
     cfg: &ModelConfig,
     state: &State,
 ) -> Result<(), EngineError> {
@@ -270,30 +269,9 @@ pub fn run(
         let mut vm = varmap.clone();
         vm.load(dir.join(WEIGHTS)).map_err(|e| ck(dir, e))?;
     }
-    let params = candle_nn::ParamsAdamW {
-        lr: p.lr,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: opts.weight_decay,
-    };
-    let mut opt = match super::direct::Trainer::new(&model, &varmap, params.clone(), p.batch, len)? {
-        Some(trainer) => adamw::Optimiser::Direct(Box::new(trainer)),
-        None => {
-            let mut named: Vec<(String, candle_core::Var)> = {
-                let data = varmap
-                    .data()
-                    .lock()
-                    .map_err(|_| EngineError::BadConfig("variable map poisoned".into()))?;
-                data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-            };
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            let vars: Vec<candle_core::Var> = named.iter().map(|(_, v)| v.clone()).collect();
-            let ParamsAdamW { lr, beta1, beta2, eps, weight_decay } = params;
-            let params = adamw::Params { lr, beta1, beta2, eps, weight_decay };
-            adamw::Optimiser::Graph(adamw::AdamW::new(named, params)?, vars)
-        }
-    };
+    let params =
+        ParamsAdamW { lr: p.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: opts.weight_decay };
+    let mut opt = Optimiser::new(&model, &varmap, params, p.batch, len, false)?;
     match &resumed {
         Some(dir) => {
             let moments =

@@ -1,21 +1,17 @@
-//! AdamW whose moments can be saved and restored, so a pretraining run stopped after hours
-//! resumes exactly where it was. The update is candle-nn's `AdamW` (same formula and defaults);
-//! it is written out here only because candle keeps that optimiser's moments private.
+//! How a training takes its steps, and AdamW whose moments can be saved and restored (so a
+//! pretraining run stopped after hours resumes exactly where it was). A model whose every weight
+//! trains on the CPU steps by hand ([`super::direct::Trainer`]); any other (adapters, other
+//! devices) steps through candle's graph with the [`AdamW`] here, which is candle-nn's `AdamW`
+//! (same formula and defaults) written out only because candle keeps that optimiser's moments
+//! private.
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use candle_nn::{ParamsAdamW, VarMap};
 
 use crate::engine::EngineError;
-
-pub struct Params {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
 
 struct Slot {
     name: String,
@@ -28,12 +24,12 @@ pub struct AdamW {
     slots: Vec<Slot>,
     /// Steps taken so far (bias correction depends on it).
     pub step_t: usize,
-    pub params: Params,
+    pub params: ParamsAdamW,
 }
 
 impl AdamW {
     /// An optimiser over named variables, with zero moments.
-    pub fn new(vars: Vec<(String, Var)>, params: Params) -> Result<AdamW, EngineError> {
+    pub fn new(vars: Vec<(String, Var)>, params: ParamsAdamW) -> Result<AdamW, EngineError> {
         let mut slots = Vec::with_capacity(vars.len());
         for (name, var) in vars {
             let m = Var::zeros(var.shape(), var.dtype(), var.device())?;
@@ -45,7 +41,7 @@ impl AdamW {
 
     pub fn step(&mut self, grads: &GradStore) -> Result<(), EngineError> {
         self.step_t += 1;
-        let Params { lr, beta1, beta2, eps, weight_decay } = self.params;
+        let ParamsAdamW { lr, beta1, beta2, eps, weight_decay } = self.params;
         let scale_m = 1.0 / (1.0 - beta1.powi(self.step_t as i32));
         let scale_v = 1.0 / (1.0 - beta2.powi(self.step_t as i32));
         for s in &self.slots {
@@ -85,14 +81,40 @@ impl AdamW {
 }
 
 /// How a run takes its steps: by hand on the CPU ([`crate::engine::direct::Trainer`]), or
-/// through candle's graph and the [`AdamW`] above on other devices. Both save and restore the
-/// same moments.
+/// through candle's graph and the [`AdamW`] above. Both save and restore the same moments.
 pub enum Optimiser {
     Direct(Box<crate::engine::direct::Trainer>),
     Graph(AdamW, Vec<Var>),
 }
 
 impl Optimiser {
+    /// The optimiser of `model`, whose variables are `varmap`'s, for batches of `batch`
+    /// sequences of `len`: by hand where [`crate::engine::direct::Trainer`] takes the model
+    /// (unless `through_graph`), through candle's graph otherwise.
+    pub fn new(
+        model: &crate::engine::model::Model,
+        varmap: &VarMap,
+        params: ParamsAdamW,
+        batch: usize,
+        len: usize,
+        through_graph: bool,
+    ) -> Result<Optimiser, EngineError> {
+        if !through_graph {
+            let direct = crate::engine::direct::Trainer::new(model, varmap, params.clone(), batch, len)?;
+            if let Some(trainer) = direct {
+                return Ok(Optimiser::Direct(Box::new(trainer)));
+            }
+        }
+        let mut named: Vec<(String, Var)> = {
+            let data =
+                varmap.data().lock().map_err(|_| EngineError::BadConfig("variable map poisoned".into()))?;
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        Ok(Optimiser::Graph(AdamW::new(named, params)?, vars))
+    }
+
     /// One step on the windows at `starts` of `stream` at learning rate `lr`, gradients clipped
     /// to `clip_norm`: the loss and the tokens it scored.
     #[allow(clippy::too_many_arguments)]
@@ -151,8 +173,8 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    fn params() -> Params {
-        Params { lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+    fn params() -> ParamsAdamW {
+        ParamsAdamW { lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
     }
 
     #[test]
