@@ -16,7 +16,7 @@ use super::ops::{f32s, Stash};
 /// Logits held at once, at most, in values (128 MB). The products of a chunk are only efficient
 /// with enough rows: measured on SmolLM2's head, 85 rows at a time made the gradient's product
 /// run at 88 GFLOP/s, 512 rows at 200 and more.
-pub(crate) const CHUNK_VALUES: usize = 1 << 25;
+const CHUNK_VALUES: usize = 1 << 25;
 
 /// Mean cross-entropy of `x wᵀ` `[n, vocab]` against `targets` `[n]` (u32), for hidden states
 /// `x` `[n, d]` and a head `w` `[vocab, d]`: a scalar whose backward pass gives `x` and, when it
