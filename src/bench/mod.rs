@@ -405,7 +405,7 @@ fn load_or_init(model: Option<&Path>, preset_name: &str) -> anyhow::Result<(Mode
         }
         None => {
             let cfg = preset(preset_name)?.model_config(preset(preset_name)?.vocab_size);
-            let (model, _) = train::init_model(&cfg, &Device::Cpu)?;
+            let (model, _) = train::init_model(&cfg, &Device::Cpu, 0)?;
             Ok((model, None))
         }
     }

@@ -103,13 +103,14 @@ pub fn base_model(
     weights: HashMap<String, Tensor>,
     lora: Option<&super::lora::LoraSpec>,
     device: &Device,
+    seed: u64,
 ) -> Result<(Model, VarMap), EngineError> {
     let varmap = VarMap::new();
     match lora {
         Some(spec) => {
             spec.validate()?;
             let mut model = Model::new(cfg, VarBuilder::from_tensors(weights, DType::F32, device))?;
-            model.attach_lora(spec, &VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+            model.attach_lora(spec, &super::seeded::var_builder(&varmap, seed, device))?;
             Ok((model, varmap))
         }
         None => {
@@ -142,7 +143,7 @@ pub fn train_from_base(
     let started = Instant::now();
     let (cfg, tok, weights) = load_base(base, device)?;
     let opts = &base_options(opts, &cfg);
-    let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device)?;
+    let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device, opts.seed)?;
     progress(&Progress::starting(Phase::Preparing));
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
@@ -160,7 +161,7 @@ pub fn zero_shot(
     let started = Instant::now();
     let (cfg, tok, weights) = load_base(base, device)?;
     let opts = &base_options(opts, &cfg);
-    let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device)?;
+    let (model, varmap) = base_model(&cfg, weights, opts.lora.as_ref(), device, opts.seed)?;
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let len = opts.preset.seq_len.min(cfg.max_position_embeddings);
     let val = bits_per_byte(&model, &tok, &data.val, len, opts.max_val_windows)?;

@@ -50,6 +50,7 @@ pub mod optim;
 pub mod pretrain;
 pub mod prompt;
 pub mod run;
+pub mod seeded;
 pub mod sharing;
 pub mod tokenizer;
 pub mod train;

@@ -37,7 +37,7 @@ fn every_weight_gets_a_gradient() {
     let tok = super::tokenizer::ChatTokenizer::train(&lines, 320).unwrap();
     let data = train::prepare(&lines, &tok, 0.1).unwrap();
     let cfg = Preset::tiny().model_config(tok.vocab_size());
-    let (model, varmap) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let (model, varmap) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
     let x = candle_core::Tensor::from_slice(&data.train[..64], (1, 64), &Device::Cpu).unwrap();
     let y = candle_core::Tensor::from_slice(&data.train[1..65], 64, &Device::Cpu).unwrap();
     let logits = model.forward_train(&x).unwrap().reshape((64, ())).unwrap();
@@ -57,7 +57,7 @@ fn fused_kernels_give_the_same_loss_and_gradients_as_candles_ops() {
     let tok = super::tokenizer::ChatTokenizer::train(&lines, 320).unwrap();
     let data = train::prepare(&lines, &tok, 0.1).unwrap();
     let cfg = Preset::tiny().model_config(tok.vocab_size());
-    let (mut model, varmap) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let (mut model, varmap) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
     let x = candle_core::Tensor::from_slice(&data.train[..128], (2, 64), &Device::Cpu).unwrap();
     let y = candle_core::Tensor::from_slice(&data.train[1..129], 128, &Device::Cpu).unwrap();
     let mut results = Vec::new();
@@ -90,7 +90,8 @@ fn fused_kernels_give_the_same_loss_and_gradients_as_candles_ops() {
 }
 
 /// A whole run through the hand-written step ends where the same run through candle's graph
-/// does (same seed, data and schedule; the two differ only in rounding).
+/// does: same seed, so the same initial weights, data and schedule; the two differ only in
+/// rounding. A seed gives the same run again.
 #[test]
 fn the_hand_written_step_trains_as_candles_graph_does() {
     let lines = sample_lines(600);
@@ -99,12 +100,17 @@ fn the_hand_written_step_trains_as_candles_graph_does() {
         let opts = TrainOptions { through_graph, ..tiny_options(1) };
         train::train(&lines, &opts, &Device::Cpu, &cancel, |_| {}).unwrap().report
     };
-    let (direct, graph) = (run(false), run(true));
+    let (direct, graph, again) = (run(false), run(true), run(false));
     assert_eq!(direct.steps, graph.steps);
-    assert!((direct.train_loss - graph.train_loss).abs() < 0.01, "{direct:?} against {graph:?}");
+    assert!((direct.train_loss - graph.train_loss).abs() < 2e-3, "{direct:?} against {graph:?}");
     assert!(
-        (direct.val_bits_per_byte - graph.val_bits_per_byte).abs() < 0.01,
+        (direct.val_bits_per_byte - graph.val_bits_per_byte).abs() < 2e-3,
         "{direct:?} against {graph:?}"
+    );
+    assert_eq!(
+        (direct.train_loss, direct.val_bits_per_byte),
+        (again.train_loss, again.val_bits_per_byte),
+        "the same seed trained to a different model"
     );
 }
 
@@ -117,7 +123,7 @@ fn training_lowers_the_validation_loss_and_the_checkpoint_reloads_identically() 
     let tok = super::tokenizer::ChatTokenizer::train(&lines[..1350], 320).unwrap();
     let data = train::prepare(&lines, &tok, 0.1).unwrap();
     let (untrained, _) =
-        train::init_model(&Preset::tiny().model_config(tok.vocab_size()), &Device::Cpu).unwrap();
+        train::init_model(&Preset::tiny().model_config(tok.vocab_size()), &Device::Cpu, 0).unwrap();
     let before = train::bits_per_byte(&untrained, &tok, &data.val, 64, 16).unwrap();
 
     let (mut seen, mut evaluated) = (0, Vec::new());
@@ -279,7 +285,7 @@ fn a_base_checkpoint_in_hf_layout_starts_training() {
 
     let mut cfg = Preset::tiny().model_config(base_vocab);
     cfg.tie_word_embeddings = false;
-    let (_, varmap) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let (_, varmap) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
     varmap.save(base.path().join("model.safetensors")).unwrap();
     let mut json = serde_json::to_value(&cfg).unwrap();
     json["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
@@ -511,7 +517,7 @@ fn evaluations_during_training_split_the_run_evenly_and_leave_the_last_step_to_t
 #[test]
 fn every_token_after_the_first_is_scored_with_half_a_window_of_context_or_more() {
     let cfg = Preset::tiny().model_config(50);
-    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
     // The network's probability of stream[p] after exactly the `c` tokens before it, and that of
     // its most likely token there.
     let after = |stream: &[u32], p: usize, c: usize| {

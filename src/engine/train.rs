@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::{ParamsAdamW, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -305,10 +305,9 @@ pub fn token_probs(model: &Model, stream: &[u32], len: usize) -> Result<Vec<Opti
 }
 
 /// A fresh model for `cfg`, with its variables.
-pub fn init_model(cfg: &ModelConfig, device: &Device) -> Result<(Model, VarMap), EngineError> {
+pub fn init_model(cfg: &ModelConfig, device: &Device, seed: u64) -> Result<(Model, VarMap), EngineError> {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = Model::new(cfg, vb)?;
+    let model = Model::new(cfg, super::seeded::var_builder(&varmap, seed, device))?;
     Ok((model, varmap))
 }
 
@@ -386,7 +385,7 @@ pub fn train(
     let tok = ChatTokenizer::train(train_lines, p.vocab_size)?;
     let data = prepare(lines, &tok, opts.val_fraction)?;
     let cfg = p.model_config(tok.vocab_size());
-    let (model, varmap) = init_model(&cfg, device)?;
+    let (model, varmap) = init_model(&cfg, device, opts.seed)?;
     let trained = fit(model, varmap, &tok, &data, opts, device, cancel, &mut progress, started)?;
     Ok(Trained { config: cfg, tokenizer: tok, ..trained })
 }

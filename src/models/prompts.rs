@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn a_kept_context_serves_only_its_model_and_epoch_within_the_budget() {
         let cfg = Preset::tiny().model_config(320);
-        let (model, _) = train::init_model(&cfg, &candle_core::Device::Cpu).unwrap();
+        let (model, _) = train::init_model(&cfg, &candle_core::Device::Cpu, 0).unwrap();
         let fast = FastModel::from_model(&model).unwrap();
         let mut kept = KeptPrompts::default();
         let key = |c: &str| ("g".to_string(), c.to_string());

@@ -35,7 +35,7 @@ fn gradients_match_candles_autograd() {
     let (b, t) = (3, 70);
     for (tied, kv) in [(true, 4), (false, 2)] {
         let cfg = config(tied, kv);
-        let (model, varmap) = init_model(&cfg, &dev).unwrap();
+        let (model, varmap) = init_model(&cfg, &dev, 0).unwrap();
         let (ids, targets) = batch(b, t, cfg.vocab_size as u32);
         let x = Tensor::from_vec(ids.clone(), (b, t), &dev).unwrap();
         let y = Tensor::from_vec(targets.clone(), b * t, &dev).unwrap();
@@ -68,8 +68,8 @@ fn steps_match_candles_adamw_and_reach_the_variables() {
     let dev = Device::Cpu;
     let (b, t) = (2, 16);
     let cfg = config(true, 4);
-    let (model, varmap) = init_model(&cfg, &dev).unwrap();
-    let (theirs, their_vars) = init_model(&cfg, &dev).unwrap();
+    let (model, varmap) = init_model(&cfg, &dev, 0).unwrap();
+    let (theirs, their_vars) = init_model(&cfg, &dev, 0).unwrap();
     for (name, var) in varmap.data().lock().unwrap().iter() {
         their_vars.data().lock().unwrap()[name].set(var.as_tensor()).unwrap();
     }
@@ -99,7 +99,7 @@ fn steps_match_candles_adamw_and_reach_the_variables() {
 #[test]
 fn bad_batches_are_errors() {
     let cfg = config(true, 4);
-    let (model, varmap) = init_model(&cfg, &Device::Cpu).unwrap();
+    let (model, varmap) = init_model(&cfg, &Device::Cpu, 0).unwrap();
     let mut trainer = Trainer::new(&model, &varmap, adam(), 2, 16).unwrap().unwrap();
     let (mut ids, targets) = batch(2, 16, cfg.vocab_size as u32);
     ids[5] = cfg.vocab_size as u32;
@@ -114,7 +114,7 @@ fn bad_batches_are_errors() {
 #[test]
 fn a_batch_in_parts_gives_the_gradients_of_the_whole() {
     let cfg = config(false, 2);
-    let (model, varmap) = init_model(&cfg, &Device::Cpu).unwrap();
+    let (model, varmap) = init_model(&cfg, &Device::Cpu, 0).unwrap();
     let (ids, targets) = batch(3, 20, cfg.vocab_size as u32);
     let mut whole = Trainer::new(&model, &varmap, adam(), 3, 20).unwrap().unwrap();
     let mut parts = Trainer::new(&model, &varmap, adam(), 1, 20).unwrap().unwrap();
@@ -136,7 +136,7 @@ fn a_trainer_resumes_from_its_saved_moments() {
     let (b, t) = (2, 16);
     let cfg = config(true, 4);
     let (ids, targets) = batch(b, t, cfg.vocab_size as u32);
-    let (model, varmap) = init_model(&cfg, &dev).unwrap();
+    let (model, varmap) = init_model(&cfg, &dev, 0).unwrap();
     let mut first = Trainer::new(&model, &varmap, adam(), b, t).unwrap().unwrap();
     for _ in 0..2 {
         first.gradients(&ids, &targets, 1.0).unwrap();

@@ -25,7 +25,7 @@ fn products_split_across_threads_give_the_candle_paths_logits() {
     let kv = cfg.kv_heads() * cfg.head_dim();
     assert!(cfg.hidden_size * cfg.intermediate_size * 4 >= panels::SPLIT_BYTES);
     assert!(cfg.hidden_size * kv * 4 < panels::SPLIT_BYTES && 40 * cfg.hidden_size * kv < panels::SPLIT_WORK);
-    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
     let fast = FastModel::from_model_as(&model, Precision::F32).unwrap();
     let ids: Vec<u32> = (0..40u32).map(|i| (i * 97) % 4096).collect();
     let (mut cache, mut fc, mut logits) = (model.new_cache(), fast.new_cache(), Vec::new());
@@ -46,7 +46,7 @@ fn products_split_across_threads_give_the_candle_paths_logits() {
 #[test]
 fn half_int8_and_4_bit_matrices_stay_close_to_the_exact_logits() {
     let cfg = crate::engine::Preset::small().model_config(1024);
-    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
     assert_eq!(FastWeights::precision(&cfg), Precision::F32, "small models stay exact by default");
     let exact = FastModel::from_model_as(&model, Precision::F32).unwrap();
     for (precision, most_bytes, tolerance) in
@@ -99,7 +99,7 @@ fn the_precision_follows_the_model_size() {
 #[test]
 fn a_batch_of_generations_gets_what_each_gets_alone() {
     let cfg = crate::engine::Preset::small().model_config(1024);
-    let (model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+    let (model, _) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
     let fast = FastModel::from_model(&model).unwrap();
     let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[9, 8], &[100, 200, 300, 400, 500, 600, 700]];
     let (mut alone, mut together) = (Vec::new(), Vec::new());

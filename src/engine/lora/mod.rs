@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn adapters_start_as_the_base_and_merge_into_the_same_model() {
         let cfg = Preset::tiny().model_config(300);
-        let (mut model, _) = train::init_model(&cfg, &Device::Cpu).unwrap();
+        let (mut model, _) = train::init_model(&cfg, &Device::Cpu, 0).unwrap();
         let ids = Tensor::new(&[[1u32, 5, 9, 2]], &Device::Cpu).unwrap();
         let base = last_logits(&model, &ids);
         let varmap = VarMap::new();

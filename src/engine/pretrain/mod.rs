@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{ParamsAdamW, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -264,7 +264,7 @@ pub fn run(
             }
         }
     };
-    let model = Model::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let model = Model::new(&cfg, super::seeded::var_builder(&varmap, state.seed, device))?;
     if let Some(dir) = &resumed {
         let mut vm = varmap.clone();
         vm.load(dir.join(WEIGHTS)).map_err(|e| ck(dir, e))?;

@@ -100,7 +100,7 @@ fn write_gguf(path: &Path, cfg: &ModelConfig, tensors: &HashMap<String, Tensor>)
 /// Random weights for `cfg` under Hugging Face names, with query and key projections large
 /// enough that attention depends on them (at initial scale it is nearly uniform).
 fn random_weights(cfg: &ModelConfig) -> HashMap<String, Tensor> {
-    let (_, varmap) = train::init_model(cfg, &Device::Cpu).unwrap();
+    let (_, varmap) = train::init_model(cfg, &Device::Cpu, 0).unwrap();
     let data = varmap.data().lock().unwrap();
     let scale = |k: &str| if k.contains("q_proj") || k.contains("k_proj") { 40.0 } else { 1.0 };
     data.iter().map(|(k, v)| (k.clone(), (v.as_tensor() * scale(k)).unwrap())).collect()
