@@ -243,7 +243,8 @@ pub fn bits_per_byte(
         .map(|i| all[((i as f64 * step) as usize).min(all.len() - 1)])
         .collect();
     let (mut nats, mut bytes) = (0f64, 0u64);
-    for chunk in picked.chunks(8) {
+    let per_pass = (LOGITS_PER_PASS / (len * model.cfg.vocab_size).max(1)).clamp(1, 8);
+    for chunk in picked.chunks(per_pass) {
         let (x, y) = batch_tensors(stream, chunk, len, model.device())?;
         let logits = model.forward_train(&x)?;
         let n = y.dims1()?;
@@ -255,8 +256,9 @@ pub fn bits_per_byte(
     Ok(nats / std::f64::consts::LN_2 / bytes.max(1) as f64)
 }
 
-/// How many logits [`token_probs`] computes at once (64 MB of them), unless one window holds more.
-const LOGITS_PER_PASS: usize = 16 << 20;
+/// How many logits [`token_probs`] and [`bits_per_byte`] compute at once (16 MB of them), unless
+/// one window holds more.
+const LOGITS_PER_PASS: usize = 4 << 20;
 
 /// What the network said of a token: its probability, and that of its most likely token.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -490,6 +492,8 @@ pub fn fit(
         }
     }
     opt.sync()?;
+    // The optimiser's buffers are done with: the final validation and what follows need none.
+    drop(opt);
     // The training loop's own time: validation below is not training throughput.
     let loop_seconds = loop_start.elapsed().as_secs_f64();
     if step == 0 {

@@ -80,6 +80,18 @@ pub struct Tape {
 }
 
 impl Tape {
+    /// What a tape and the attention state its blocks save take per position, for sequences
+    /// of `t` through `layers` blocks with `query_heads` heads (each keeps its weights over `t`
+    /// positions).
+    pub fn bytes_per_row(dims: Dims, layers: usize, query_heads: usize, t: usize) -> usize {
+        let Dims { d, kv, f, .. } = dims;
+        // x, n1, y, mid, n2, v, g, u, a and two norms; the rotated queries and keys, the weights.
+        let block = 5 * d + kv + 3 * f + 2 + (d + kv + query_heads * t);
+        // last, normed, q, dx, dn, dy; inv, k; da, dg, du.
+        let shared = 6 * d + 1 + kv + 3 * f;
+        (layers * block + shared) * std::mem::size_of::<f32>()
+    }
+
     pub fn new(dims: Dims, layers: usize, rows: usize) -> Tape {
         let Dims { d, kv, f, .. } = dims;
         let z = |n: usize| vec![0f32; rows * n];
@@ -139,9 +151,9 @@ fn input_grad(
     Ok(product(&mut dx[..n * i], View::new(dy, n, o)?, View::new(w, o, i)?, 1.0, accumulate)?)
 }
 
-/// Logits the head loss holds at once (32 MB): chunks of a thousand rows or more for this
-/// project's vocabularies, still efficient products.
-const LOGIT_CHUNK: usize = 1 << 23;
+/// Logits the head loss holds at once (16 MB): chunks of 512 rows or more for this project's
+/// vocabularies, still efficient products.
+const LOGIT_CHUNK: usize = 1 << 22;
 
 /// The mean cross-entropy of `targets` after `ids` (`b` sequences of `t`), with the gradient of
 /// every weight, times `weight`, added into `grads` (several batches weighted by their shares of

@@ -117,15 +117,34 @@ fn a_batch_in_parts_gives_the_gradients_of_the_whole() {
     let (model, varmap) = init_model(&cfg, &Device::Cpu, 0).unwrap();
     let (ids, targets) = batch(3, 20, cfg.vocab_size as u32);
     let mut whole = Trainer::new(&model, &varmap, adam(), 3, 20).unwrap().unwrap();
-    let mut parts = Trainer::new(&model, &varmap, adam(), 1, 20).unwrap().unwrap();
-    assert_eq!((whole.tape.rows, parts.tape.rows), (60, 20));
     let (loss, norm) = whole.gradients(&ids, &targets, f64::INFINITY).unwrap();
-    let (part_loss, part_norm) = parts.gradients(&ids, &targets, f64::INFINITY).unwrap();
-    assert!((loss - part_loss).abs() < 1e-5, "losses {loss} and {part_loss}");
-    assert!((norm - part_norm).abs() < 1e-4 * norm, "norms {norm} and {part_norm}");
-    let diff = whole.grads.iter().zip(&parts.grads).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let scale = whole.grads.iter().fold(0f32, |m, g| m.max(g.abs()));
-    assert!(diff < 1e-4 * scale, "gradients differ by {diff} of {scale}");
+    // In parts of one sequence each, and of one and two.
+    for room in [1, 2] {
+        let mut parts = Trainer::new(&model, &varmap, adam(), room, 20).unwrap().unwrap();
+        assert_eq!((whole.tape.rows, parts.tape.rows), (60, 20 * room));
+        let (part_loss, part_norm) = parts.gradients(&ids, &targets, f64::INFINITY).unwrap();
+        assert!((loss - part_loss).abs() < 1e-5, "losses {loss} and {part_loss}");
+        assert!((norm - part_norm).abs() < 1e-4 * norm, "norms {norm} and {part_norm}");
+        let diff = whole.grads.iter().zip(&parts.grads).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-4 * scale, "gradients differ by {diff} of {scale}");
+    }
+}
+
+/// The embedded base's batches (16 × 256) go through in parts of whole sequences whose
+/// activations stay within the tape's budget.
+#[test]
+fn a_large_batch_keeps_its_activations_within_the_budget() {
+    let p = crate::engine::Preset::base_s();
+    let cfg = p.model_config(p.vocab_size);
+    let (model, varmap) = init_model(&cfg, &Device::Cpu, 0).unwrap();
+    let trainer = Trainer::new(&model, &varmap, adam(), p.batch, p.seq_len).unwrap().unwrap();
+    let rows = trainer.tape.rows;
+    assert!(rows.is_multiple_of(p.seq_len) && rows >= p.seq_len && rows < p.batch * p.seq_len, "{rows}");
+    let per_row =
+        super::Tape::bytes_per_row(trainer.dims, cfg.num_hidden_layers, cfg.num_attention_heads, p.seq_len);
+    assert!(rows * per_row <= super::TAPE_BYTES, "{rows} rows of {per_row} bytes");
+    assert!((rows + p.seq_len) * per_row > super::TAPE_BYTES, "room for another sequence");
 }
 
 /// Moments saved after some steps and restored into a fresh trainer over the same weights
