@@ -25,6 +25,8 @@ struct Seeded {
     seed: u64,
 }
 
+/// A missing variable is drawn here and put in the map; the rest (the shape check, what is
+/// returned) is the plain `VarMap` backend's.
 impl SimpleBackend for Seeded {
     fn get(
         &self,
@@ -34,39 +36,30 @@ impl SimpleBackend for Seeded {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let mut vars =
-            self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("variable map poisoned".into()))?;
-        if let Some(var) = vars.get(name) {
-            let t = var.as_tensor();
-            if t.shape() != &shape {
-                return Err(candle_core::Error::ShapeMismatchBinaryOp {
-                    lhs: t.shape().clone(),
-                    rhs: shape,
-                    op: "seeded-get",
-                }
-                .bt());
+        {
+            let mut vars = self
+                .varmap
+                .data()
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("variable map poisoned".into()))?;
+            if !vars.contains_key(name) {
+                let mut rng = StdRng::seed_from_u64(self.seed ^ name_hash(name));
+                let values = draw(&init, &shape, &mut rng)?;
+                let t = Tensor::from_vec(values, shape.clone(), &Device::Cpu)?
+                    .to_dtype(dtype)?
+                    .to_device(device)?;
+                vars.insert(name.to_string(), Var::from_tensor(&t)?);
             }
-            return Ok(t.clone());
         }
-        let mut rng = StdRng::seed_from_u64(self.seed ^ name_hash(name));
-        let values = draw(&init, &shape, &mut rng)?;
-        let t = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
-        let var = Var::from_tensor(&t)?;
-        vars.insert(name.to_string(), var.clone());
-        Ok(var.as_tensor().clone())
+        self.varmap.get(shape, name, init, dtype, device)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-        let vars =
-            self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("variable map poisoned".into()))?;
-        match vars.get(name) {
-            Some(var) => var.as_tensor().to_dtype(dtype)?.to_device(device),
-            None => Err(candle_core::Error::CannotFindTensor { path: name.to_string() }.bt()),
-        }
+        SimpleBackend::get_unchecked(&self.varmap, name, dtype, device)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap.data().lock().is_ok_and(|vars| vars.contains_key(name))
+        SimpleBackend::contains_tensor(&self.varmap, name)
     }
 }
 

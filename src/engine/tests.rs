@@ -568,3 +568,12 @@ fn scoring_then_learning_counts_each_message_only_after_its_last_token() {
         assert!(counts.tokens() > learnt, "the last message is learnt too");
     }
 }
+
+/// Scoring holds 16 MB of logits a pass: two windows of the embedded base, one of SmolLM2's
+/// (whose window alone is larger), eight of the default model.
+#[test]
+fn scoring_passes_hold_a_bounded_number_of_logits() {
+    assert_eq!(train::windows_per_pass(256, 8192), 2);
+    assert_eq!(train::windows_per_pass(512, 49_152), 1);
+    assert_eq!(train::windows_per_pass(128, 2048), 8);
+}

@@ -243,8 +243,7 @@ pub fn bits_per_byte(
         .map(|i| all[((i as f64 * step) as usize).min(all.len() - 1)])
         .collect();
     let (mut nats, mut bytes) = (0f64, 0u64);
-    let per_pass = (LOGITS_PER_PASS / (len * model.cfg.vocab_size).max(1)).clamp(1, 8);
-    for chunk in picked.chunks(per_pass) {
+    for chunk in picked.chunks(windows_per_pass(len, model.cfg.vocab_size)) {
         let (x, y) = batch_tensors(stream, chunk, len, model.device())?;
         let logits = model.forward_train(&x)?;
         let n = y.dims1()?;
@@ -259,6 +258,12 @@ pub fn bits_per_byte(
 /// How many logits [`token_probs`] and [`bits_per_byte`] compute at once (16 MB of them), unless
 /// one window holds more.
 const LOGITS_PER_PASS: usize = 4 << 20;
+
+/// Windows of `len` over a vocabulary of `vocab` tokens whose logits fit [`LOGITS_PER_PASS`]:
+/// one at least, eight at most.
+pub(crate) fn windows_per_pass(len: usize, vocab: usize) -> usize {
+    (LOGITS_PER_PASS / (len * vocab).max(1)).clamp(1, 8)
+}
 
 /// What the network said of a token: its probability, and that of its most likely token.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -280,7 +285,7 @@ pub fn token_probs(model: &Model, stream: &[u32], len: usize) -> Result<Vec<Opti
     let model = &model.detached();
     // Windows per forward pass: all their logits are held at once (and their log-softmax beside
     // them), 805 MB for 8 windows of 512 over SmolLM2's 49 152 tokens.
-    let per_pass = (LOGITS_PER_PASS / (len * model.cfg.vocab_size).max(1)).clamp(1, 8);
+    let per_pass = windows_per_pass(len, model.cfg.vocab_size);
     let last = stream.len() - 1 - len;
     let mut starts: Vec<usize> = (0..=last).step_by((len / 2).max(1)).collect();
     if starts.last() != Some(&last) {
